@@ -1,0 +1,127 @@
+"""BM25 index: bm25s (Lù, "BM25S: Orders of magnitude faster lexical search via eager sparse scoring", 2024) by
+default, rank-bm25 as the slow reference backend.
+
+Both backends see the same tokens (bm25s' tokenizer: lowercasing, English stopwords, optional Snowball stemming),
+so they differ only in how they score. bm25s precomputes every (term, document) score into a sparse matrix saved
+as .npy files, which `load_index` memory-maps; rank-bm25 is pickled.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import pickle
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from negmine.errors import ConfigError
+from negmine.progress import bar
+
+VERSION = "1"
+_RANK_BM25_CLASSES = {"bm25l": "BM25L", "bm25+": "BM25Plus"}  # every other method: BM25Okapi
+
+
+def _quiet_bm25s() -> None:
+    """bm25s sets its logger to DEBUG on import; follow negmine's own level instead."""
+    logging.getLogger("bm25s").setLevel(logging.getLogger("negmine").getEffectiveLevel())
+
+
+def make_tokenizer(params: dict[str, Any]):
+    import bm25s.tokenization
+
+    _quiet_bm25s()
+
+    stemmer = None
+    if params["stemmer"]:
+        try:
+            import Stemmer
+        except ImportError:
+            raise ConfigError("[bm25] stemmer needs PyStemmer: pip install PyStemmer") from None
+        try:
+            stemmer = Stemmer.Stemmer(params["stemmer"]).stemWord
+        except KeyError:
+            raise ConfigError(f"[bm25] stemmer {params['stemmer']!r} is not a Snowball language; try "
+                              f"one of {', '.join(Stemmer.algorithms())}") from None
+    stopwords = "en" if params["stopwords"] in ("en", "english") else None
+    return bm25s.tokenization.Tokenizer(lower=params["lowercase"], stopwords=stopwords, stemmer=stemmer)
+
+
+def iter_doc_texts(corpus_path: Path, use_title: bool, title_sep: str, batch: int = 50_000) -> Iterator[str]:
+    """Retrieval texts of the corpus in table order, read in batches so texts never all sit in memory."""
+    pf = pq.ParquetFile(corpus_path)
+    for rb in pf.iter_batches(batch_size=batch, columns=["title", "text"]):
+        titles, texts = rb.column(0).to_pylist(), rb.column(1).to_pylist()
+        for title, text in zip(titles, texts):
+            yield f"{title}{title_sep}{text}" if (use_title and title) else text
+
+
+def build_index(params: dict[str, Any], corpus_path: Path, use_title: bool, title_sep: str,
+                out_dir: Path) -> dict[str, Any]:
+    n_docs = pq.ParquetFile(corpus_path).metadata.num_rows
+    tok = make_tokenizer(params)
+    texts = bar(iter_doc_texts(corpus_path, use_title, title_sep), total=n_docs, desc="bm25: tokenize", unit="doc")
+    if params["backend"] == "bm25s":
+        import bm25s
+
+        tokens = tok.tokenize(texts, update_vocab=True, return_as="tuple", length=n_docs, show_progress=False)
+        retriever = bm25s.BM25(k1=params["k1"], b=params["b"], delta=params["delta"], method=params["method"])
+        retriever.index(tokens, show_progress=False)
+        retriever.save(str(out_dir / "bm25s"), show_progress=False)
+        tok.save_vocab(str(out_dir / "bm25s"))
+        tok.save_stopwords(str(out_dir / "bm25s"))
+        vocab = len(tokens.vocab)
+    else:
+        import rank_bm25
+
+        tokens = tok.tokenize(texts, update_vocab=True, return_as="string", length=n_docs, show_progress=False)
+        cls = getattr(rank_bm25, _RANK_BM25_CLASSES.get(params["method"], "BM25Okapi"))
+        kwargs = {"k1": params["k1"], "b": params["b"]}
+        if cls is not rank_bm25.BM25Okapi:
+            kwargs["delta"] = params["delta"]
+        model = cls(tokens, **kwargs)
+        with open(out_dir / "rank_bm25.pkl", "wb") as fh:
+            pickle.dump(model, fh, protocol=pickle.HIGHEST_PROTOCOL)
+        vocab = len(model.idf)
+    (out_dir / "index.json").write_text(json.dumps({"backend": params["backend"], "documents": n_docs}))
+    return {"documents": n_docs, "vocabulary": vocab, "backend": params["backend"]}
+
+
+class Searcher:
+    """Top-k search over a saved index, one chunk of queries at a time."""
+
+    def __init__(self, params: dict[str, Any], index_dir: Path) -> None:
+        self.backend = params["backend"]
+        info = json.loads((index_dir / "index.json").read_text())
+        self.n_docs = int(info["documents"])
+        if self.backend == "bm25s":
+            import bm25s
+
+            self.retriever = bm25s.BM25.load(str(index_dir / "bm25s"), mmap=True, show_progress=False)
+            self.tok = make_tokenizer(params)
+            self.tok.load_vocab(str(index_dir / "bm25s"))
+            self.tok.load_stopwords(str(index_dir / "bm25s"))
+        else:
+            with open(index_dir / "rank_bm25.pkl", "rb") as fh:
+                self.model = pickle.load(fh)
+            self.tok = make_tokenizer(params)  # a query's unknown words score 0 anyway, so no saved vocab
+
+    def search(self, texts: list[str], k: int) -> tuple[np.ndarray, np.ndarray]:
+        """(doc indices, scores), each (len(texts), k), sorted by score then doc index (a defined tie order)."""
+        k = min(k, self.n_docs)
+        if self.backend == "bm25s":
+            ids = self.tok.tokenize(texts, update_vocab=False, return_as="ids", show_progress=False)
+            docs, scores = self.retriever.retrieve(ids, k=k, show_progress=False, n_threads=0)
+            docs, scores = np.asarray(docs, dtype=np.int64), np.asarray(scores, dtype=np.float32)
+        else:
+            tokens = self.tok.tokenize(texts, update_vocab=True, return_as="string", show_progress=False)
+            docs = np.empty((len(texts), k), dtype=np.int64)
+            scores = np.empty((len(texts), k), dtype=np.float32)
+            for i, q in enumerate(tokens):
+                s = np.asarray(self.model.get_scores(q), dtype=np.float32)
+                top = np.argpartition(-s, k - 1)[:k] if k < len(s) else np.arange(len(s))
+                docs[i], scores[i] = top, s[top]
+        order = np.lexsort((docs, -scores), axis=-1)
+        return np.take_along_axis(docs, order, -1), np.take_along_axis(scores, order, -1)

@@ -1,0 +1,21 @@
+"""The `negmine` command: a thin typer layer over the Python API (one module a command, as in spaCy's CLI)."""
+from __future__ import annotations
+
+import typer
+
+app = typer.Typer(
+    name="negmine",
+    help="Mine hard negatives for retrieval training data: ingest, index, retrieve, exclude, sample, export.\n\n"
+         "Every stage is cached by content; `negmine run CONFIG.toml` runs them all.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+from negmine.cli import cache as _cache  # noqa: E402,F401  (registers commands)
+from negmine.cli import run as _run  # noqa: E402,F401
+
+
+def main() -> None:
+    app()

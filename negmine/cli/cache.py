@@ -1,0 +1,68 @@
+"""`negmine cache ls|clear`: see and remove stage cache entries."""
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from negmine.cli import app
+from negmine.cli.common import ConfigArg, VerboseOpt, guarded
+
+cache_app = typer.Typer(help="Show or clear the stage cache.", no_args_is_help=True)
+app.add_typer(cache_app, name="cache")
+DirOpt = Annotated[Optional[Path], typer.Option("--cache-dir", help="Cache folder [default: from the config].")]
+
+
+def _root(config: Path | None, cache_dir: Path | None) -> Path:
+    if cache_dir is not None:
+        return cache_dir
+    from negmine.config import load_config
+
+    return Path(load_config(config)["run"]["cache_dir"])
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TB"
+
+
+@cache_app.command("ls", help="List cached entries: stage, key, size, age, compute time.")
+def ls(config: ConfigArg = None, cache_dir: DirOpt = None, verbose: VerboseOpt = False) -> None:
+    def go() -> None:
+        from negmine.cache import StageCache
+
+        root = _root(config, cache_dir)
+        entries = StageCache(root).entries()
+        if not entries:
+            typer.echo(f"no entries in {root}")
+            return
+        for e in entries:
+            when = dt.datetime.fromtimestamp(e["created"]).strftime("%Y-%m-%d %H:%M")
+            typer.echo(f"{e['stage']:<9}{e['key'][:12]}  {_size(e['bytes']):>9}  {when}  {e['seconds']:7.1f}s  "
+                       f"{e['path']}")
+        typer.echo(f"{len(entries)} entries, {_size(sum(e['bytes'] for e in entries))} in {root}", err=True)
+
+    guarded(verbose, go)
+
+
+@cache_app.command("clear", help="Remove cached entries (all, or one stage's with --stage).")
+def clear(config: ConfigArg = None, cache_dir: DirOpt = None,
+          stage: Annotated[Optional[str], typer.Option("--stage", help="Only this stage's entries.")] = None,
+          verbose: VerboseOpt = False) -> None:
+    def go() -> None:
+        from negmine.cache import StageCache
+        from negmine.errors import NegmineError
+        from negmine.pipeline import STAGES
+
+        if stage is not None and stage not in STAGES:
+            raise NegmineError(f"--stage {stage!r}: choose one of {', '.join(STAGES)}")
+        root = _root(config, cache_dir)
+        n = StageCache(root).clear(stage)
+        typer.echo(f"removed {n} entries from {root}", err=True)
+
+    guarded(verbose, go)

@@ -1,0 +1,80 @@
+"""Options shared by the commands, and the one place where errors become a message and an exit code."""
+from __future__ import annotations
+
+import logging
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from negmine.errors import NegmineError
+
+ConfigArg = Annotated[Optional[Path], typer.Argument(help="TOML config (see configs/); defaults apply without one.",
+                                                    show_default=False)]
+SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", metavar="SECTION.KEY=VALUE",
+                                                     help="Override a config value; repeatable.")]
+InputOpt = Annotated[Optional[Path], typer.Option("--input", "-i", help="Input path (same as --set input.path=).")]
+OutOpt = Annotated[Optional[Path], typer.Option("--out", "-o", help="Output folder (same as --set export.dir=).")]
+SkipOpt = Annotated[bool, typer.Option("--skip-invalid", help="Skip and count invalid records instead of stopping.")]
+CacheOpt = Annotated[Optional[Path], typer.Option("--cache-dir", help="Stage cache folder "
+                                                  "[default: .negmine/cache beside the config].")]
+ForceOpt = Annotated[bool, typer.Option("--force", help="Recompute every stage, replacing cached entries.")]
+NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Compute in a throwaway cache; keep nothing.")]
+VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Log details; show tracebacks on errors.")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or stage lines.")]
+
+
+def setup(verbose: bool, quiet: bool) -> None:
+    from negmine import progress
+
+    level = logging.DEBUG if verbose else logging.WARNING
+    logging.basicConfig(level=level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:
+        handler.setLevel(level)  # bm25s sets its own logger to DEBUG; quiet unless -v
+    logging.getLogger("negmine").setLevel(level)
+    if quiet:
+        progress.ENABLED = False
+
+
+def overrides(sets: list[str] | None, input_path: Path | None = None, out: Path | None = None,
+              skip_invalid: bool = False) -> list[str]:
+    items = list(sets or [])
+    if input_path is not None:
+        items.append(f"input.path={_toml_str(str(input_path))}")
+    if out is not None:
+        items.append(f"export.dir={_toml_str(str(out))}")
+    if skip_invalid:
+        items.append("input.skip_invalid=true")
+    return items
+
+
+def _toml_str(s: str) -> str:
+    return "'" + s + "'" if "'" not in s else '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def guarded(verbose: bool, fn: Callable[[], Any]) -> Any:
+    """Run `fn`; a user-fixable problem becomes one line on stderr and exit code 2, never a traceback."""
+    try:
+        return fn()
+    except NegmineError as exc:
+        if verbose:
+            traceback.print_exc()
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(exc.exit_code) from None
+    except KeyboardInterrupt:
+        typer.echo("interrupted: finished stages stay cached; run again to resume", err=True)
+        raise typer.Exit(130) from None
+    except OSError as exc:
+        if verbose:
+            traceback.print_exc()
+        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+        typer.echo(f"error: {where}{exc.strerror or exc}; check the path, permissions and free space", err=True)
+        raise typer.Exit(2) from None
+    except Exception as exc:  # a bug: say so briefly, the traceback is one -v away
+        if verbose:
+            traceback.print_exc()
+        typer.echo(f"error: unexpected {type(exc).__name__}: {exc} (run with -v for the traceback)", err=True)
+        raise typer.Exit(1) from None

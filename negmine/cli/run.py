@@ -1,0 +1,69 @@
+"""`negmine run` and one command a stage: each runs the pipeline up to that stage (earlier stages from cache)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+from negmine.cli import app
+from negmine.cli.common import (CacheOpt, ConfigArg, ForceOpt, InputOpt, NoCacheOpt, OutOpt, QuietOpt, SetOpt,
+                                SkipOpt, VerboseOpt, guarded, overrides, setup)
+
+_STAGE_OUTPUT = {"ingest": "corpus.parquet", "index": "", "retrieve": "candidates.parquet",
+                 "exclude": "candidates.parquet", "sample": "negatives.parquet"}
+_HELP = {
+    "ingest": "Read and validate the input into corpus, queries and qrels tables.",
+    "index": "Build the BM25 index of the corpus.",
+    "retrieve": "Retrieve the top-k candidates of every query that has a positive.",
+    "exclude": "Drop known positives, the query's own text and duplicates of positives.",
+    "sample": "Choose each query's negatives from its kept candidates.",
+    "export": "Write the mined negatives in the trainers' formats (same as run).",
+}
+
+
+def _execute(until: str, config: Path | None, sets: list[str] | None, input_path: Path | None, out: Path | None,
+             skip_invalid: bool, cache_dir: Path | None, force: bool, no_cache: bool, verbose: bool,
+             quiet: bool) -> None:
+    setup(verbose, quiet)
+
+    def go() -> None:
+        from negmine.config import load_config
+        from negmine.pipeline import mine
+
+        cfg = load_config(config, overrides(sets, input_path, out, skip_invalid))
+        report = (lambda r: None) if quiet else (lambda r: typer.echo(r.message(), err=True))
+        result = mine(cfg, until=until, force=force, no_cache=no_cache, cache_dir=cache_dir, on_stage=report)
+        for stage in result.stages.values():
+            skipped = stage.stats.get("skipped_total") if stage.status == "computed" else None
+            if skipped:
+                typer.echo(f"warning: skipped {skipped} invalid records {stage.stats['skipped']}; first: "
+                           f"{stage.stats['examples'][0]}", err=True)
+        if until == "export":
+            for path in result.outputs:
+                typer.echo(str(path))
+        elif not no_cache:
+            last = result.stages[until]
+            typer.echo(str(last.path / _STAGE_OUTPUT[until]) if _STAGE_OUTPUT[until] else str(last.path))
+
+    guarded(verbose, go)
+
+
+@app.command("run", help="Run every stage: ingest, index, retrieve, exclude, sample, export.")
+def run_cmd(config: ConfigArg = None, sets: SetOpt = None, input_path: InputOpt = None, out: OutOpt = None,
+            skip_invalid: SkipOpt = False, cache_dir: CacheOpt = None, force: ForceOpt = False,
+            no_cache: NoCacheOpt = False, verbose: VerboseOpt = False, quiet: QuietOpt = False) -> None:
+    _execute("export", config, sets, input_path, out, skip_invalid, cache_dir, force, no_cache, verbose, quiet)
+
+
+def _stage_command(stage: str) -> None:
+    def cmd(config: ConfigArg = None, sets: SetOpt = None, input_path: InputOpt = None, out: OutOpt = None,
+            skip_invalid: SkipOpt = False, cache_dir: CacheOpt = None, force: ForceOpt = False,
+            no_cache: NoCacheOpt = False, verbose: VerboseOpt = False, quiet: QuietOpt = False) -> None:
+        _execute(stage, config, sets, input_path, out, skip_invalid, cache_dir, force, no_cache, verbose, quiet)
+
+    cmd.__doc__ = _HELP[stage] + " Earlier stages come from the cache; prints the path of the stage's output."
+    app.command(stage, help=cmd.__doc__, short_help=_HELP[stage])(cmd)
+
+
+for _stage in ("ingest", "index", "retrieve", "exclude", "sample", "export"):
+    _stage_command(_stage)

@@ -1,0 +1,226 @@
+"""Configuration: TOML files with defaults, overridden by `--set section.key=value`.
+
+Every key is declared once in `DEFAULTS`, with its type taken from the default value, so an unknown key or a
+wrong type is caught before any work starts. Paths in a config file are relative to that file; paths given with
+`--set` are relative to the current directory.
+"""
+from __future__ import annotations
+
+import copy
+import tomllib
+from pathlib import Path
+from typing import Any
+
+from negmine.errors import ConfigError
+
+# One table a stage. `None` marks an optional value (a string or a path when set).
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "input": {
+        "path": None,  # BEIR folder, pair file (.jsonl/.parquet/.csv) or FlagEmbedding .jsonl
+        "format": "auto",  # auto | beir | pairs | flagembedding
+        "split": "train",  # BEIR: qrels/<split>.tsv
+        "corpus": None,  # pairs / flagembedding: an extra corpus file (documents with no query)
+        "query_column": None,  # pairs: default "query", else "anchor"
+        "positive_column": "positive",
+        "negative_column": None,  # pairs: default "negative" when present
+        "corpus_text_column": "text",
+        "corpus_title_column": "title",
+        "use_title": True,  # retrieve and export "title + title_sep + text", as BEIR does
+        "title_sep": " ",
+        "min_positive_score": 1,  # BEIR qrels: a score below this is not a positive
+        "skip_invalid": False,
+    },
+    "bm25": {
+        "backend": "bm25s",  # bm25s | rank-bm25 (the reference implementation, slow)
+        "method": "lucene",  # bm25s: robertson | lucene | atire | bm25l | bm25+
+        "k1": 1.5,
+        "b": 0.75,
+        "delta": 0.5,  # bm25l and bm25+ only
+        "stopwords": "en",  # "en" or "" for none
+        "stemmer": "",  # a PyStemmer language such as "english", or "" for none
+        "lowercase": True,
+    },
+    "retrieve": {
+        "top_k": 100,
+        "chunk_size": 1024,  # queries a chunk: bounds memory at chunk_size x top_k rows
+    },
+    "exclude": {
+        "query_text": True,  # drop documents whose text is the query's own text
+        "duplicates": True,  # drop exact duplicates of a positive (whitespace- and case-normalised)
+    },
+    "sample": {
+        "strategy": "top",  # top | random
+        "num_negatives": 5,
+        "rank_min": 1,  # window on raw retrieval ranks (1-based, inclusive)
+        "rank_max": 0,  # 0 means top_k
+        "seed": 42,
+        "shortage": "keep-fewer",  # keep-fewer | drop | pad-random
+    },
+    "export": {
+        "dir": "negmine-out",
+        "formats": ["triplet"],  # triplet | n-tuple | flagembedding | ids
+        "file_types": ["parquet", "jsonl"],
+    },
+    "run": {
+        "cache_dir": None,  # default: .negmine/cache beside the config (or the current directory)
+    },
+}
+
+CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
+    ("input", "format"): ("auto", "beir", "pairs", "flagembedding"),
+    ("bm25", "backend"): ("bm25s", "rank-bm25"),
+    ("bm25", "method"): ("robertson", "lucene", "atire", "bm25l", "bm25+"),
+    ("sample", "strategy"): ("top", "random"),
+    ("sample", "shortage"): ("keep-fewer", "drop", "pad-random"),
+}
+LIST_CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
+    ("export", "formats"): ("triplet", "n-tuple", "flagembedding", "ids"),
+    ("export", "file_types"): ("parquet", "jsonl"),
+}
+PATH_KEYS = {("input", "path"), ("input", "corpus"), ("export", "dir"), ("run", "cache_dir")}
+STRING_OPTIONAL = {("input", "query_column"), ("input", "negative_column")}
+
+
+def _type_name(value: Any) -> str:
+    return {bool: "true/false", int: "an integer", float: "a number", str: "a string",
+            list: "a list"}.get(type(value), type(value).__name__)
+
+
+def _coerce(section: str, key: str, value: Any, origin: str) -> Any:
+    """Check one value against its default's type; accept an int where a float is expected."""
+    default = DEFAULTS[section][key]
+    where = f"{origin}: [{section}] {key}"
+    if default is None:
+        if value is None or value == "":
+            return None
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} must be a string, got {value!r}; quote it in the TOML file")
+        return value
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where} must be true or false, got {value!r}")
+    elif isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{where} must be an integer, got {value!r}")
+    elif isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where} must be a number, got {value!r}")
+        value = float(value)
+    elif isinstance(default, str):
+        if not isinstance(value, str):
+            raise ConfigError(f"{where} must be a string, got {value!r}; quote it in the TOML file")
+    elif isinstance(default, list):
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{where} must be a list of strings, got {value!r}")
+    choices = CHOICES.get((section, key))
+    if choices and value not in choices:
+        raise ConfigError(f"{where} is {value!r}; choose one of {', '.join(choices)}")
+    list_choices = LIST_CHOICES.get((section, key))
+    if list_choices:
+        bad = [v for v in value if v not in list_choices]
+        if bad or not value:
+            raise ConfigError(f"{where} has {bad or 'no value'}; choose from {', '.join(list_choices)}")
+    return value
+
+
+def _check_keys(data: dict[str, Any], origin: str) -> None:
+    for section, table in data.items():
+        if section not in DEFAULTS:
+            raise ConfigError(f"{origin}: unknown section [{section}]; known sections: {', '.join(DEFAULTS)}")
+        if not isinstance(table, dict):
+            raise ConfigError(f"{origin}: [{section}] must be a table of keys")
+        for key in table:
+            if key not in DEFAULTS[section]:
+                raise ConfigError(f"{origin}: unknown key [{section}] {key}; known keys: "
+                                  f"{', '.join(DEFAULTS[section])}")
+
+
+def parse_override(text: str) -> tuple[str, str, Any]:
+    """Parse `section.key=value`; the value is read as TOML, falling back to a bare string."""
+    if "=" not in text or "." not in text.split("=", 1)[0]:
+        raise ConfigError(f"--set {text!r}: expected section.key=value, for example --set sample.seed=7")
+    name, raw = text.split("=", 1)
+    section, key = name.strip().split(".", 1)
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return section, key, value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | dict[str, Any] | None = None,
+                base_dir: str | Path | None = None) -> dict[str, Any]:
+    """Merge defaults, a TOML file and overrides into one checked config with absolute paths.
+
+    `overrides` is a list of `section.key=value` strings or a dict {"section.key": value} / nested dict.
+    """
+    cfg = copy.deepcopy(DEFAULTS)
+    cwd = Path(base_dir) if base_dir else Path.cwd()
+    config_dir = cwd
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"{path}: config file not found; give the path of a TOML file such as "
+                              "configs/sample-bm25.toml")
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+            raise ConfigError(f"{path}: not valid TOML ({exc}); fix the syntax") from None
+        _check_keys(data, str(path))
+        config_dir = path.resolve().parent
+        for section, table in data.items():
+            for key, value in table.items():
+                value = _coerce(section, key, value, str(path))
+                if (section, key) in PATH_KEYS and value is not None:
+                    value = str((config_dir / value).resolve())
+                cfg[section][key] = value
+    items: list[tuple[str, str, Any]] = []
+    if isinstance(overrides, dict):
+        for name, value in overrides.items():
+            if isinstance(value, dict):
+                items += [(name, k, v) for k, v in value.items()]
+            else:
+                if "." not in name:
+                    raise ConfigError(f"override {name!r}: expected section.key")
+                s, k = name.split(".", 1)
+                items.append((s, k, value))
+    elif overrides:
+        items = [parse_override(o) for o in overrides]
+    for section, key, value in items:
+        _check_keys({section: {key: value}}, "--set")
+        value = _coerce(section, key, value, "--set")
+        if (section, key) in PATH_KEYS and value is not None:
+            value = str((cwd / value).resolve())
+        cfg[section][key] = value
+    if cfg["run"]["cache_dir"] is None:
+        cfg["run"]["cache_dir"] = str((config_dir / ".negmine" / "cache").resolve())
+    _check_consistency(cfg)
+    return cfg
+
+
+def _check_consistency(cfg: dict[str, Any]) -> None:
+    s, r = cfg["sample"], cfg["retrieve"]
+    if r["top_k"] < 1:
+        raise ConfigError(f"[retrieve] top_k is {r['top_k']}; it must be at least 1")
+    if r["chunk_size"] < 1:
+        raise ConfigError(f"[retrieve] chunk_size is {r['chunk_size']}; it must be at least 1")
+    if s["num_negatives"] < 1:
+        raise ConfigError(f"[sample] num_negatives is {s['num_negatives']}; it must be at least 1")
+    if s["rank_min"] < 1:
+        raise ConfigError(f"[sample] rank_min is {s['rank_min']}; ranks start at 1")
+    rank_max = s["rank_max"] or r["top_k"]
+    if rank_max < s["rank_min"] or rank_max > r["top_k"]:
+        raise ConfigError(f"[sample] rank window {s['rank_min']}..{rank_max} is outside 1..top_k={r['top_k']}; "
+                          "set rank_max between rank_min and [retrieve] top_k (0 means top_k)")
+    b = cfg["bm25"]
+    if b["stopwords"] not in ("", "en", "english"):
+        raise ConfigError(f"[bm25] stopwords is {b['stopwords']!r}; use \"en\" or \"\" for none")
+    if b["k1"] < 0 or not 0 <= b["b"] <= 1:
+        raise ConfigError("[bm25] k1 must be >= 0 and b between 0 and 1")
+
+
+def stage_params(cfg: dict[str, Any], section: str) -> dict[str, Any]:
+    """The parameters of one section, as they enter a cache key."""
+    return dict(cfg[section])

@@ -1,0 +1,1 @@
+"""False-negative filters. Each method lives in its own module named after it."""

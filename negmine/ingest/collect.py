@@ -1,0 +1,189 @@
+"""Shared machinery of the readers: validation with locations, and the normalised tables they produce."""
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from negmine import schema
+from negmine.errors import InputError
+from negmine.hashing import norm_hash, text_id
+
+_BATCH = 50_000
+
+
+@dataclass
+class Loc:
+    path: Path
+    line: int | None = None
+    where: str = "line"
+
+
+@dataclass
+class Problems:
+    """Record-level problems: raised at once, or (with skip_invalid) counted and reported as warnings."""
+
+    skip_invalid: bool
+    counts: Counter = field(default_factory=Counter)
+    examples: list[str] = field(default_factory=list)
+
+    def __call__(self, loc: Loc, kind: str, problem: str, fix: str) -> None:
+        err = InputError(loc.path, problem, fix, loc.line, loc.where)
+        if not self.skip_invalid:
+            raise err
+        self.counts[kind] += 1
+        if len(self.examples) < 5:
+            self.examples.append(str(err))
+
+    def summary(self) -> dict[str, Any]:
+        return {"skipped": dict(self.counts), "skipped_total": sum(self.counts.values()),
+                "examples": self.examples}
+
+
+def read_jsonl(path: Path, problems: Problems) -> Iterator[tuple[Loc, dict]]:
+    """Yield (location, object) for each non-blank line; a line that is not a JSON object is a problem."""
+    try:
+        fh = open(path, "rb")
+    except OSError as exc:
+        raise InputError(path, f"cannot open ({exc.strerror})", "check the path and its permissions") from None
+    with fh:
+        for lineno, raw in enumerate(fh, 1):
+            if not raw.strip():
+                continue
+            loc = Loc(path, lineno)
+            try:
+                obj = json.loads(raw)
+            except UnicodeDecodeError:
+                problems(loc, "malformed", "not UTF-8 text", "re-encode the file as UTF-8")
+                continue
+            except json.JSONDecodeError as exc:
+                problems(loc, "malformed", f"not valid JSON ({exc.msg} at column {exc.colno})",
+                         "fix the line so that it holds one JSON object")
+                continue
+            if not isinstance(obj, dict):
+                problems(loc, "malformed", f"expected a JSON object, got {type(obj).__name__}",
+                         "write one object per line, such as {\"_id\": ..., \"text\": ...}")
+                continue
+            yield loc, obj
+
+
+def get_str(obj: dict, key: str, loc: Loc, problems: Problems, *, required: bool = True,
+            allow_empty: bool = False, kind: str = "missing_field") -> str | None:
+    """A string field; ids given as integers are accepted and kept as their decimal text."""
+    if key not in obj or obj[key] is None:
+        if required:
+            problems(loc, kind, f"missing field {key!r}", f"add a {key!r} field to the record")
+        return None
+    value = obj[key]
+    if isinstance(value, int) and not isinstance(value, bool) and key.endswith("id"):
+        value = str(value)
+    if not isinstance(value, str):
+        problems(loc, "wrong_type", f"field {key!r} must be a string, got {type(value).__name__}",
+                 f"write {key!r} as a JSON string")
+        return None
+    if not allow_empty and not value.strip():
+        problems(loc, "empty_text", f"field {key!r} is empty", "give it a non-empty text or remove the record"
+                 " (--skip-invalid skips such records)")
+        return None
+    return value
+
+
+class TableBuilder:
+    """Collects documents, queries and judgments, checking ids; streams the corpus to Parquet in batches."""
+
+    def __init__(self, out_dir: Path, problems: Problems, use_title: bool, title_sep: str) -> None:
+        self.out_dir = out_dir
+        self.problems = problems
+        self.use_title = use_title
+        self.title_sep = title_sep
+        # id -> content key: detects one id given two different texts; position gives doc_idx
+        self.doc_content: dict[str, str] = {}
+        self.content_to_doc: dict[str, str] = {}
+        self.query_content: dict[str, str] = {}
+        self.queries: dict[str, str] = {}
+        self.qrels: dict[tuple[str, str], int] = {}
+        self.repeated = Counter()
+        self._buf: dict[str, list] = {n: [] for n in schema.CORPUS.names}
+        self._writer = pq.ParquetWriter(out_dir / "corpus.parquet", schema.CORPUS)
+
+    def joined(self, title: str, text: str) -> str:
+        return f"{title}{self.title_sep}{text}" if (self.use_title and title) else text
+
+    def add_doc(self, doc_id: str | None, title: str, text: str, loc: Loc) -> str | None:
+        """Add a document; without an id it gets one from its text. Returns the id, or None if rejected."""
+        content = text_id(f"{title}\x00{text}", "")
+        if doc_id is None:
+            doc_id = self.content_to_doc.get(content) or "d" + content
+        seen = self.doc_content.get(doc_id)
+        if seen is not None:
+            if seen != content:
+                self.problems(loc, "conflicting_id", f"document id {doc_id!r} appears again with a different text",
+                              "give each document a unique id, or remove the repeated record")
+                return None
+            self.repeated["documents"] += 1
+            return doc_id
+        self.doc_content[doc_id] = content
+        self.content_to_doc.setdefault(content, doc_id)
+        joined = self.joined(title, text)
+        for name, value in (("doc_id", doc_id), ("title", title), ("text", text), ("hash", norm_hash(joined)),
+                            ("text_hash", norm_hash(text))):
+            self._buf[name].append(value)
+        if len(self._buf["doc_id"]) >= _BATCH:
+            self._flush()
+        return doc_id
+
+    def add_query(self, query_id: str | None, text: str, loc: Loc) -> str | None:
+        content = text_id(text, "")
+        if query_id is None:
+            query_id = "q" + content
+        seen = self.query_content.get(query_id)
+        if seen is not None:
+            if seen != content:
+                self.problems(loc, "conflicting_id", f"query id {query_id!r} appears again with a different text",
+                              "give each query a unique id, or remove the repeated record")
+                return None
+            self.repeated["queries"] += 1
+            return query_id
+        self.query_content[query_id] = content
+        self.queries[query_id] = text
+        return query_id
+
+    def add_qrel(self, query_id: str, doc_id: str, score: int) -> None:
+        key = (query_id, doc_id)
+        if key in self.qrels:
+            self.repeated["qrels"] += 1
+        # the higher grade wins when a pair is judged twice
+        self.qrels[key] = max(score, self.qrels.get(key, score))
+
+    def _flush(self) -> None:
+        if self._buf["doc_id"]:
+            self._writer.write_table(pa.table(self._buf, schema=schema.CORPUS))
+            self._buf = {n: [] for n in schema.CORPUS.names}
+
+    def close(self, min_positive_score: int, source: Path) -> dict[str, Any]:
+        self._flush()
+        self._writer.close()
+        if not self.doc_content:
+            raise InputError(source, "no documents", "the corpus must hold at least one valid document")
+        q_ids = list(self.queries)
+        pq.write_table(pa.table({"query_id": q_ids, "text": [self.queries[q] for q in q_ids],
+                                 "hash": [norm_hash(self.queries[q]) for q in q_ids]}, schema=schema.QUERIES),
+                       self.out_dir / "queries.parquet")
+        pairs = sorted(self.qrels.items())
+        pq.write_table(pa.table({"query_id": [k[0] for k, _ in pairs], "doc_id": [k[1] for k, _ in pairs],
+                                 "score": [v for _, v in pairs]}, schema=schema.QRELS),
+                       self.out_dir / "qrels.parquet")
+        positives = [k for k, v in pairs if v >= min_positive_score]
+        mined = {q for q, _ in positives}
+        if not mined:
+            raise InputError(source, f"no query has a positive (a judgment with score >= {min_positive_score})",
+                             "check the qrels split or lower [input] min_positive_score")
+        return {"documents": len(self.doc_content), "queries": len(self.queries), "qrels": len(pairs),
+                "positives": len(positives), "queries_with_positives": len(mined),
+                "repeated_identical_records": dict(self.repeated), **self.problems.summary()}

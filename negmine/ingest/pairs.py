@@ -1,0 +1,173 @@
+"""Pair and triplet files (JSONL, Parquet, CSV with text columns), FlagEmbedding JSONL, and extra corpus files.
+
+Texts have no ids here, so each gets a stable one from its content (identical texts share it). A query found in
+several rows has several positives. A triplet's negative joins the corpus as a document, not as a judgment.
+FlagEmbedding layout: {"query": str, "pos": [str], "neg": [str]} (Xiao et al., C-Pack / BGE, 2023).
+"""
+from __future__ import annotations
+
+import csv
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pyarrow.parquet as pq
+
+from negmine.errors import InputError
+from negmine.ingest.collect import Loc, Problems, TableBuilder, get_str, read_jsonl
+
+
+def read_records(path: Path, problems: Problems) -> Iterator[tuple[Loc, dict]]:
+    """Records of a JSONL, Parquet or CSV file, each with its location (line, or row for Parquet)."""
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".json", ".ndjson"):
+        yield from read_jsonl(path, problems)
+    elif suffix == ".parquet":
+        try:
+            pf = pq.ParquetFile(path)
+        except Exception as exc:  # pyarrow raises several types for a broken file
+            raise InputError(path, f"not a readable Parquet file ({exc})", "check that the file is Parquet") from None
+        row = 0
+        for batch in pf.iter_batches(batch_size=10_000):
+            for rec in batch.to_pylist():
+                row += 1
+                yield Loc(path, row, "row"), rec
+    elif suffix in (".csv", ".tsv"):
+        csv.field_size_limit(sys.maxsize)
+        with open(path, encoding="utf-8", newline="") as fh:
+            reader = csv.DictReader(fh, delimiter="\t" if suffix == ".tsv" else ",")
+            try:
+                for rec in reader:
+                    if None in rec:
+                        problems(Loc(path, reader.line_num), "malformed", "more fields than the header names",
+                                 "quote fields that contain the delimiter")
+                        continue
+                    yield Loc(path, reader.line_num), rec
+            except UnicodeDecodeError:
+                raise InputError(path, "not UTF-8 text", "re-encode the file as UTF-8") from None
+            except csv.Error as exc:
+                raise InputError(path, f"malformed CSV ({exc})", "fix the quoting", reader.line_num) from None
+    else:
+        raise InputError(path, f"unknown file type {suffix!r}", "use .jsonl, .parquet or .csv")
+
+
+def _columns(path: Path) -> list[str] | None:
+    """Column names of a Parquet or CSV file (None for JSONL, whose records may differ)."""
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        try:
+            return pq.read_schema(path).names
+        except Exception as exc:
+            raise InputError(path, f"not a readable Parquet file ({exc})", "check that the file is Parquet") from None
+    if suffix in (".csv", ".tsv"):
+        with open(path, encoding="utf-8", newline="") as fh:
+            header = next(csv.reader(fh, delimiter="\t" if suffix == ".tsv" else ","), None)
+        return header or []
+    return None
+
+
+def _require_columns(path: Path, wanted: list[str]) -> None:
+    cols = _columns(path)
+    if cols is None:
+        return
+    missing = [c for c in wanted if c not in cols]
+    if missing:
+        raise InputError(path, f"no column {missing[0]!r} (columns: {', '.join(cols)})",
+                         "name the column with [input] query_column / positive_column / corpus_text_column")
+
+
+def read_corpus_file(path: Path, builder: TableBuilder, problems: Problems, text_col: str, title_col: str) -> None:
+    """An extra corpus: documents that are no query's positive. `_id`/`id`/`doc_id` columns are kept as ids."""
+    _require_columns(path, [text_col])
+    for loc, rec in read_records(path, problems):
+        doc_id = None
+        for key in ("_id", "doc_id", "id"):
+            if rec.get(key) not in (None, ""):
+                doc_id = get_str(rec, key, loc, problems)
+                break
+        title = get_str(rec, title_col, loc, problems, required=False, allow_empty=True) or ""
+        text = get_str(rec, text_col, loc, problems)
+        if text is not None:
+            builder.add_doc(doc_id, title, text, loc)
+
+
+def read_pairs(path: Path, builder: TableBuilder, problems: Problems, query_col: str | None, pos_col: str,
+               neg_col: str | None) -> None:
+    cols = _columns(path)
+    if cols is not None:
+        if query_col is None:
+            query_col = "query" if "query" in cols else "anchor"
+        _require_columns(path, [query_col, pos_col])
+        if neg_col is None and "negative" in cols:
+            neg_col = "negative"
+    for loc, rec in read_records(path, problems):
+        qcol = query_col or ("query" if "query" in rec or "anchor" not in rec else "anchor")
+        query = get_str(rec, qcol, loc, problems)
+        positive = get_str(rec, pos_col, loc, problems) if query is not None else None
+        if query is None or positive is None:
+            continue
+        ncol = neg_col or ("negative" if "negative" in rec else None)
+        negative = get_str(rec, ncol, loc, problems, required=neg_col is not None) if ncol else None
+        qid = builder.add_query(None, query, loc)
+        did = builder.add_doc(None, "", positive, loc)
+        if qid is not None and did is not None:
+            builder.add_qrel(qid, did, 1)
+        if negative is not None:
+            builder.add_doc(None, "", negative, loc)
+
+
+def _str_list(rec: dict, key: str, loc: Loc, problems: Problems, required: bool) -> list[str] | None:
+    value = rec.get(key)
+    if value is None:
+        if required:
+            problems(loc, "missing_field", f"missing field {key!r}", f"add {key!r} as a list of texts")
+        return [] if not required else None
+    if isinstance(value, str):
+        problems(loc, "wrong_type", f"{key!r} is a string, not a list",
+                 f'wrap it in a list: "{key}": ["..."]')
+        return None
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        problems(loc, "wrong_type", f"{key!r} must be a list of strings", f'write "{key}": ["text", ...]')
+        return None
+    if any(not v.strip() for v in value):
+        problems(loc, "empty_text", f"{key!r} holds an empty text", "remove the empty entry")
+        return None
+    if required and not value:
+        problems(loc, "empty_text", f"{key!r} is an empty list", "give at least one positive text")
+        return None
+    return value
+
+
+def read_flagembedding(path: Path, builder: TableBuilder, problems: Problems) -> None:
+    for loc, rec in read_jsonl(path, problems):
+        query = get_str(rec, "query", loc, problems)
+        if query is None:
+            continue
+        pos = _str_list(rec, "pos", loc, problems, required=True)
+        neg = _str_list(rec, "neg", loc, problems, required=False)
+        if pos is None or neg is None:
+            continue
+        qid = builder.add_query(None, query, loc)
+        if qid is None:
+            continue
+        for text in pos:
+            did = builder.add_doc(None, "", text, loc)
+            if did is not None:
+                builder.add_qrel(qid, did, 1)
+        for text in neg:
+            builder.add_doc(None, "", text, loc)
+
+
+def sniff_jsonl(path: Path) -> str:
+    """'flagembedding' when the first record has a `pos` field, else 'pairs'."""
+    import json
+
+    with open(path, "rb") as fh:
+        for raw in fh:
+            if raw.strip():
+                try:
+                    obj = json.loads(raw)
+                except ValueError:
+                    return "pairs"  # the reader reports the bad line with its number
+                return "flagembedding" if isinstance(obj, dict) and "pos" in obj else "pairs"
+    raise InputError(path, "the file is empty", "give a file with one JSON record per line")

@@ -1,0 +1,121 @@
+"""Sample stage: choose each query's negatives from its kept candidates inside the rank window.
+
+The window (`rank_min`..`rank_max`) applies to the raw retrieval ranks, before exclusion: rank 3 is the third
+document the retriever returned even if ranks 1 and 2 were positives. When a query has fewer eligible candidates
+than `num_negatives`, the shortage policy decides: `keep-fewer` keeps what there is, `drop` leaves the query out,
+`pad-random` fills up with random corpus documents that pass the same exclusions (marked source="pad-random").
+"""
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from negmine import schema
+from negmine.filters.exclude import Positives
+from negmine.hashing import seed_for
+from negmine.progress import bar
+from negmine.samplers import SAMPLERS
+
+VERSION = "1"
+
+
+def _pad(positives: Positives, qidx: int, taken: set[int], need: int, rng: np.random.Generator,
+         exclude_params: dict[str, Any]) -> list[int]:
+    """Random corpus documents for one query that pass the exclusions and are not taken yet."""
+    out: list[int] = []
+    n_docs = positives.n_docs
+    for _ in range(20):  # rejection rounds; a tiny corpus may run out, which is then a shortage
+        draw = rng.integers(0, n_docs, size=max(4 * need, 16))
+        reasons = positives.reasons(np.full(len(draw), qidx, dtype=np.int64), draw,
+                                    exclude_params["query_text"], exclude_params["duplicates"])
+        for d in draw[reasons == 0].tolist():
+            if d not in taken:
+                taken.add(d)
+                out.append(d)
+                if len(out) == need:
+                    return out
+    return out
+
+
+def sample(params: dict[str, Any], exclude_params: dict[str, Any], top_k: int, ingest_dir: Path,
+           filtered_path: Path, query_ids: pa.ChunkedArray, min_positive_score: int,
+           out_dir: Path) -> dict[str, Any]:
+    sampler = SAMPLERS[params["strategy"]]
+    n, seed, policy = params["num_negatives"], params["seed"], params["shortage"]
+    lo, hi = params["rank_min"], params["rank_max"] or top_k
+    padding = policy == "pad-random"
+    positives = Positives(ingest_dir, query_ids, min_positive_score) if padding else None
+    doc_ids = (pq.read_table(ingest_dir / "corpus.parquet", columns=["doc_id"], memory_map=True).column(0)
+               if padding else None)
+    qindex = {q: i for i, q in enumerate(query_ids.to_pylist())} if padding else {}
+    outcomes: Counter = Counter()
+    seen: set[str] = set()
+    pf = pq.ParquetFile(filtered_path)
+    empty = np.array([], dtype=np.int64)
+
+    def choose(qid: str, cand: pa.Table, arrays: tuple[np.ndarray, ...], sl: np.ndarray,
+               cols: dict[str, list]) -> None:
+        """Append one query's negatives to `cols` (sl: its rows in `cand`, possibly none)."""
+        rng = np.random.default_rng(seed_for(seed, qid))
+        ranks, scores, didx = (a[sl] for a in arrays)
+        pick_local = sampler(ranks, scores, n, rng)
+        pick = sl[pick_local]
+        pads: list[int] = []
+        if len(pick) < n:
+            if policy == "drop":
+                outcomes["dropped"] += 1
+                return
+            if padding:
+                taken = set(didx[pick_local].tolist())
+                pads = _pad(positives, qindex[qid], taken, n - len(pick), rng, exclude_params)
+        outcomes["full" if len(pick) == n else "padded" if len(pick) + len(pads) == n else "short"] += 1
+        if len(pick):
+            rows = cand.take(pa.array(pick))
+            for name in ("doc_id", "doc_idx", "rank", "score", "retriever"):
+                cols[name] += rows[name].to_pylist()
+            cols["query_id"] += [qid] * len(pick)
+            cols["source"] += ["sample"] * len(pick)
+        if pads:
+            cols["query_id"] += [qid] * len(pads)
+            cols["doc_id"] += doc_ids.take(pa.array(pads, pa.int64())).to_pylist()
+            cols["doc_idx"] += pads
+            cols["rank"] += [None] * len(pads)
+            cols["score"] += [None] * len(pads)
+            cols["retriever"] += [None] * len(pads)
+            cols["source"] += ["pad-random"] * len(pads)
+
+    total = 0
+    with pq.ParquetWriter(out_dir / "negatives.parquet", schema.NEGATIVES) as writer:
+        def flush(cols: dict[str, list]) -> int:
+            writer.write_table(pa.table(cols, schema=schema.NEGATIVES))
+            return len(cols["query_id"])
+
+        for g in bar(range(pf.num_row_groups), desc="sample", unit="chunk"):
+            cand = pf.read_row_group(g)
+            cand = cand.filter(pc.and_(pc.greater_equal(cand["rank"], lo), pc.less_equal(cand["rank"], hi)))
+            qids = cand["query_id"].to_numpy(zero_copy_only=False)
+            arrays = (cand["rank"].to_numpy(), cand["score"].to_numpy(), cand["doc_idx"].to_numpy())
+            cols: dict[str, list] = {name: [] for name in schema.NEGATIVES.names}
+            if len(qids):
+                # rows are grouped by query, in rank order (retrieval writes them so); split at each new id
+                bounds = np.flatnonzero(qids[1:] != qids[:-1]) + 1
+                for sl in np.split(np.arange(len(qids)), bounds):
+                    qid = str(qids[sl[0]])
+                    seen.add(qid)
+                    choose(qid, cand, arrays, sl, cols)
+            total += flush(cols)
+        # queries with no candidate left in the window: a shortage of all n
+        cols = {name: [] for name in schema.NEGATIVES.names}
+        none = (empty, np.array([], dtype=np.float32), empty)
+        for qid in query_ids.to_pylist():
+            if qid not in seen:
+                choose(qid, pa.table({}), none, empty, cols)
+        total += flush(cols)
+    return {"negatives": total, "queries": len(query_ids), "outcomes": dict(outcomes),
+            "window": [lo, hi], "strategy": params["strategy"], "num_negatives": n}

@@ -1,0 +1,55 @@
+"""The tables that stages hand each other, written down once (PyTerrier-style: every stage maps tables to tables).
+
+Rows are keyed by ids. `doc_idx` is the row of a document in the ingest stage's corpus table: an index into a
+table whose cache key the downstream keys include, so texts are looked up by position, never copied along.
+"""
+from __future__ import annotations
+
+import pyarrow as pa
+
+CORPUS = pa.schema([
+    ("doc_id", pa.string()),
+    ("title", pa.string()),
+    ("text", pa.string()),
+    ("hash", pa.int64()),  # normalised (title + sep + text): duplicate detection
+    ("text_hash", pa.int64()),  # normalised text alone: "the query's own text" check
+])
+
+QUERIES = pa.schema([
+    ("query_id", pa.string()),
+    ("text", pa.string()),
+    ("hash", pa.int64()),
+])
+
+QRELS = pa.schema([
+    ("query_id", pa.string()),
+    ("doc_id", pa.string()),
+    ("score", pa.int32()),
+])
+
+CANDIDATES = pa.schema([
+    ("query_id", pa.string()),
+    ("doc_id", pa.string()),
+    ("doc_idx", pa.int64()),
+    ("rank", pa.int32()),  # 1-based rank in the raw retrieval list, before any exclusion
+    ("score", pa.float32()),
+    ("retriever", pa.string()),
+])
+
+EXCLUDED = pa.schema([
+    ("query_id", pa.string()),
+    ("doc_id", pa.string()),
+    ("rank", pa.int32()),
+    ("score", pa.float32()),
+    ("reason", pa.string()),  # positive | query_text | duplicate_of_positive
+])
+
+NEGATIVES = pa.schema([
+    ("query_id", pa.string()),
+    ("doc_id", pa.string()),
+    ("doc_idx", pa.int64()),
+    ("rank", pa.int32()),  # null for pad-random fillers: they were not retrieved
+    ("score", pa.float32()),
+    ("retriever", pa.string()),
+    ("source", pa.string()),  # "sample" or "pad-random"
+])
