@@ -90,16 +90,32 @@ def build_index(params: dict[str, Any], corpus_path: Path, use_title: bool, titl
 
 
 class Searcher:
-    """Top-k search over a saved index, one chunk of queries at a time."""
+    """Top-k search over a saved index, one chunk of queries at a time.
 
-    def __init__(self, params: dict[str, Any], index_dir: Path) -> None:
+    For bm25s, a chunk of queries is scored in one sparse product (queries x terms) @ (terms x documents) on
+    bm25s' precomputed score matrix, then cut to top-k with argpartition: the same sums bm25s computes query by
+    query, without a Python loop per query. Dense score rows are made `max_dense_bytes` at a time, so memory does
+    not grow with chunk x corpus.
+    """
+
+    def __init__(self, params: dict[str, Any], index_dir: Path, max_dense_bytes: int = 256 << 20) -> None:
         self.backend = params["backend"]
+        self.max_dense_bytes = max_dense_bytes
         info = json.loads((index_dir / "index.json").read_text())
         self.n_docs = int(info["documents"])
         if self.backend == "bm25s":
             import bm25s
+            import scipy.sparse as sp
 
-            self.retriever = bm25s.BM25.load(str(index_dir / "bm25s"), mmap=True, show_progress=False)
+            _quiet_bm25s()
+            r = bm25s.BM25.load(str(index_dir / "bm25s"), mmap=True, show_progress=False)
+            indptr = np.asarray(r.scores["indptr"])
+            self.vocab_size = len(indptr) - 1
+            # bm25s stores a documents x terms CSC matrix; its transpose as CSR shares the same arrays
+            self.term_doc = sp.csr_matrix((np.asarray(r.scores["data"]), np.asarray(r.scores["indices"]), indptr),
+                                          shape=(self.vocab_size, self.n_docs))
+            self.nonoccurrence = (np.asarray(r.nonoccurrence_array, dtype=np.float32)
+                                  if getattr(r, "nonoccurrence_array", None) is not None else None)
             self.tok = make_tokenizer(params)
             self.tok.load_vocab(str(index_dir / "bm25s"))
             self.tok.load_stopwords(str(index_dir / "bm25s"))
@@ -108,17 +124,36 @@ class Searcher:
                 self.model = pickle.load(fh)
             self.tok = make_tokenizer(params)  # a query's unknown words score 0 anyway, so no saved vocab
 
+    def _query_matrix(self, texts: list[str]):
+        import scipy.sparse as sp
+
+        ids = self.tok.tokenize(texts, update_vocab=False, return_as="ids", show_progress=False)
+        rows = np.repeat(np.arange(len(ids)), [len(q) for q in ids])
+        cols = np.fromiter((t for q in ids for t in q), dtype=np.int64, count=len(rows))
+        ok = cols < self.vocab_size
+        # a term repeated in the query counts once per occurrence, as in bm25s
+        return sp.csr_matrix((np.ones(int(ok.sum()), dtype=np.float32), (rows[ok], cols[ok])),
+                             shape=(len(ids), self.vocab_size))
+
     def search(self, texts: list[str], k: int) -> tuple[np.ndarray, np.ndarray]:
         """(doc indices, scores), each (len(texts), k), sorted by score then doc index (a defined tie order)."""
         k = min(k, self.n_docs)
+        docs = np.empty((len(texts), k), dtype=np.int64)
+        scores = np.empty((len(texts), k), dtype=np.float32)
         if self.backend == "bm25s":
-            ids = self.tok.tokenize(texts, update_vocab=False, return_as="ids", show_progress=False)
-            docs, scores = self.retriever.retrieve(ids, k=k, show_progress=False, n_threads=0)
-            docs, scores = np.asarray(docs, dtype=np.int64), np.asarray(scores, dtype=np.float32)
+            q = self._query_matrix(texts)
+            extra = q @ self.nonoccurrence if self.nonoccurrence is not None else None
+            step = max(1, self.max_dense_bytes // (4 * self.n_docs))
+            for a in range(0, len(texts), step):
+                dense = (q[a:a + step] @ self.term_doc).toarray()
+                if extra is not None:
+                    dense += extra[a:a + step, None]
+                top = np.argpartition(-dense, k - 1, axis=1)[:, :k] if k < self.n_docs else \
+                    np.broadcast_to(np.arange(self.n_docs), dense.shape)
+                docs[a:a + step] = top
+                scores[a:a + step] = np.take_along_axis(dense, top, 1)
         else:
             tokens = self.tok.tokenize(texts, update_vocab=True, return_as="string", show_progress=False)
-            docs = np.empty((len(texts), k), dtype=np.int64)
-            scores = np.empty((len(texts), k), dtype=np.float32)
             for i, q in enumerate(tokens):
                 s = np.asarray(self.model.get_scores(q), dtype=np.float32)
                 top = np.argpartition(-s, k - 1)[:k] if k < len(s) else np.arange(len(s))
