@@ -1,0 +1,29 @@
+# Set-up and the two README commands. Everything installs into .venv; torch comes first as the CPU build
+# (a plain `torch` requirement would pull a CUDA build of several GB).
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test bench clean
+
+$(STAMP): pyproject.toml
+	python3 -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	$(PIP) install --quiet torch==2.13.0
+	$(PIP) install --quiet -e '.[dense,test,bench]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: install  ## mine BM25 hard negatives for data/sample into out/sample-bm25/
+	$(VENV)/bin/negmine run configs/sample-bm25.toml
+
+test: install  ## the whole test suite (slow tests included)
+	$(PY) -m pytest -q
+
+bench: install  ## benchmarks against the reference tools (not part of the tests)
+	$(PY) bench/bm25.py
+
+clean:
+	rm -rf out configs/.negmine .negmine .pytest_cache

@@ -1,0 +1,103 @@
+"""The command line: stage lines, per-stage commands, config files and overrides, cache commands, help."""
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from negmine.cli import app
+from conftest import ROOT
+
+runner = CliRunner()
+
+
+def _config(tmp_path: Path, body: str = "") -> Path:
+    """A copy of the sample config, with the sample data beside it, so relative paths resolve as in the repo."""
+    shutil.copytree(ROOT / "data" / "sample", tmp_path / "data" / "sample")
+    (tmp_path / "configs").mkdir()
+    cfg = tmp_path / "configs" / "sample.toml"
+    cfg.write_text((ROOT / "configs" / "sample-bm25.toml").read_text() + body)
+    return cfg
+
+
+def test_run_says_per_stage_whether_it_was_cached_or_why_it_ran(tmp_path):
+    cfg = _config(tmp_path)
+    first = runner.invoke(app, ["run", str(cfg)])
+    assert first.exit_code == 0, first.output
+    assert "ingest   computed (no cached result)" in first.stderr
+    outputs = first.stdout.split()
+    assert str(tmp_path / "out" / "sample-bm25" / "triplet.parquet") in outputs
+    assert (tmp_path / "configs" / ".negmine" / "cache").is_dir()  # default cache: beside the config
+    second = runner.invoke(app, ["run", str(cfg)])
+    assert second.stderr.count("cached") == 6
+    third = runner.invoke(app, ["run", str(cfg), "--set", "sample.num_negatives=3"])
+    assert "sample   computed (parameters changed: num_negatives)" in third.stderr
+    assert "retrieve cached" in third.stderr
+
+
+def test_each_stage_command_prints_its_output(tmp_path):
+    cfg = _config(tmp_path)
+    for stage, name in [("ingest", "corpus.parquet"), ("retrieve", "candidates.parquet"),
+                        ("exclude", "candidates.parquet"), ("sample", "negatives.parquet")]:
+        result = runner.invoke(app, [stage, str(cfg), "-q"])
+        assert result.exit_code == 0, result.output
+        path = Path(result.stdout.strip())
+        assert path.name == name and path.is_file() and f"/{stage}/" in str(path)
+
+
+def test_cli_shortcuts_for_input_and_output(tmp_path):
+    result = runner.invoke(app, ["run", "-i", str(ROOT / "data" / "sample"), "-o", str(tmp_path / "o"),
+                                 "--cache-dir", str(tmp_path / "c"), "-q"])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "o" / "triplet.parquet").is_file()
+    assert result.stderr == ""
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--set", "bm25.k3=1"], "unknown key [bm25] k3"),
+    (["--set", "sample.strategy='best'"], "choose one of top, random"),
+    (["--set", "sample.num_negatives='five'"], "must be an integer"),
+    (["--set", "nonsense"], "expected section.key=value"),
+    (["--set", "sample.rank_max=500"], "rank window"),
+    (["--set", "export.formats=['csv']"], "choose from triplet"),
+])
+def test_bad_overrides_exit_2_with_one_line(tmp_path, args, message):
+    cfg = _config(tmp_path)
+    result = runner.invoke(app, ["run", str(cfg), *args])
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error:") and message in result.stderr
+    assert result.stderr.strip().count("\n") == 0
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_config_file_is_reported_with_its_path(tmp_path):
+    cfg = _config(tmp_path, "\n[sample]\nseed = 1\n")  # a second [sample] table: invalid TOML
+    result = runner.invoke(app, ["run", str(cfg)])
+    assert result.exit_code == 2 and str(cfg) in result.stderr and "not valid TOML" in result.stderr
+    missing = runner.invoke(app, ["run", str(tmp_path / "nope.toml")])
+    assert missing.exit_code == 2 and "config file not found" in missing.stderr
+
+
+def test_cache_ls_and_clear_commands(tmp_path):
+    cfg = _config(tmp_path)
+    runner.invoke(app, ["run", str(cfg), "-q"])
+    ls = runner.invoke(app, ["cache", "ls", str(cfg)])
+    assert ls.exit_code == 0
+    assert [line.split()[0] for line in ls.stdout.splitlines()] == sorted(
+        ["ingest", "index", "retrieve", "exclude", "sample", "export"])
+    cleared = runner.invoke(app, ["cache", "clear", str(cfg), "--stage", "sample"])
+    assert "removed 1 entries" in cleared.stderr
+    bad = runner.invoke(app, ["cache", "clear", str(cfg), "--stage", "nope"])
+    assert bad.exit_code == 2
+    rerun = runner.invoke(app, ["run", str(cfg)])
+    assert "sample   computed (no cached result)" in rerun.stderr
+
+
+@pytest.mark.parametrize("command", [[], ["run"], ["ingest"], ["index"], ["retrieve"], ["exclude"], ["sample"],
+                                     ["export"], ["cache"], ["cache", "ls"], ["cache", "clear"]])
+def test_help_reads_well(command):
+    result = runner.invoke(app, [*command, "--help"])
+    assert result.exit_code == 0
+    assert "Usage" in result.stdout
