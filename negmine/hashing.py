@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 from pathlib import Path
 from typing import Any
@@ -87,6 +86,3 @@ def seed_for(seed: int, query_id: str) -> int:
     digest = hashlib.blake2b(f"{seed}\x00{query_id}".encode("utf-8"), digest_size=8).digest()
     return int.from_bytes(digest, "little")
 
-
-def dir_fingerprint(paths: list[Path]) -> dict[str, str]:
-    return {os.path.basename(str(p)): file_sha256(p) for p in paths}

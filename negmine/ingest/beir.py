@@ -31,9 +31,10 @@ def read_beir(folder: Path, split: str, builder: TableBuilder, problems: Problem
         doc_id = get_str(obj, "_id", loc, problems)
         if doc_id is None:
             continue
+        seen = problems.total
         title = get_str(obj, "title", loc, problems, required=False, allow_empty=True) or ""
         text = get_str(obj, "text", loc, problems, allow_empty=True)
-        if text is None:
+        if text is None or problems.total > seen:  # a skipped record is dropped whole, never half-kept
             continue
         if not text.strip() and not title.strip():
             problems(loc, "empty_text", f"document {doc_id!r} has an empty title and text",

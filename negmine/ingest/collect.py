@@ -41,6 +41,11 @@ class Problems:
         if len(self.examples) < 5:
             self.examples.append(str(err))
 
+    @property
+    def total(self) -> int:
+        """Problems seen so far: a reader compares it before and after a record to drop the whole record."""
+        return sum(self.counts.values())
+
     def summary(self) -> dict[str, Any]:
         return {"skipped": dict(self.counts), "skipped_total": sum(self.counts.values()),
                 "examples": self.examples}

@@ -34,7 +34,7 @@ def read_records(path: Path, problems: Problems) -> Iterator[tuple[Loc, dict]]:
                 yield Loc(path, row, "row"), rec
     elif suffix in (".csv", ".tsv"):
         csv.field_size_limit(sys.maxsize)
-        with open(path, encoding="utf-8", newline="") as fh:
+        with open(path, encoding="utf-8-sig", newline="") as fh:  # -sig: drop an Excel byte-order mark
             reader = csv.DictReader(fh, delimiter="\t" if suffix == ".tsv" else ",")
             try:
                 for rec in reader:
@@ -60,9 +60,16 @@ def _columns(path: Path) -> list[str] | None:
         except Exception as exc:
             raise InputError(path, f"not a readable Parquet file ({exc})", "check that the file is Parquet") from None
     if suffix in (".csv", ".tsv"):
-        with open(path, encoding="utf-8", newline="") as fh:
-            header = next(csv.reader(fh, delimiter="\t" if suffix == ".tsv" else ","), None)
-        return header or []
+        try:
+            with open(path, encoding="utf-8-sig", newline="") as fh:
+                header = next(csv.reader(fh, delimiter="\t" if suffix == ".tsv" else ","), None)
+        except UnicodeDecodeError:
+            raise InputError(path, "not UTF-8 text", "re-encode the file as UTF-8") from None
+        except csv.Error as exc:
+            raise InputError(path, f"malformed CSV header ({exc})", "fix the quoting", 1) from None
+        if header is None:
+            raise InputError(path, "the file is empty", "give a file with a header line and one record per line")
+        return header
     return None
 
 
@@ -81,13 +88,14 @@ def read_corpus_file(path: Path, builder: TableBuilder, problems: Problems, text
     _require_columns(path, [text_col])
     for loc, rec in read_records(path, problems):
         doc_id = None
+        seen = problems.total
         for key in ("_id", "doc_id", "id"):
             if rec.get(key) not in (None, ""):
                 doc_id = get_str(rec, key, loc, problems)
                 break
         title = get_str(rec, title_col, loc, problems, required=False, allow_empty=True) or ""
         text = get_str(rec, text_col, loc, problems)
-        if text is not None:
+        if text is not None and problems.total == seen:  # a skipped record is dropped whole
             builder.add_doc(doc_id, title, text, loc)
 
 
@@ -107,7 +115,10 @@ def read_pairs(path: Path, builder: TableBuilder, problems: Problems, query_col:
         if query is None or positive is None:
             continue
         ncol = neg_col or ("negative" if "negative" in rec else None)
+        seen = problems.total
         negative = get_str(rec, ncol, loc, problems, required=neg_col is not None) if ncol else None
+        if problems.total > seen:  # a skipped record is dropped whole, its pair included
+            continue
         qid = builder.add_query(None, query, loc)
         did = builder.add_doc(None, "", positive, loc)
         if qid is not None and did is not None:
@@ -159,15 +170,21 @@ def read_flagembedding(path: Path, builder: TableBuilder, problems: Problems) ->
 
 
 def sniff_jsonl(path: Path) -> str:
-    """'flagembedding' when the first record has a `pos` field, else 'pairs'."""
+    """'flagembedding' when the first parseable record has `pos` (or `neg` and no `positive`), else 'pairs'."""
     import json
 
+    seen_bad = False
     with open(path, "rb") as fh:
         for raw in fh:
             if raw.strip():
                 try:
                     obj = json.loads(raw)
                 except ValueError:
-                    return "pairs"  # the reader reports the bad line with its number
-                return "flagembedding" if isinstance(obj, dict) and "pos" in obj else "pairs"
+                    seen_bad = True  # the reader reports the bad line with its number; look further
+                    continue
+                if isinstance(obj, dict) and ("pos" in obj or ("neg" in obj and "positive" not in obj)):
+                    return "flagembedding"  # a first record lacking `pos` is then reported as such
+                return "pairs"
+    if seen_bad:
+        return "pairs"
     raise InputError(path, "the file is empty", "give a file with one JSON record per line")
