@@ -89,18 +89,34 @@ def build_index(params: dict[str, Any], corpus_path: Path, use_title: bool, titl
     return {"documents": n_docs, "vocabulary": vocab, "backend": params["backend"]}
 
 
+def top_k_indices(values: np.ndarray, k: int, ids: np.ndarray | None = None) -> np.ndarray:
+    """Positions of the k largest values; among equal values at the cut, those with the lowest `ids` (default:
+    the earliest positions), so which of several tied documents makes the cut is defined."""
+    if len(values) <= k:
+        return np.arange(len(values))
+    part = np.argpartition(values, len(values) - k)[len(values) - k:]
+    cut = values[part].min()
+    above = np.flatnonzero(values > cut)
+    ties = np.flatnonzero(values == cut)
+    if ids is not None:
+        ties = ties[np.argsort(ids[ties], kind="stable")]
+    return np.concatenate([above, ties[:k - len(above)]])
+
+
 class Searcher:
     """Top-k search over a saved index, one chunk of queries at a time.
 
     For bm25s, a chunk of queries is scored in one sparse product (queries x terms) @ (terms x documents) on
-    bm25s' precomputed score matrix, then cut to top-k with argpartition: the same sums bm25s computes query by
-    query, without a Python loop per query. Dense score rows are made `max_dense_bytes` at a time, so memory does
-    not grow with chunk x corpus.
+    bm25s' precomputed score matrix: the same sums bm25s computes query by query. The product is sparse, holding
+    only the documents that share a term with each query, so the top-k cut reads those alone and no dense
+    queries x corpus block is made. (bm25l and bm25+ give every document a score; there, dense rows are made at
+    most `max_block_bytes` of scores at a time, which with argpartition's work arrays peaks near 4x that.)
+    Ties at the top-k cut keep the lower document index, as does the final order.
     """
 
-    def __init__(self, params: dict[str, Any], index_dir: Path, max_dense_bytes: int = 256 << 20) -> None:
+    def __init__(self, params: dict[str, Any], index_dir: Path, max_block_bytes: int = 64 << 20) -> None:
         self.backend = params["backend"]
-        self.max_dense_bytes = max_dense_bytes
+        self.max_block_bytes = max_block_bytes
         info = json.loads((index_dir / "index.json").read_text())
         self.n_docs = int(info["documents"])
         if self.backend == "bm25s":
@@ -136,27 +152,41 @@ class Searcher:
                              shape=(len(ids), self.vocab_size))
 
     def search(self, texts: list[str], k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(doc indices, scores), each (len(texts), k), sorted by score then doc index (a defined tie order)."""
+        """(doc indices, scores), each (len(texts), k), sorted by score then doc index (a defined tie order).
+
+        bm25s rows with fewer than k matching documents end in padding: doc index -1, score -inf.
+        """
         k = min(k, self.n_docs)
         docs = np.empty((len(texts), k), dtype=np.int64)
         scores = np.empty((len(texts), k), dtype=np.float32)
         if self.backend == "bm25s":
+            docs.fill(-1)
+            scores.fill(-np.inf)  # rows with fewer than k matching documents are padded; callers drop the padding
             q = self._query_matrix(texts)
             extra = q @ self.nonoccurrence if self.nonoccurrence is not None else None
-            step = max(1, self.max_dense_bytes // (4 * self.n_docs))
+            # worst case a block's product is dense: bound it by max_block_bytes (value + index per entry)
+            step = max(1, self.max_block_bytes // (8 * self.n_docs))
             for a in range(0, len(texts), step):
-                dense = (q[a:a + step] @ self.term_doc).toarray()
+                block = q[a:a + step] @ self.term_doc
                 if extra is not None:
+                    dense = block.toarray()
                     dense += extra[a:a + step, None]
-                top = np.argpartition(-dense, k - 1, axis=1)[:, :k] if k < self.n_docs else \
-                    np.broadcast_to(np.arange(self.n_docs), dense.shape)
-                docs[a:a + step] = top
-                scores[a:a + step] = np.take_along_axis(dense, top, 1)
+                    for i, row in enumerate(dense):
+                        top = top_k_indices(row, k)
+                        docs[a + i, :len(top)], scores[a + i, :len(top)] = top, row[top]
+                    continue
+                indptr, indices, data = block.indptr, block.indices, block.data
+                for i in range(block.shape[0]):
+                    lo, hi = indptr[i], indptr[i + 1]
+                    row_docs = indices[lo:hi]
+                    top = top_k_indices(data[lo:hi], k, row_docs)
+                    docs[a + i, :len(top)] = row_docs[top]
+                    scores[a + i, :len(top)] = data[lo:hi][top]
         else:
             tokens = self.tok.tokenize(texts, update_vocab=True, return_as="string", show_progress=False)
             for i, q in enumerate(tokens):
                 s = np.asarray(self.model.get_scores(q), dtype=np.float32)
-                top = np.argpartition(-s, k - 1)[:k] if k < len(s) else np.arange(len(s))
+                top = top_k_indices(s, k)
                 docs[i], scores[i] = top, s[top]
         order = np.lexsort((docs, -scores), axis=-1)
         return np.take_along_axis(docs, order, -1), np.take_along_axis(scores, order, -1)

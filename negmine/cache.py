@@ -9,6 +9,7 @@ last key computed, so a run can say *why* a stage ran ("parameters changed: k1")
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from collections.abc import Callable
@@ -62,8 +63,13 @@ class StageCache:
         self.force = force
 
     def run(self, stage: str, version: str, params: dict[str, Any], upstream: dict[str, str],
-            inputs: dict[str, str], compute: Callable[[Path], dict[str, Any]]) -> StageResult:
-        """Return the cached entry for these parts, or compute it into a fresh atomic folder."""
+            inputs: dict[str, str], compute: Callable[[Path], dict[str, Any]],
+            resumable: bool = False) -> StageResult:
+        """Return the cached entry for these parts, or compute it into a fresh atomic folder.
+
+        A `resumable` stage computes into `.partial-<key>`, which outlives a crash: the stage saves finished pieces
+        there (atomically) and skips them when run again. The folder becomes the entry only when complete.
+        """
         parts = {"stage": stage, "version": version, "params": params, "upstream": upstream, "inputs": inputs}
         key = hash_obj(parts)
         entry = self.root / stage / key
@@ -78,11 +84,26 @@ class StageCache:
             last = None
         reason = "forced" if self.force else _why(last, parts, not meta_path.is_file())
         start = time.perf_counter()
-        with atomic_dir(entry) as tmp:
-            stats = compute(tmp)
-            seconds = time.perf_counter() - start
-            meta = {**parts, "key": key, "stats": stats, "seconds": seconds, "created": time.time()}
-            (tmp / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
+
+        def finish(folder: Path) -> dict[str, Any]:
+            stats = compute(folder)
+            meta = {**parts, "key": key, "stats": stats, "seconds": time.perf_counter() - start,
+                    "created": time.time()}
+            (folder / "meta.json").write_text(json.dumps(meta, indent=2, default=str))
+            return meta
+
+        if resumable:
+            work = self.root / stage / f".partial-{key}"
+            if self.force:
+                shutil.rmtree(work, ignore_errors=True)
+            work.mkdir(parents=True, exist_ok=True)
+            meta = finish(work)
+            shutil.rmtree(entry, ignore_errors=True)
+            os.replace(work, entry)
+        else:
+            with atomic_dir(entry) as tmp:
+                meta = finish(tmp)
+        stats, seconds = meta["stats"], meta["seconds"]
         atomic_write_text(last_path, json.dumps(parts, default=str))
         return StageResult(stage, key, entry, "computed", reason, stats, seconds)
 
@@ -101,7 +122,8 @@ class StageCache:
         return out
 
     def clear(self, stage: str | None = None) -> int:
-        """Remove entries (of one stage, or all) and any temporary folders a killed run left; returns a count."""
+        """Remove entries (of one stage, or all) and the temporary or partial folders of killed runs; returns the
+        number of entries removed."""
         if not self.root.is_dir():
             return 0
         removed = 0
@@ -111,6 +133,6 @@ class StageCache:
             for entry in stage_dir.iterdir():
                 if entry.is_dir():
                     shutil.rmtree(entry, ignore_errors=True)
-                    removed += not entry.name.startswith(".tmp-")
+                    removed += not entry.name.startswith(".")  # .tmp-* and .partial-* are leftovers
             (stage_dir / "last.json").unlink(missing_ok=True)
         return removed

@@ -41,8 +41,30 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "lowercase": True,
     },
     "retrieve": {
+        "retrievers": ["bm25"],  # bm25 and/or dense; several are fused into one candidate pool
         "top_k": 100,
         "chunk_size": 1024,  # queries a chunk: bounds memory at chunk_size x top_k rows
+        "fusion": "rrf",  # rrf: reciprocal rank fusion, cut to top_k | union: each retriever's top union_quota
+        "rrf_k": 60,
+        "union_quota": 0,  # union: candidates each retriever contributes; 0 means top_k / number of retrievers
+    },
+    "dense": {
+        "model": "",  # "" = the packaged all-MiniLM-L6-v2; a local folder or a Hugging Face id in the local cache
+        "query_prompt": "",
+        "doc_prompt": "",
+        "max_seq_length": 0,  # 0 = the model's own
+        "normalize": True,  # unit vectors: inner product = cosine
+        "precision": "fp32",  # fp32 | bf16
+        "backend": "torch",  # torch | onnx (sentence-transformers' ONNX backend)
+        "batch_size": 64,
+        "device": "",  # "" = sentence-transformers' choice (cuda when present)
+        "shard_size": 4096,  # unique documents an embedding shard: the unit of resume
+        "index": "flat",  # flat (exact inner product) | hnsw | ivf
+        "hnsw_m": 32,
+        "hnsw_ef_construction": 200,
+        "hnsw_ef_search": 256,
+        "ivf_nlist": 0,  # 0 = 4 x sqrt(documents)
+        "ivf_nprobe": 32,
     },
     "exclude": {
         "query_text": True,  # drop documents whose text is the query's own text
@@ -70,12 +92,17 @@ CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("input", "format"): ("auto", "beir", "pairs", "flagembedding"),
     ("bm25", "backend"): ("bm25s", "rank-bm25"),
     ("bm25", "method"): ("robertson", "lucene", "atire", "bm25l", "bm25+"),
+    ("retrieve", "fusion"): ("rrf", "union"),
+    ("dense", "precision"): ("fp32", "bf16"),
+    ("dense", "backend"): ("torch", "onnx"),
+    ("dense", "index"): ("flat", "hnsw", "ivf"),
     ("sample", "strategy"): ("top", "random"),
     ("sample", "shortage"): ("keep-fewer", "drop", "pad-random"),
 }
 LIST_CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("export", "formats"): ("triplet", "n-tuple", "flagembedding", "ids"),
     ("export", "file_types"): ("parquet", "jsonl"),
+    ("retrieve", "retrievers"): ("bm25", "dense"),
 }
 PATH_KEYS = {("input", "path"), ("input", "corpus"), ("export", "dir"), ("run", "cache_dir")}
 STRING_OPTIONAL = {("input", "query_column"), ("input", "negative_column")}
@@ -214,6 +241,14 @@ def _check_consistency(cfg: dict[str, Any]) -> None:
     if rank_max < s["rank_min"] or rank_max > r["top_k"]:
         raise ConfigError(f"[sample] rank window {s['rank_min']}..{rank_max} is outside 1..top_k={r['top_k']}; "
                           "set rank_max between rank_min and [retrieve] top_k (0 means top_k)")
+    if len(set(r["retrievers"])) != len(r["retrievers"]):
+        raise ConfigError(f"[retrieve] retrievers lists one twice: {r['retrievers']}")
+    d = cfg["dense"]
+    for key in ("batch_size", "shard_size", "hnsw_m", "hnsw_ef_construction", "hnsw_ef_search", "ivf_nprobe"):
+        if d[key] < 1:
+            raise ConfigError(f"[dense] {key} is {d[key]}; it must be at least 1")
+    if r["rrf_k"] < 0 or r["union_quota"] < 0:
+        raise ConfigError("[retrieve] rrf_k and union_quota must be >= 0")
     b = cfg["bm25"]
     if b["stopwords"] not in ("", "en", "english"):
         raise ConfigError(f"[bm25] stopwords is {b['stopwords']!r}; use \"en\" or \"\" for none")

@@ -75,8 +75,10 @@ def _run(cfg: dict[str, Any], cache: StageCache, until: str,
     keys: dict[str, str] = {}
 
     def step(stage: str, version: str, params: dict[str, Any], upstream: list[str],
-             compute: Callable[[Path], dict[str, Any]], stage_inputs: dict[str, str] | None = None) -> StageResult:
-        r = cache.run(stage, version, params, {u: keys[u] for u in upstream}, stage_inputs or {}, compute)
+             compute: Callable[[Path], dict[str, Any]], stage_inputs: dict[str, str] | None = None,
+             resumable: bool = False) -> StageResult:
+        r = cache.run(stage, version, params, {u: keys[u] for u in upstream}, stage_inputs or {}, compute,
+                      resumable=resumable)
         keys[stage] = r.key
         result.stages[stage] = r
         if on_stage:
@@ -87,15 +89,11 @@ def _run(cfg: dict[str, Any], cache: StageCache, until: str,
     if until == "ingest":
         return result
     ing = r_ing.path
-    r_idx = step("index", bm25.VERSION, {**cfg["bm25"], "use_title": inp["use_title"], "title_sep": inp["title_sep"]},
-                 ["ingest"], lambda out: bm25.build_index(cfg["bm25"], ing / "corpus.parquet", inp["use_title"],
-                                                          inp["title_sep"], out))
+    retrievers = cfg["retrieve"]["retrievers"]
+    index_dirs = _index_stages(cfg, step, ing, memo)
     if until == "index":
         return result
-    ret_params = {"top_k": cfg["retrieve"]["top_k"]}  # chunk_size only bounds memory: not part of the key
-    r_ret = step("retrieve", retrieve.VERSION, ret_params, ["ingest", "index"],
-                 lambda out: retrieve.retrieve(cfg["bm25"], cfg["retrieve"], ing, r_idx.path,
-                                               inp["min_positive_score"], out))
+    r_ret = _retrieve_stages(cfg, step, ing, index_dirs, retrievers)
     if until == "retrieve":
         return result
     query_ids = retrieve.queries_to_mine(ing, inp["min_positive_score"])["query_id"].combine_chunks()
@@ -128,6 +126,70 @@ def _run(cfg: dict[str, Any], cache: StageCache, until: str,
     r_exp = step("export", export.VERSION, exp_params, ["ingest", "sample"], do_export)
     result.outputs = _publish(r_exp.path, Path(cfg["export"]["dir"]))
     return result
+
+
+def _index_stages(cfg: dict[str, Any], step: Callable[..., StageResult], ing: Path,
+                  memo: FingerprintMemo) -> dict[str, Path | None]:
+    """The BM25 index and/or the dense embeddings (and approximate index) that the retrievers need."""
+    inp, dirs = cfg["input"], {}
+    text = {"use_title": inp["use_title"], "title_sep": inp["title_sep"]}
+    if "bm25" in cfg["retrieve"]["retrievers"]:
+        dirs["index"] = step("index", bm25.VERSION, {**cfg["bm25"], **text}, ["ingest"],
+                             lambda out: bm25.build_index(cfg["bm25"], ing / "corpus.parquet", inp["use_title"],
+                                                          inp["title_sep"], out)).path
+    if "dense" in cfg["retrieve"]["retrievers"]:
+        from negmine import dense, encode
+
+        d = cfg["dense"]
+        model_path = encode.resolve_model(d["model"])
+        params = {"model": encode.model_fingerprint(model_path, memo), **{k: d[k] for k in encode.KEY_SETTINGS},
+                  **text}
+        memo.save()
+        query_texts = retrieve.queries_to_mine(ing, inp["min_positive_score"])["text"].to_pylist()
+        dirs["encode"] = step("encode", encode.VERSION, params, ["ingest"],
+                              lambda out: encode.encode(d, model_path, ing, query_texts, inp["use_title"],
+                                                        inp["title_sep"], out), resumable=True).path
+        dirs["ann"] = None
+        if d["index"] != "flat":
+            ann_params = {"index": d["index"], "hnsw_m": d["hnsw_m"], "hnsw_ef_construction": d["hnsw_ef_construction"],
+                          "ivf_nlist": d["ivf_nlist"]}
+            dirs["ann"] = step("ann", dense.VERSION, ann_params, ["encode"],
+                               lambda out: dense.build_ann(d, dirs["encode"], out)).path
+    return dirs
+
+
+def _retrieve_stages(cfg: dict[str, Any], step: Callable[..., StageResult], ing: Path,
+                     dirs: dict[str, Path | None], retrievers: list[str]) -> StageResult:
+    """One retriever: its candidates are the stage `retrieve`. Several: each is cached on its own
+    (`retrieve-bm25`, `retrieve-dense`), so adding a retriever never recomputes another, then fused."""
+    inp, r, d = cfg["input"], cfg["retrieve"], cfg["dense"]
+    single = len(retrievers) == 1
+    stages: dict[str, StageResult] = {}
+    # chunk_size only bounds memory, so it is in no key
+    if "bm25" in retrievers:
+        stages["bm25"] = step("retrieve" if single else "retrieve-bm25", retrieve.VERSION, {"top_k": r["top_k"]},
+                              ["ingest", "index"],
+                              lambda out: retrieve.retrieve_bm25(cfg["bm25"], r, ing, dirs["index"],
+                                                                 inp["min_positive_score"], out))
+    if "dense" in retrievers:
+        params = {"top_k": r["top_k"], "index": d["index"]}
+        if d["index"] == "hnsw":
+            params["hnsw_ef_search"] = d["hnsw_ef_search"]
+        elif d["index"] == "ivf":
+            params["ivf_nprobe"] = d["ivf_nprobe"]
+        stages["dense"] = step("retrieve" if single else "retrieve-dense", retrieve.VERSION, params,
+                               ["ingest", "encode"] + (["ann"] if dirs.get("ann") else []),
+                               lambda out: retrieve.retrieve_dense(d, r, ing, dirs["encode"], dirs.get("ann"),
+                                                                   inp["min_positive_score"], out))
+    if single:
+        return stages[retrievers[0]]
+    fuse_params = {"retrievers": retrievers, "fusion": r["fusion"], "rrf_k": r["rrf_k"], "top_k": r["top_k"]}
+    if r["fusion"] == "union":
+        fuse_params["union_quota"] = r["union_quota"]
+    return step("retrieve", retrieve.VERSION, fuse_params, ["ingest"] + [f"retrieve-{n}" for n in retrievers],
+                lambda out: retrieve.fuse_candidates(r, ing, [stages[n].path / "candidates.parquet"
+                                                              for n in retrievers], retrievers,
+                                                     inp["min_positive_score"], out))
 
 
 def _publish(entry: Path, out_dir: Path) -> list[Path]:

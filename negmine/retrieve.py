@@ -1,11 +1,13 @@
 """Retrieve stage: the top-k candidates of every query that has a positive, written as the candidates table.
 
 Queries are searched `chunk_size` at a time and each chunk becomes one Parquet row group, so memory is bounded by
-chunk_size x top_k rows whatever the number of queries. Documents that share no term with the query (BM25 score 0)
-are not candidates: they are not hard, merely arbitrary.
+chunk_size x top_k rows whatever the number of queries. Rows are grouped by query, in the order of
+`queries_to_mine`, best rank first; later stages rely on that. BM25 documents that share no term with the query
+(score 0) are not candidates: they are not hard, merely arbitrary.
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,10 +17,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from negmine import schema
-from negmine.bm25 import Searcher
 from negmine.progress import bar
 
 VERSION = "1"
+Search = Callable[[int, int, pa.Table], tuple[np.ndarray, np.ndarray]]
 
 
 def queries_to_mine(ingest_dir: Path, min_positive_score: int) -> pa.Table:
@@ -30,32 +32,130 @@ def queries_to_mine(ingest_dir: Path, min_positive_score: int) -> pa.Table:
     return queries.filter(pc.is_in(queries["query_id"], value_set=wanted))
 
 
-def retrieve(bm25_params: dict[str, Any], params: dict[str, Any], ingest_dir: Path, index_dir: Path,
-             min_positive_score: int, out_dir: Path) -> dict[str, Any]:
-    queries = queries_to_mine(ingest_dir, min_positive_score)
+def candidate_table(query_ids: pa.Array | pa.ChunkedArray, doc_ids: pa.ChunkedArray, docs: np.ndarray,
+                    scores: np.ndarray, keep: np.ndarray, name: str) -> pa.Table:
+    """Rows for a (queries x k) block of results; `keep` masks out non-results (score 0, missing)."""
+    n_q, width = docs.shape
+    keep = keep.ravel()
+    flat_docs = docs.ravel()[keep]
+    flat_scores = scores.ravel()[keep]
+    qidx = np.repeat(np.arange(n_q), width)[keep]
+    ranks = np.tile(np.arange(1, width + 1, dtype=np.int32), n_q)[keep]
+    n = len(flat_docs)
+    offsets = pa.array(np.arange(n + 1, dtype=np.int32))
+    return pa.table({
+        "query_id": pc.take(query_ids, pa.array(qidx)),
+        "doc_id": pc.take(doc_ids, pa.array(flat_docs)),
+        "doc_idx": pa.array(flat_docs, pa.int64()),
+        "rank": pa.array(ranks, pa.int32()),
+        "score": pa.array(flat_scores, pa.float32()),
+        "retriever": pa.array([name] * n, pa.string()),
+        "retrievers": pa.ListArray.from_arrays(offsets, pa.array([name] * n, pa.string())),
+        "retriever_ranks": pa.ListArray.from_arrays(offsets, pa.array(ranks, pa.int32())),
+        "retriever_scores": pa.ListArray.from_arrays(offsets, pa.array(flat_scores, pa.float32())),
+    }, schema=schema.CANDIDATES)
+
+
+def write_candidates(queries: pa.Table, ingest_dir: Path, search: Search, name: str, chunk: int,
+                     out_path: Path) -> dict[str, Any]:
+    """Run `search(start, stop, query_chunk)` chunk by chunk and write one row group per chunk."""
     doc_ids = pq.read_table(ingest_dir / "corpus.parquet", columns=["doc_id"], memory_map=True).column(0)
-    searcher = Searcher(bm25_params, index_dir)
-    k, chunk = params["top_k"], params["chunk_size"]
     n, rows = queries.num_rows, 0
-    with pq.ParquetWriter(out_dir / "candidates.parquet", schema.CANDIDATES) as writer, \
-            bar(total=n, desc="retrieve", unit="query") as progress:
+    with pq.ParquetWriter(out_path, schema.CANDIDATES) as writer, \
+            bar(total=n, desc=f"retrieve {name}", unit="query") as progress:
         for start in range(0, n, chunk):
             part = queries.slice(start, chunk)
-            docs, scores = searcher.search(part["text"].to_pylist(), k)
-            width = docs.shape[1]
-            keep = (scores != 0).ravel()  # score 0: no query term in the document
-            flat_docs = docs.ravel()[keep]
-            qidx = np.repeat(np.arange(part.num_rows), width)[keep]
-            ranks = np.tile(np.arange(1, width + 1, dtype=np.int32), part.num_rows)[keep]
-            table = pa.table({
-                "query_id": pc.take(part["query_id"], pa.array(qidx)),
-                "doc_id": pc.take(doc_ids, pa.array(flat_docs)),
-                "doc_idx": pa.array(flat_docs, pa.int64()),
-                "rank": pa.array(ranks, pa.int32()),
-                "score": pa.array(scores.ravel()[keep], pa.float32()),
-                "retriever": pa.array(np.full(len(flat_docs), "bm25", dtype=object), pa.string()),
-            }, schema=schema.CANDIDATES)
+            docs, scores = search(start, start + part.num_rows, part)
+            keep = (docs >= 0) & np.isfinite(scores)
+            if name == "bm25":
+                keep &= scores != 0  # no query term in the document
+            table = candidate_table(part["query_id"], doc_ids, docs, scores, keep, name)
             writer.write_table(table)
             rows += table.num_rows
             progress.update(part.num_rows)
-    return {"queries": n, "candidates": rows, "top_k": k, "candidates_per_query": rows / n if n else 0.0}
+    return {"retriever": name, "queries": n, "candidates": rows, "candidates_per_query": rows / n if n else 0.0}
+
+
+def retrieve_bm25(bm25_params: dict[str, Any], params: dict[str, Any], ingest_dir: Path, index_dir: Path,
+                  min_positive_score: int, out_dir: Path) -> dict[str, Any]:
+    from negmine.bm25 import Searcher
+
+    searcher = Searcher(bm25_params, index_dir)
+    queries = queries_to_mine(ingest_dir, min_positive_score)
+    stats = write_candidates(queries, ingest_dir, lambda a, b, part: searcher.search(part["text"].to_pylist(),
+                                                                                      params["top_k"]),
+                             "bm25", params["chunk_size"], out_dir / "candidates.parquet")
+    return {**stats, "top_k": params["top_k"]}
+
+
+def retrieve_dense(dense_params: dict[str, Any], params: dict[str, Any], ingest_dir: Path, encode_dir: Path,
+                   ann_dir: Path | None, min_positive_score: int, out_dir: Path) -> dict[str, Any]:
+    from negmine.dense import DenseSearcher
+
+    searcher = DenseSearcher(dense_params, encode_dir, ann_dir)
+    query_vectors = np.load(encode_dir / "queries.npy", mmap_mode="r")
+    queries = queries_to_mine(ingest_dir, min_positive_score)
+    stats = write_candidates(queries, ingest_dir, lambda a, b, part: searcher.search(query_vectors[a:b],
+                                                                                      params["top_k"]),
+                             "dense", params["chunk_size"], out_dir / "candidates.parquet")
+    return {**stats, "top_k": params["top_k"], "index": dense_params["index"]}
+
+
+def fuse_candidates(params: dict[str, Any], ingest_dir: Path, paths: list[Path], names: list[str],
+                    min_positive_score: int, out_dir: Path) -> dict[str, Any]:
+    """Fuse several retrievers' candidates (reciprocal rank fusion, or a union with per-retriever quotas)."""
+    from negmine.fusion.rrf import fuse
+
+    query_ids = queries_to_mine(ingest_dir, min_positive_score)["query_id"].combine_chunks()
+    n_docs = pq.ParquetFile(ingest_dir / "corpus.parquet").metadata.num_rows
+    union = params["fusion"] == "union"
+    quota = (params["union_quota"] or max(1, params["top_k"] // len(names))) if union else None
+    chunk = params["chunk_size"]
+    readers = [query_chunks(p, query_ids, chunk) for p in paths]
+    rows = 0
+    found_by: dict[str, int] = {}
+    with pq.ParquetWriter(out_dir / "candidates.parquet", schema.CANDIDATES) as writer:
+        for parts in bar(zip(*readers), total=(len(query_ids) + chunk - 1) // chunk, desc="fuse", unit="chunk"):
+            fused = fuse([t for _, _, t in parts], names, query_ids, n_docs, params["rrf_k"],
+                         None if union else params["top_k"], quota)
+            writer.write_table(fused)
+            rows += fused.num_rows
+            for label, count in zip(*np.unique(fused["retriever"].to_numpy(zero_copy_only=False), return_counts=True)):
+                found_by[str(label)] = found_by.get(str(label), 0) + int(count)
+    return {"retriever": "+".join(names), "fusion": params["fusion"], "queries": len(query_ids), "candidates": rows,
+            "candidates_per_query": rows / len(query_ids) if len(query_ids) else 0.0, "found_by": found_by}
+
+
+def query_chunks(path: Path, query_ids: pa.Array, chunk: int) -> Iterator[tuple[int, int, pa.Table]]:
+    """(start, stop, rows) for consecutive ranges of query positions, from a file grouped by query in order.
+
+    Row groups of different files need not align (chunk_size is not part of any key), so rows are re-cut here.
+    """
+    pf = pq.ParquetFile(path)
+    pending: list[pa.Table] = []
+    start = 0
+    n = len(query_ids)
+    for g in range(pf.num_row_groups):
+        t = pf.read_row_group(g)
+        if t.num_rows == 0:
+            continue
+        pending.append(t)
+        last = pc.index_in(t["query_id"].slice(t.num_rows - 1), value_set=query_ids)[0].as_py()
+        while last is not None and last >= start + chunk:
+            buf = pa.concat_tables(pending)
+            qidx = pc.index_in(buf["query_id"], value_set=query_ids).to_numpy(zero_copy_only=False)
+            cut = int(np.searchsorted(qidx, start + chunk))
+            yield start, start + chunk, buf.slice(0, cut)
+            pending = [buf.slice(cut)]
+            start += chunk
+    while start < n:
+        buf = pa.concat_tables(pending) if pending else None
+        if buf is None or buf.num_rows == 0:
+            yield start, min(start + chunk, n), pa.Table.from_batches([], schema=pf.schema_arrow)
+            pending = []
+        else:
+            qidx = pc.index_in(buf["query_id"], value_set=query_ids).to_numpy(zero_copy_only=False)
+            cut = int(np.searchsorted(qidx, start + chunk))
+            yield start, min(start + chunk, n), buf.slice(0, cut)
+            pending = [buf.slice(cut)]
+        start += chunk

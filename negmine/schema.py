@@ -32,8 +32,12 @@ CANDIDATES = pa.schema([
     ("doc_id", pa.string()),
     ("doc_idx", pa.int64()),
     ("rank", pa.int32()),  # 1-based rank in the raw retrieval list, before any exclusion
-    ("score", pa.float32()),
-    ("retriever", pa.string()),
+    ("score", pa.float32()),  # the retriever's score, or the fused (RRF) score for a pool of several
+    ("retriever", pa.string()),  # who found it: "bm25", "dense", or "bm25+dense" when both did
+    # provenance, one entry per retriever that found the document
+    ("retrievers", pa.list_(pa.string())),
+    ("retriever_ranks", pa.list_(pa.int32())),
+    ("retriever_scores", pa.list_(pa.float32())),
 ])
 
 EXCLUDED = pa.schema([

@@ -28,7 +28,7 @@ def test_batched_scoring_matches_bm25s_retrieve(tmp_path, method):
     import bm25s
 
     cfg, index_dir = _index(tmp_path, f"bm25.method='{method}'", "bm25.stemmer='english'")
-    searcher = Searcher(cfg["bm25"], index_dir, max_dense_bytes=4 * 500 * 7)  # 7 dense rows at a time
+    searcher = Searcher(cfg["bm25"], index_dir, max_block_bytes=8 * 500 * 7)  # 7 dense rows at a time
     texts = _queries()
     docs, scores = searcher.search(texts, 20)
     reference = bm25s.BM25.load(str(index_dir / "bm25s"), mmap=True)

