@@ -66,6 +66,18 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "ivf_nlist": 0,  # 0 = 4 x sqrt(documents)
         "ivf_nprobe": 32,
     },
+    "score": {
+        "teacher": "",  # "" = no rescoring; a local folder or a Hugging Face id in the local cache
+        "kind": "cross-encoder",  # cross-encoder | bi-encoder
+        "activation": "probability",  # cross-encoder output: probability (sigmoid) | logit
+        "normalize": True,  # bi-encoder: cosine (true) or dot product
+        "max_length": 0,  # 0 = the model's own
+        "query_prompt": "",
+        "doc_prompt": "",
+        "batch_size": 32,
+        "device": "",
+        "flush_pairs": 8192,  # pairs a store part: the most a killed run loses
+    },
     "exclude": {
         "query_text": True,  # drop documents whose text is the query's own text
         "duplicates": True,  # drop exact duplicates of a positive (whitespace- and case-normalised)
@@ -93,6 +105,8 @@ CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("bm25", "backend"): ("bm25s", "rank-bm25"),
     ("bm25", "method"): ("robertson", "lucene", "atire", "bm25l", "bm25+"),
     ("retrieve", "fusion"): ("rrf", "union"),
+    ("score", "kind"): ("cross-encoder", "bi-encoder"),
+    ("score", "activation"): ("probability", "logit"),
     ("dense", "precision"): ("fp32", "bf16"),
     ("dense", "backend"): ("torch", "onnx"),
     ("dense", "index"): ("flat", "hnsw", "ivf"),
@@ -247,6 +261,8 @@ def _check_consistency(cfg: dict[str, Any]) -> None:
     for key in ("batch_size", "shard_size", "hnsw_m", "hnsw_ef_construction", "hnsw_ef_search", "ivf_nprobe"):
         if d[key] < 1:
             raise ConfigError(f"[dense] {key} is {d[key]}; it must be at least 1")
+    if cfg["score"]["batch_size"] < 1 or cfg["score"]["flush_pairs"] < 1:
+        raise ConfigError("[score] batch_size and flush_pairs must be at least 1")
     if r["rrf_k"] < 0 or r["union_quota"] < 0:
         raise ConfigError("[retrieve] rrf_k and union_quota must be >= 0")
     b = cfg["bm25"]

@@ -27,17 +27,20 @@ from negmine.progress import bar
 VERSION = "1"
 
 
-def format_schema(fmt: str, n: int) -> pa.Schema:
-    s = pa.string()
+def format_schema(fmt: str, n: int, teacher: bool = False) -> pa.Schema:
+    """Columns of a format; with a teacher, `ids` and `flagembedding` carry the teacher's scores too."""
+    s, f = pa.string(), pa.list_(pa.float32())
     if fmt == "triplet":
         return pa.schema([("anchor", s), ("positive", s), ("negative", s)])
     if fmt == "n-tuple":
         return pa.schema([("anchor", s), ("positive", s)] + [(f"negative_{i}", s) for i in range(1, n + 1)])
     if fmt == "flagembedding":
-        return pa.schema([("query", s), ("pos", pa.list_(s)), ("neg", pa.list_(s))])
+        cols = [("query", s), ("pos", pa.list_(s)), ("neg", pa.list_(s))]
+        return pa.schema(cols + ([("pos_scores", f), ("neg_scores", f)] if teacher else []))
     if fmt == "ids":
-        return pa.schema([("query_id", s), ("positive_ids", pa.list_(s)), ("negative_ids", pa.list_(s)),
-                          ("negative_ranks", pa.list_(pa.int32())), ("negative_scores", pa.list_(pa.float32()))])
+        cols = [("query_id", s), ("positive_ids", pa.list_(s)), ("negative_ids", pa.list_(s)),
+                ("negative_ranks", pa.list_(pa.int32())), ("negative_scores", f)]
+        return pa.schema(cols + ([("positive_teacher_scores", f), ("negative_teacher_scores", f)] if teacher else []))
     raise ValueError(fmt)
 
 
@@ -84,7 +87,7 @@ def _query_groups(negatives_path: Path) -> Iterator[list[tuple[str, dict[str, li
         if t.num_rows == 0:
             continue
         qids = t["query_id"].to_numpy(zero_copy_only=False)
-        cols = {n: t[n].to_pylist() for n in ("doc_id", "doc_idx", "rank", "score")}
+        cols = {n: t[n].to_pylist() for n in ("doc_id", "doc_idx", "rank", "score", "teacher_score")}
         bounds = [0] + (np.flatnonzero(qids[1:] != qids[:-1]) + 1).tolist() + [len(qids)]
         yield [(str(qids[a]), {n: v[a:b] for n, v in cols.items()}) for a, b in zip(bounds[:-1], bounds[1:])]
 
@@ -121,7 +124,8 @@ class _Sink:
 
 
 def _rows(fmt: str, n: int, qid: str, qtext: str, pos_ids: list[str], pos_texts: list[str],
-          neg: dict[str, list], neg_texts: list[str], rows: dict[str, list], skipped: dict[str, int]) -> None:
+          neg: dict[str, list], neg_texts: list[str], rows: dict[str, list], skipped: dict[str, int],
+          pos_scores: list[float] | None) -> None:
     if fmt == "triplet":
         for p in pos_texts:
             rows["anchor"] += [qtext] * len(neg_texts)
@@ -143,27 +147,43 @@ def _rows(fmt: str, n: int, qid: str, qtext: str, pos_ids: list[str], pos_texts:
         rows["query"].append(qtext)
         rows["pos"].append(pos_texts)
         rows["neg"].append(neg_texts)
+        if pos_scores is not None:
+            rows["pos_scores"].append(pos_scores)
+            rows["neg_scores"].append(neg["teacher_score"])
     elif fmt == "ids":
         rows["query_id"].append(qid)
         rows["positive_ids"].append(pos_ids)
         rows["negative_ids"].append(neg["doc_id"])
         rows["negative_ranks"].append(neg["rank"])
         rows["negative_scores"].append(neg["score"])
+        if pos_scores is not None:
+            rows["positive_teacher_scores"].append(pos_scores)
+            rows["negative_teacher_scores"].append(neg["teacher_score"])
 
 
 def export(params: dict[str, Any], num_negatives: int, ingest_dir: Path, negatives_path: Path,
            query_ids: pa.ChunkedArray, min_positive_score: int, use_title: bool, title_sep: str,
-           provenance: dict[str, Any], out_dir: Path) -> dict[str, Any]:
+           provenance: dict[str, Any], out_dir: Path, positive_scores: Path | None = None) -> dict[str, Any]:
     texts = Texts(ingest_dir, use_title, title_sep)
     positives = positives_by_query(ingest_dir, texts.corpus["doc_id"], min_positive_score)
+    teacher = positive_scores is not None
+    pos_teacher: dict[tuple[str, str], float] = {}
+    if teacher:
+        t = pq.read_table(positive_scores, columns=["query_id", "doc_id", "teacher_score"])
+        pos_teacher = dict(zip(zip(t["query_id"].to_pylist(), t["doc_id"].to_pylist()),
+                               t["teacher_score"].to_pylist()))
+
+    def pos_scores(qid: str) -> list[float] | None:
+        return [pos_teacher[(qid, d)] for d in positives[qid][0]] if teacher else None
+
     metadata = {b"negmine": json.dumps(provenance, sort_keys=True).encode("utf-8")}
-    sinks = {(fmt, ft): _Sink(out_dir / f"{fmt}.{ft}", format_schema(fmt, num_negatives), metadata)
+    sinks = {(fmt, ft): _Sink(out_dir / f"{fmt}.{ft}", format_schema(fmt, num_negatives, teacher), metadata)
              for fmt in params["formats"] for ft in params["file_types"]}
     skipped = {fmt: 0 for fmt in params["formats"]}
     written: set[str] = set()
     try:
         for chunk in bar(_query_groups(negatives_path), desc="export", unit="chunk"):
-            batch = {fmt: {name: [] for name in format_schema(fmt, num_negatives).names}
+            batch = {fmt: {name: [] for name in format_schema(fmt, num_negatives, teacher).names}
                      for fmt in params["formats"]}
             for qid, neg in chunk:
                 written.add(qid)
@@ -172,16 +192,17 @@ def export(params: dict[str, Any], num_negatives: int, ingest_dir: Path, negativ
                 neg_texts = texts.docs(neg["doc_idx"])
                 for fmt in params["formats"]:
                     _rows(fmt, num_negatives, qid, texts.queries[qid], pos_ids, pos_texts, neg, neg_texts,
-                          batch[fmt], skipped)
+                          batch[fmt], skipped, pos_scores(qid))
             for (fmt, _), sink in sinks.items():
                 sink.write(batch[fmt])
         # queries whose sampling gave no negative: only the ids format lists them (with an empty list)
         if "ids" in params["formats"]:
-            batch = {name: [] for name in format_schema("ids", num_negatives).names}
-            empty = {"doc_id": [], "rank": [], "score": []}
+            batch = {name: [] for name in format_schema("ids", num_negatives, teacher).names}
+            empty = {"doc_id": [], "rank": [], "score": [], "teacher_score": []}
             for qid in query_ids.to_pylist():
                 if qid not in written and qid in positives:
-                    _rows("ids", num_negatives, qid, "", positives[qid][0], [], empty, [], batch, skipped)
+                    _rows("ids", num_negatives, qid, "", positives[qid][0], [], empty, [], batch, skipped,
+                          pos_scores(qid))
             for (fmt, _), sink in sinks.items():
                 if fmt == "ids":
                     sink.write(batch)

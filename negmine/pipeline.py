@@ -17,11 +17,12 @@ from typing import Any
 from negmine import __version__, bm25, export, ingest, retrieve, sample
 from negmine.cache import StageCache, StageResult
 from negmine.config import load_config
+from negmine.errors import ConfigError
 from negmine.filters import exclude
 from negmine.hashing import FingerprintMemo
 from negmine.io import atomic_path
 
-STAGES = ("ingest", "index", "retrieve", "exclude", "sample", "export")
+STAGES = ("ingest", "index", "retrieve", "score", "exclude", "sample", "export")
 
 
 @dataclass
@@ -97,8 +98,24 @@ def _run(cfg: dict[str, Any], cache: StageCache, until: str,
     if until == "retrieve":
         return result
     query_ids = retrieve.queries_to_mine(ing, inp["min_positive_score"])["query_id"].combine_chunks()
-    r_exc = step("exclude", exclude.VERSION, cfg["exclude"], ["ingest", "retrieve"],
-                 lambda out: exclude.exclude(cfg["exclude"], ing, r_ret.path / "candidates.parquet", query_ids,
+    r_cand, positive_scores = r_ret, None
+    if cfg["score"]["teacher"]:  # a configured teacher always runs: never silently skipped
+        from negmine import score
+
+        sc = cfg["score"]
+        teacher_path = _resolve_teacher(sc["teacher"])
+        teacher_fp = _model_fingerprint(teacher_path, memo)
+        params = {"teacher": teacher_fp, **{k: sc[k] for k in score.KEY_SETTINGS}}
+        store = score.store_dir(cache.root, teacher_fp, sc)
+        r_cand = step("score", score.VERSION, params, ["ingest", "retrieve"],
+                      lambda out: score.score(sc, teacher_path, store, ing, r_ret.path / "candidates.parquet",
+                                              query_ids, inp["min_positive_score"], inp["use_title"],
+                                              inp["title_sep"], out))
+        positive_scores = r_cand.path / "positives.parquet"
+    if until == "score":
+        return result
+    r_exc = step("exclude", exclude.VERSION, cfg["exclude"], ["ingest", r_cand.stage],
+                 lambda out: exclude.exclude(cfg["exclude"], ing, r_cand.path / "candidates.parquet", query_ids,
                                              inp["min_positive_score"], out))
     if until == "exclude":
         return result
@@ -115,7 +132,8 @@ def _run(cfg: dict[str, Any], cache: StageCache, until: str,
     def do_export(out: Path) -> dict[str, Any]:
         prov = _provenance(cfg, inputs, dict(keys))
         stats = export.export(cfg["export"], cfg["sample"]["num_negatives"], ing, r_smp.path / "negatives.parquet",
-                              query_ids, inp["min_positive_score"], inp["use_title"], inp["title_sep"], prov, out)
+                              query_ids, inp["min_positive_score"], inp["use_title"], inp["title_sep"], prov, out,
+                              positive_scores)
         (out / "provenance.json").write_text(json.dumps(prov, indent=2, sort_keys=True) + "\n")
         report = {"negmine_version": __version__,
                   "stages": {s: {"key": r.key, "stats": r.stats} for s, r in result.stages.items()},
@@ -126,6 +144,22 @@ def _run(cfg: dict[str, Any], cache: StageCache, until: str,
     r_exp = step("export", export.VERSION, exp_params, ["ingest", "sample"], do_export)
     result.outputs = _publish(r_exp.path, Path(cfg["export"]["dir"]))
     return result
+
+
+def _resolve_teacher(name: str) -> Path:
+    from negmine.encode import resolve_model
+
+    if not name:
+        raise ConfigError("[score] teacher is empty")
+    return resolve_model(name)
+
+
+def _model_fingerprint(path: Path, memo: FingerprintMemo) -> str:
+    from negmine.encode import model_fingerprint
+
+    fp = model_fingerprint(path, memo)
+    memo.save()
+    return fp
 
 
 def _index_stages(cfg: dict[str, Any], step: Callable[..., StageResult], ing: Path,
@@ -142,9 +176,7 @@ def _index_stages(cfg: dict[str, Any], step: Callable[..., StageResult], ing: Pa
 
         d = cfg["dense"]
         model_path = encode.resolve_model(d["model"])
-        params = {"model": encode.model_fingerprint(model_path, memo), **{k: d[k] for k in encode.KEY_SETTINGS},
-                  **text}
-        memo.save()
+        params = {"model": _model_fingerprint(model_path, memo), **{k: d[k] for k in encode.KEY_SETTINGS}, **text}
         query_texts = retrieve.queries_to_mine(ing, inp["min_positive_score"])["text"].to_pylist()
         dirs["encode"] = step("encode", encode.VERSION, params, ["ingest"],
                               lambda out: encode.encode(d, model_path, ing, query_texts, inp["use_title"],

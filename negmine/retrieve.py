@@ -53,6 +53,7 @@ def candidate_table(query_ids: pa.Array | pa.ChunkedArray, doc_ids: pa.ChunkedAr
         "retrievers": pa.ListArray.from_arrays(offsets, pa.array([name] * n, pa.string())),
         "retriever_ranks": pa.ListArray.from_arrays(offsets, pa.array(ranks, pa.int32())),
         "retriever_scores": pa.ListArray.from_arrays(offsets, pa.array(flat_scores, pa.float32())),
+        "teacher_score": pa.nulls(n, pa.float32()),
     }, schema=schema.CANDIDATES)
 
 

@@ -77,7 +77,7 @@ def sample(params: dict[str, Any], exclude_params: dict[str, Any], top_k: int, i
         outcomes["full" if len(pick) == n else "padded" if len(pick) + len(pads) == n else "short"] += 1
         if len(pick):
             rows = cand.take(pa.array(pick))
-            for name in ("doc_id", "doc_idx", "rank", "score", "retriever"):
+            for name in ("doc_id", "doc_idx", "rank", "score", "retriever", "teacher_score"):
                 cols[name] += rows[name].to_pylist()
             cols["query_id"] += [qid] * len(pick)
             cols["source"] += ["sample"] * len(pick)
@@ -89,6 +89,7 @@ def sample(params: dict[str, Any], exclude_params: dict[str, Any], top_k: int, i
             cols["score"] += [None] * len(pads)
             cols["retriever"] += [None] * len(pads)
             cols["source"] += ["pad-random"] * len(pads)
+            cols["teacher_score"] += [None] * len(pads)
 
     total = 0
     with pq.ParquetWriter(out_dir / "negatives.parquet", schema.NEGATIVES) as writer:

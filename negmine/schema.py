@@ -38,6 +38,14 @@ CANDIDATES = pa.schema([
     ("retrievers", pa.list_(pa.string())),
     ("retriever_ranks", pa.list_(pa.int32())),
     ("retriever_scores", pa.list_(pa.float32())),
+    ("teacher_score", pa.float32()),  # null until the score stage fills it (its type is in the file metadata)
+])
+
+POSITIVE_SCORES = pa.schema([
+    ("query_id", pa.string()),
+    ("doc_id", pa.string()),
+    ("doc_idx", pa.int64()),
+    ("teacher_score", pa.float32()),
 ])
 
 EXCLUDED = pa.schema([
@@ -56,4 +64,5 @@ NEGATIVES = pa.schema([
     ("score", pa.float32()),
     ("retriever", pa.string()),
     ("source", pa.string()),  # "sample" or "pad-random"
+    ("teacher_score", pa.float32()),  # null without a teacher, and for pad-random fillers
 ])

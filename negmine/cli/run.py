@@ -6,15 +6,18 @@ from pathlib import Path
 import typer
 
 from negmine.cli import app
+from negmine.errors import NegmineError
 from negmine.cli.common import (CacheOpt, ConfigArg, ForceOpt, InputOpt, NoCacheOpt, OutOpt, QuietOpt, SetOpt,
                                 SkipOpt, VerboseOpt, guarded, overrides, setup)
 
 _STAGE_OUTPUT = {"ingest": "corpus.parquet", "index": "", "retrieve": "candidates.parquet",
+                 "score": "candidates.parquet",
                  "exclude": "candidates.parquet", "sample": "negatives.parquet"}
 _HELP = {
     "ingest": "Read and validate the input into corpus, queries and qrels tables.",
-    "index": "Build the BM25 index of the corpus.",
-    "retrieve": "Retrieve the top-k candidates of every query that has a positive.",
+    "index": "Build the BM25 index and/or encode the corpus for dense retrieval.",
+    "retrieve": "Retrieve the top-k candidates of every query that has a positive (BM25, dense, or fused).",
+    "score": "Score every candidate and positive with the [score] teacher (cross-encoder or bi-encoder).",
     "exclude": "Drop known positives, the query's own text and duplicates of positives.",
     "sample": "Choose each query's negatives from its kept candidates.",
     "export": "Write the mined negatives in the trainers' formats (same as run).",
@@ -42,8 +45,11 @@ def _execute(until: str, config: Path | None, sets: list[str] | None, input_path
             for path in result.outputs:
                 typer.echo(str(path))
         elif not no_cache:
-            last = result.stages[until]
-            typer.echo(str(last.path / _STAGE_OUTPUT[until]) if _STAGE_OUTPUT[until] else str(last.path))
+            if until == "score" and "score" not in result.stages:
+                raise NegmineError("stage 'score' does not run with this config; set [score] teacher")
+            last = result.stages.get(until) or list(result.stages.values())[-1]  # index: encode/ann for dense
+            typer.echo(str(last.path / _STAGE_OUTPUT[until]) if _STAGE_OUTPUT[until] and last.stage == until
+                       else str(last.path))
 
     guarded(verbose, go)
 
@@ -65,5 +71,5 @@ def _stage_command(stage: str) -> None:
     app.command(stage, help=cmd.__doc__, short_help=_HELP[stage])(cmd)
 
 
-for _stage in ("ingest", "index", "retrieve", "exclude", "sample", "export"):
+for _stage in ("ingest", "index", "retrieve", "score", "exclude", "sample", "export"):
     _stage_command(_stage)

@@ -82,4 +82,5 @@ def fuse(tables: list[pa.Table], names: list[str], query_ids: pa.Array, n_docs: 
         "retrievers": pa.ListArray.from_arrays(offsets, pa.array(name_arr[rid[members]].tolist(), pa.string())),
         "retriever_ranks": pa.ListArray.from_arrays(offsets, pa.array(ranks[members], pa.int32())),
         "retriever_scores": pa.ListArray.from_arrays(offsets, pa.array(scores[members], pa.float32())),
+        "teacher_score": pa.nulls(len(chosen), pa.float32()),
     }, schema=schema.CANDIDATES)

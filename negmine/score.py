@@ -1,0 +1,181 @@
+"""Rescore stage: teacher scores for every (query, candidate) and (query, positive) pair.
+
+The teacher is a cross-encoder (sentence-transformers `CrossEncoder`, as in RocketQA's denoising: Qu et al., NAACL
+2021) or a bi-encoder that may differ from the retriever. Each distinct pair is scored once: pairs are batched
+across queries, and every score lands in a pair store kept per teacher (model fingerprint and settings), keyed by
+the exact texts of the query and the document. A deeper candidate pool, another filter or another sample scores
+only pairs the store lacks; a store part is written atomically every `flush_pairs` pairs, so a killed run loses at
+most one part. The score type (probability, logit, cosine, dot) is recorded with the scores; later filters refuse
+thresholds meant for another type.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from negmine import schema
+from negmine.errors import ConfigError
+from negmine.export import Texts
+from negmine.io import atomic_path
+from negmine.progress import bar
+
+VERSION = "1"
+KEY_SETTINGS = ("kind", "activation", "max_length", "query_prompt", "doc_prompt", "normalize")
+PAIRS = pa.schema([("qkey", pa.int64()), ("dkey", pa.int64()), ("score", pa.float32())])
+
+
+def score_type(params: dict[str, Any]) -> str:
+    if params["kind"] == "cross-encoder":
+        return params["activation"]
+    return "cosine" if params["normalize"] else "dot"
+
+
+def _key(text: str) -> int:
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little", signed=True)
+
+
+class Teacher:
+    """Loads the configured teacher once, on first use: a fully cached run never imports torch."""
+
+    def __init__(self, params: dict[str, Any], model_path: Path) -> None:
+        self.params, self.model_path, self.model = params, model_path, None
+
+    def _load(self) -> None:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        p = self.params
+        if p["kind"] == "cross-encoder":
+            import torch
+            from sentence_transformers import CrossEncoder
+
+            act = torch.nn.Identity() if p["activation"] == "logit" else torch.nn.Sigmoid()
+            try:
+                self.model = CrossEncoder(str(self.model_path), device=p["device"] or None, local_files_only=True,
+                                          max_length=p["max_length"] or None, activation_fn=act)
+            except (OSError, ValueError) as exc:
+                raise ConfigError(f"[score] cannot load cross-encoder from {self.model_path}: {exc}") from None
+            if getattr(self.model, "num_labels", 1) != 1:
+                raise ConfigError(f"[score] cross-encoder {self.model_path} has {self.model.num_labels} labels; "
+                                  "a relevance teacher has one output")
+        else:
+            from negmine.encode import load_model
+
+            self.model = load_model({"device": p["device"], "backend": "torch", "precision": "fp32",
+                                     "max_seq_length": p["max_length"]}, self.model_path)
+
+    def __call__(self, queries: list[str], docs: list[str]) -> np.ndarray:
+        if self.model is None:
+            self._load()
+        p = self.params
+        if p["kind"] == "cross-encoder":
+            pairs = [(f"{p['query_prompt']}{q}", f"{p['doc_prompt']}{d}") for q, d in zip(queries, docs)]
+            return np.asarray(self.model.predict(pairs, batch_size=p["batch_size"], show_progress_bar=False),
+                              dtype=np.float32).reshape(-1)
+        enc = {"batch_size": p["batch_size"], "normalize_embeddings": p["normalize"], "convert_to_numpy": True,
+               "show_progress_bar": False}
+        q = self.model.encode(queries, prompt=p["query_prompt"] or None, **enc)
+        d = self.model.encode(docs, prompt=p["doc_prompt"] or None, **enc)
+        return np.einsum("ij,ij->i", q, d).astype(np.float32)
+
+
+def store_dir(cache_root: Path, model_fp: str, params: dict[str, Any]) -> Path:
+    settings = {k: params[k] for k in KEY_SETTINGS}
+    digest = hashlib.sha256(json.dumps({"model": model_fp, **settings}, sort_keys=True).encode()).hexdigest()
+    return cache_root / "pairs" / digest[:32]
+
+
+def _load_store(folder: Path) -> pa.Table:
+    parts = sorted(folder.glob("part-*.parquet"))
+    if not parts:
+        return PAIRS.empty_table()
+    return pa.concat_tables([pq.read_table(p) for p in parts]).combine_chunks()
+
+
+def score(params: dict[str, Any], model_path: Path, store: Path, ingest_dir: Path, candidates_path: Path,
+          query_ids: pa.Array, min_positive_score: int, use_title: bool, title_sep: str,
+          out_dir: Path) -> dict[str, Any]:
+    """Write candidates.parquet (with teacher_score) and positives.parquet; score only pairs the store lacks."""
+    from negmine.export import positives_by_query
+
+    texts = Texts(ingest_dir, use_title, title_sep)
+    cands = pq.read_table(candidates_path, columns=["query_id", "doc_idx"])
+    positives = positives_by_query(ingest_dir, texts.corpus["doc_id"], min_positive_score)
+    pos_q, pos_d, pos_i = [], [], []
+    for q in query_ids.to_pylist():
+        ids, idx = positives.get(q, ([], []))
+        pos_q += [q] * len(ids)
+        pos_d += ids
+        pos_i += idx
+    # every pair to score, as (query id, corpus row); candidates first, then positives
+    all_q = pa.concat_arrays([cands["query_id"].combine_chunks(), pa.array(pos_q, pa.string())])
+    all_i = np.concatenate([cands["doc_idx"].to_numpy(), np.asarray(pos_i, dtype=np.int64)])
+    qkey_of = {q: _key(t) for q, t in texts.queries.items()}
+    # document keys from the exact retrieval texts, computed for the rows in use only
+    uniq_rows, inverse = np.unique(all_i, return_inverse=True)
+    doc_keys = np.empty(len(uniq_rows), dtype=np.int64)
+    for a in range(0, len(uniq_rows), 50_000):
+        part = uniq_rows[a:a + 50_000]
+        doc_keys[a:a + 50_000] = [_key(t) for t in texts.docs(part.tolist())]
+    need = pa.table({"qkey": pa.array([qkey_of[q] for q in all_q.to_pylist()], pa.int64()),
+                     "dkey": pa.array(doc_keys[inverse], pa.int64())})
+    store.mkdir(parents=True, exist_ok=True)
+    have = _load_store(store)
+    missing = need.group_by(["qkey", "dkey"]).aggregate([]).join(have.select(["qkey", "dkey"]), ["qkey", "dkey"],
+                                                                 join_type="left anti")
+    new = missing.num_rows
+    if new:
+        # texts of the missing pairs: map keys back to one (query, row) each
+        first = need.append_column("row", pa.array(np.arange(need.num_rows), pa.int64()))
+        first = first.group_by(["qkey", "dkey"]).aggregate([("row", "min")])
+        todo = missing.join(first, ["qkey", "dkey"]).sort_by("row_min")
+        rows = todo["row_min"].to_numpy()
+        qids = all_q.take(pa.array(rows)).to_pylist()
+        didx = all_i[rows]
+        teacher = Teacher(params, model_path)
+        step = params["flush_pairs"]
+        with bar(total=new, desc="score pairs", unit="pair") as progress:
+            for a in range(0, new, step):
+                qs = [texts.queries[q] for q in qids[a:a + step]]
+                ds = texts.docs(didx[a:a + step].tolist())
+                s = teacher(qs, ds)
+                part = pa.table({"qkey": todo["qkey"].slice(a, step), "dkey": todo["dkey"].slice(a, step),
+                                 "score": pa.array(s, pa.float32())}, schema=PAIRS)
+                with atomic_path(store / f"part-{uuid.uuid4().hex}.parquet") as tmp:
+                    pq.write_table(part, tmp)
+                progress.update(len(qs))
+        have = _load_store(store)
+    have = have.group_by(["qkey", "dkey"], use_threads=False).aggregate([("score", "first")])
+    have = have.rename_columns(["qkey", "dkey", "score"])
+    scored = need.append_column("row", pa.array(np.arange(need.num_rows), pa.int64())) \
+        .join(have, ["qkey", "dkey"], join_type="left outer").sort_by("row")
+    values = scored["score"].to_numpy(zero_copy_only=False).astype(np.float32)
+    if np.isnan(values).any():
+        raise RuntimeError("teacher scores missing after scoring; the pair store may be damaged: clear the cache")
+    n_c = cands.num_rows
+    meta = {b"negmine.score_type": score_type(params).encode()}
+    col = schema.CANDIDATES.get_field_index("teacher_score")
+    pf = pq.ParquetFile(candidates_path)
+    offset = 0
+    with pq.ParquetWriter(out_dir / "candidates.parquet", schema.CANDIDATES.with_metadata(meta)) as writer:
+        for g in range(pf.num_row_groups):  # keep the query-chunk row groups that later stages stream
+            t = pf.read_row_group(g)
+            t = t.set_column(col, "teacher_score", pa.array(values[offset:offset + t.num_rows], pa.float32()))
+            writer.write_table(t.replace_schema_metadata(meta))
+            offset += t.num_rows
+    pq.write_table(pa.table({"query_id": pa.array(pos_q, pa.string()), "doc_id": pa.array(pos_d, pa.string()),
+                             "doc_idx": pa.array(pos_i, pa.int64()),
+                             "teacher_score": pa.array(values[n_c:], pa.float32())},
+                            schema=schema.POSITIVE_SCORES).replace_schema_metadata(meta),
+                   out_dir / "positives.parquet")
+    distinct = int(need.group_by(["qkey", "dkey"]).aggregate([]).num_rows)
+    return {"teacher": params["kind"], "score_type": score_type(params), "pairs": need.num_rows,
+            "distinct_pairs": distinct, "scored_now": new, "from_store": distinct - new}

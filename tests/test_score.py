@@ -1,0 +1,128 @@
+"""The rescore stage: teacher scores for candidates and positives, each pair scored once, never skipped."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+import negmine
+from negmine import score as score_mod
+from conftest import SAMPLE
+
+
+def _over(tmp_path: Path, teacher: Path, *extra: str) -> list[str]:
+    return [f"input.path='{SAMPLE}'", f"run.cache_dir='{tmp_path / 'cache'}'", f"export.dir='{tmp_path / 'out'}'",
+            f"score.teacher='{teacher}'", "retrieve.top_k=10", "export.formats=['ids','flagembedding']", *extra]
+
+
+def _count_pairs(monkeypatch) -> list[int]:
+    scored: list[int] = []
+    real = score_mod.Teacher.__call__
+
+    def counting(self, queries, docs):
+        scored.append(len(queries))
+        return real(self, queries, docs)
+
+    monkeypatch.setattr(score_mod.Teacher, "__call__", counting)
+    return scored
+
+
+def test_cross_encoder_scores_every_candidate_and_positive(tmp_path, tiny_cross_encoder):
+    from sentence_transformers import CrossEncoder
+
+    result = negmine.mine(None, _over(tmp_path, tiny_cross_encoder))
+    stage = result.stages["score"]
+    assert stage.stats["score_type"] == "probability"
+    cands = pq.read_table(stage.path / "candidates.parquet")
+    assert cands.schema.metadata[b"negmine.score_type"] == b"probability"
+    pos = pq.read_table(stage.path / "positives.parquet").to_pylist()
+    assert len(pos) == 416  # every positive of the sample
+    values = cands["teacher_score"].to_numpy()
+    assert not np.isnan(values).any() and ((values > 0) & (values < 1)).all()
+    # spot-check against the model itself
+    queries = {json.loads(x)["_id"]: json.loads(x)["text"] for x in (SAMPLE / "queries.jsonl").open()}
+    corpus = {}
+    for line in (SAMPLE / "corpus.jsonl").open():
+        d = json.loads(line)
+        corpus[d["_id"]] = f"{d['title']} {d['text']}" if d["title"] else d["text"]
+    ce = CrossEncoder(str(tiny_cross_encoder), device="cpu", local_files_only=True)
+    rows = cands.slice(0, 5).to_pylist() + []
+    expected = ce.predict([(queries[r["query_id"]], corpus[r["doc_id"]]) for r in rows])
+    np.testing.assert_allclose([r["teacher_score"] for r in rows], expected, rtol=1e-4, atol=1e-5)
+    ids = pq.read_table(tmp_path / "out" / "ids.parquet").to_pylist()
+    assert all(len(r["positive_teacher_scores"]) == len(r["positive_ids"]) for r in ids)
+    assert all(len(r["negative_teacher_scores"]) == len(r["negative_ids"]) for r in ids)
+    fe = pq.read_table(tmp_path / "out" / "flagembedding.parquet")
+    assert {"pos_scores", "neg_scores"} <= set(fe.column_names)
+
+
+def test_a_deeper_pool_scores_only_the_new_pairs(tmp_path, tiny_cross_encoder, monkeypatch):
+    scored = _count_pairs(monkeypatch)
+    first = negmine.mine(None, _over(tmp_path, tiny_cross_encoder))
+    n_first = sum(scored)
+    assert n_first == first.stages["score"].stats["distinct_pairs"]
+    scored.clear()
+    deeper = negmine.mine(None, _over(tmp_path, tiny_cross_encoder, "retrieve.top_k=20"))
+    stats = deeper.stages["score"].stats
+    assert sum(scored) == stats["scored_now"] == stats["distinct_pairs"] - n_first
+    assert stats["from_store"] == n_first
+
+
+def test_changing_a_filter_or_the_sample_never_rescores(tmp_path, tiny_cross_encoder, monkeypatch):
+    scored = _count_pairs(monkeypatch)
+    negmine.mine(None, _over(tmp_path, tiny_cross_encoder))
+    scored.clear()
+    again = negmine.mine(None, _over(tmp_path, tiny_cross_encoder, "exclude.duplicates=false", "sample.seed=5"))
+    assert again.stages["score"].status == "cached" and again.stages["retrieve"].status == "cached"
+    assert scored == []
+
+
+def test_logit_activation_is_recorded_and_differs(tmp_path, tiny_cross_encoder):
+    prob = negmine.mine(None, _over(tmp_path, tiny_cross_encoder))
+    logit = negmine.mine(None, _over(tmp_path, tiny_cross_encoder, "score.activation='logit'"))
+    assert logit.stages["score"].stats["score_type"] == "logit"
+    p = pq.read_table(prob.stages["score"].path / "candidates.parquet")["teacher_score"].to_numpy()
+    z = pq.read_table(logit.stages["score"].path / "candidates.parquet")["teacher_score"].to_numpy()
+    np.testing.assert_allclose(p, 1 / (1 + np.exp(-z)), rtol=1e-4, atol=1e-5)
+
+
+def test_bi_encoder_teacher_gives_cosine_scores(tmp_path, tiny_bi_encoders):
+    result = negmine.mine(None, _over(tmp_path, tiny_bi_encoders[1], "score.kind='bi-encoder'"))
+    assert result.stages["score"].stats["score_type"] == "cosine"
+    values = pq.read_table(result.stages["score"].path / "candidates.parquet")["teacher_score"].to_numpy()
+    assert ((values >= -1.0001) & (values <= 1.0001)).all()
+
+
+def test_a_configured_teacher_is_never_silently_skipped(tmp_path):
+    from typer.testing import CliRunner
+
+    from negmine.cli import app
+
+    result = CliRunner().invoke(app, ["run", "-i", str(SAMPLE), "--cache-dir", str(tmp_path / "c"), "-o",
+                                      str(tmp_path / "o"), "--set", f"score.teacher='{tmp_path / 'missing'}'"])
+    assert result.exit_code == 2 and not (tmp_path / "c" / "score").exists() and not (tmp_path / "o").exists()
+    assert "Hugging Face cache" in result.stderr
+
+
+def test_scores_survive_a_crash_between_store_parts(tmp_path, tiny_cross_encoder, monkeypatch):
+    calls = []
+    real = score_mod.Teacher.__call__
+
+    def crashing(self, queries, docs):
+        calls.append(len(queries))
+        if len(calls) == 2:
+            raise MemoryError("killed")
+        return real(self, queries, docs)
+
+    monkeypatch.setattr(score_mod.Teacher, "__call__", crashing)
+    over = _over(tmp_path, tiny_cross_encoder, "score.flush_pairs=100")
+    with pytest.raises(MemoryError):
+        negmine.mine(None, over)
+    monkeypatch.setattr(score_mod.Teacher, "__call__", real)
+    scored = _count_pairs(monkeypatch)
+    result = negmine.mine(None, over)
+    assert result.stages["score"].stats["from_store"] == 100
+    assert sum(scored) == result.stages["score"].stats["distinct_pairs"] - 100
