@@ -69,10 +69,24 @@ def model_fingerprint(path: Path, memo: FingerprintMemo) -> str:
     return h.hexdigest()
 
 
+def quiet_hf() -> None:
+    """Offline, and without transformers' own progress bars: negmine shows its own (on stderr, -q hides them)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
+        if not log.isEnabledFor(logging.DEBUG):
+            hf_logging.set_verbosity_error()
+    except ImportError:
+        pass
+
+
 def load_model(params: dict[str, Any], path: Path):
     """A SentenceTransformer from a local folder, with the configured backend, precision and max length."""
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    quiet_hf()
     from sentence_transformers import SentenceTransformer
 
     kwargs: dict[str, Any] = {"device": params["device"] or None, "backend": params["backend"],

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import uuid
 from pathlib import Path
 from typing import Any
@@ -50,8 +49,9 @@ class Teacher:
         self.params, self.model_path, self.model = params, model_path, None
 
     def _load(self) -> None:
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+        from negmine.encode import quiet_hf
+
+        quiet_hf()
         p = self.params
         if p["kind"] == "cross-encoder":
             import torch

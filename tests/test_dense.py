@@ -220,3 +220,20 @@ def test_a_model_that_is_not_there_is_a_clear_error(tmp_path, small):
     assert result.exit_code == 2
     assert "neither a local folder nor in the Hugging Face cache" in result.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_a_cached_dense_run_never_imports_torch(tmp_path, small, tiny_bi_encoders, tiny_cross_encoder):
+    import subprocess
+    import sys
+
+    over = _over(tmp_path, small, tiny_bi_encoders[0], f"score.teacher='{tiny_cross_encoder}'")
+    code = ("import sys, negmine; r = negmine.mine(None, sys.argv[1:]); "
+            "print(r.computed, 'torch' in sys.modules, 'sentence_transformers' in sys.modules)")
+    env = {**__import__("os").environ, "NEGMINE_PROGRESS": "0"}
+    first = subprocess.run([sys.executable, "-c", code, *over], capture_output=True, text=True, env=env)
+    assert first.returncode == 0, first.stderr
+    assert first.stdout.split("]")[1].split() == ["True", "True"]
+    changed = over + ["sample.num_negatives=2"]
+    warm = subprocess.run([sys.executable, "-c", code, *changed], capture_output=True, text=True, env=env)
+    assert warm.returncode == 0, warm.stderr
+    assert warm.stdout.strip() == "['sample', 'export'] False False"
