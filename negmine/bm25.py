@@ -151,6 +151,18 @@ class Searcher:
         return sp.csr_matrix((np.ones(int(ok.sum()), dtype=np.float32), (rows[ok], cols[ok])),
                              shape=(len(ids), self.vocab_size))
 
+    def score_pairs(self, texts: list[str], doc_idx: np.ndarray) -> np.ndarray:
+        """BM25 score of each (query text, corpus row) pair, retrieved or not (used for positives)."""
+        if self.backend == "bm25s":
+            q = self._query_matrix(texts)
+            out = np.asarray((q @ self.term_doc)[np.arange(len(texts)), doc_idx], dtype=np.float32).reshape(-1)
+            if self.nonoccurrence is not None:
+                out += (q @ self.nonoccurrence).astype(np.float32)
+            return out
+        tokens = self.tok.tokenize(texts, update_vocab=True, return_as="string", show_progress=False)
+        return np.array([self.model.get_batch_scores(t, [int(d)])[0] for t, d in zip(tokens, doc_idx)],
+                        dtype=np.float32)
+
     def search(self, texts: list[str], k: int) -> tuple[np.ndarray, np.ndarray]:
         """(doc indices, scores), each (len(texts), k), sorted by score then doc index (a defined tie order).
 

@@ -82,13 +82,34 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "query_text": True,  # drop documents whose text is the query's own text
         "duplicates": True,  # drop exact duplicates of a positive (whitespace- and case-normalised)
     },
+    "filter": {
+        "method": "none",  # none | abs | margin-pos | perc-pos (NV-Retriever's positive-aware filters)
+        "tau": 0.7,  # abs: keep s < tau
+        "margin": 0.05,  # margin-pos: keep s < s_pos - margin
+        "alpha": 0.95,  # perc-pos: keep s < s_pos - |s_pos| x (1 - alpha)
+        "positive_score": "min",  # s_pos over the query's positives: min | mean | max
+        "score_source": "auto",  # auto (the teacher's when configured, else the retriever's) | teacher | retriever
+        "min_score": None,  # score window: keep min_score <= s <= max_score
+        "max_score": None,
+        "skip_top": 0,  # drop the first N raw retrieval ranks
+        "ce_max_probability": None,  # RocketQA: keep a candidate only if the teacher's probability < this (0.1)
+        "ce_margin": None,  # drop if ce > min ce(positive) - margin, on the logit scale (3.0)
+        "near_dup_jaccard": None,  # drop if MinHash Jaccard (word 3-shingles) to a positive >= this (0.8)
+        "near_dup_cosine": None,  # drop if the dense encoder's cosine to a positive >= this (0.98)
+        "minhash_perm": 64,
+        "relax_steps": 0,  # shortage "relax": loosen the method's threshold up to this many steps
+        "relax_step": 0.05,
+    },
     "sample": {
-        "strategy": "top",  # top | random
+        "strategy": "top",  # top | random | softmax | top1-random | simans
         "num_negatives": 5,
         "rank_min": 1,  # window on raw retrieval ranks (1-based, inclusive)
         "rank_max": 0,  # 0 means top_k
         "seed": 42,
-        "shortage": "keep-fewer",  # keep-fewer | drop | pad-random
+        "shortage": "keep-fewer",  # keep-fewer | drop | pad-random | relax
+        "temperature": 0.1,  # softmax: p ~ exp(s / temperature)
+        "simans_a": 0.5,  # SimANS: p ~ exp(-a (s - s_pos + b)^2)
+        "simans_b": 0.0,
     },
     "export": {
         "dir": "negmine-out",
@@ -110,8 +131,11 @@ CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("dense", "precision"): ("fp32", "bf16"),
     ("dense", "backend"): ("torch", "onnx"),
     ("dense", "index"): ("flat", "hnsw", "ivf"),
-    ("sample", "strategy"): ("top", "random"),
-    ("sample", "shortage"): ("keep-fewer", "drop", "pad-random"),
+    ("sample", "strategy"): ("top", "random", "softmax", "top1-random", "simans"),
+    ("sample", "shortage"): ("keep-fewer", "drop", "pad-random", "relax"),
+    ("filter", "method"): ("none", "abs", "margin-pos", "perc-pos"),
+    ("filter", "positive_score"): ("min", "mean", "max"),
+    ("filter", "score_source"): ("auto", "teacher", "retriever"),
 }
 LIST_CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("export", "formats"): ("triplet", "n-tuple", "flagembedding", "ids"),
@@ -120,6 +144,9 @@ LIST_CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
 }
 PATH_KEYS = {("input", "path"), ("input", "corpus"), ("export", "dir"), ("run", "cache_dir")}
 STRING_OPTIONAL = {("input", "query_column"), ("input", "negative_column")}
+# Optional numbers: None (leave the key out, or --set key='') means off.
+OPTIONAL_NUMBERS = {("filter", k) for k in ("min_score", "max_score", "ce_max_probability", "ce_margin",
+                                            "near_dup_jaccard", "near_dup_cosine")}
 
 
 def _type_name(value: Any) -> str:
@@ -131,6 +158,12 @@ def _coerce(section: str, key: str, value: Any, origin: str) -> Any:
     """Check one value against its default's type; accept an int where a float is expected."""
     default = DEFAULTS[section][key]
     where = f"{origin}: [{section}] {key}"
+    if (section, key) in OPTIONAL_NUMBERS:
+        if value is None or value == "":
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{where} must be a number, got {value!r}; leave it out to switch it off")
+        return float(value)
     if default is None:
         if value is None or value == "":
             return None
@@ -261,6 +294,14 @@ def _check_consistency(cfg: dict[str, Any]) -> None:
     for key in ("batch_size", "shard_size", "hnsw_m", "hnsw_ef_construction", "hnsw_ef_search", "ivf_nprobe"):
         if d[key] < 1:
             raise ConfigError(f"[dense] {key} is {d[key]}; it must be at least 1")
+    f = cfg["filter"]
+    if s["shortage"] == "relax" and (f["method"] == "none" or f["relax_steps"] < 1):
+        raise ConfigError("[sample] shortage \"relax\" loosens the [filter] method step by step: set [filter] "
+                          "method and relax_steps >= 1")
+    if s["temperature"] <= 0 or s["simans_a"] <= 0:
+        raise ConfigError("[sample] temperature and simans_a must be > 0")
+    if f["skip_top"] < 0 or f["relax_steps"] < 0 or f["relax_step"] <= 0 or f["minhash_perm"] < 8:
+        raise ConfigError("[filter] skip_top and relax_steps must be >= 0, relax_step > 0, minhash_perm >= 8")
     if cfg["score"]["batch_size"] < 1 or cfg["score"]["flush_pairs"] < 1:
         raise ConfigError("[score] batch_size and flush_pairs must be at least 1")
     if r["rrf_k"] < 0 or r["union_quota"] < 0:

@@ -61,6 +61,8 @@ class DenseSearcher:
 
     def __init__(self, params: dict[str, Any], encode_dir: Path, ann_dir: Path | None = None) -> None:
         self.params = params
+        self.encode_dir = encode_dir
+        self.doc_to_unique = None
         self.unique_docs = np.load(encode_dir / "unique_docs.npy")
         self.shards = doc_shards(encode_dir)
         self.index = None
@@ -71,6 +73,29 @@ class DenseSearcher:
                 self.index.hnsw.efSearch = max(params["hnsw_ef_search"], 1)
             else:
                 self.index.nprobe = params["ivf_nprobe"]
+
+    def doc_vectors(self, doc_idx: np.ndarray) -> np.ndarray:
+        """The vectors of corpus rows, read shard by shard from the memory-mapped files."""
+        if self.doc_to_unique is None:
+            self.doc_to_unique = np.load(self.encode_dir / "doc_to_unique.npy", mmap_mode="r")
+        unique = np.asarray(self.doc_to_unique[np.asarray(doc_idx, dtype=np.int64)])
+        sizes = [int(np.load(s, mmap_mode="r").shape[0]) for s in self.shards]
+        starts = np.concatenate([[0], np.cumsum(sizes)])
+        shard_of = np.searchsorted(starts, unique, side="right") - 1
+        out = None
+        for i in np.unique(shard_of):
+            rows = np.flatnonzero(shard_of == i)
+            vecs = np.load(self.shards[i], mmap_mode="r")[unique[rows] - starts[i]]
+            if out is None:
+                out = np.empty((len(unique), vecs.shape[1]), dtype=np.float32)
+            out[rows] = vecs
+        return out if out is not None else np.zeros((0, 1), dtype=np.float32)
+
+    def score_pairs(self, queries: np.ndarray, doc_idx: np.ndarray) -> np.ndarray:
+        """Inner product of each (query vector, corpus row) pair, retrieved or not (used for positives)."""
+        if len(doc_idx) == 0:
+            return np.zeros(0, dtype=np.float32)
+        return np.einsum("ij,ij->i", np.asarray(queries, dtype=np.float32), self.doc_vectors(doc_idx))
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(corpus rows, scores), each (n_queries, k'), best first; k' = min(k, unique texts). Ties: lower row."""

@@ -69,6 +69,7 @@ def _run(cfg: dict[str, Any], cache: StageCache, until: str,
          on_stage: Callable[[StageResult], None] | None) -> RunResult:
     result = RunResult(cfg)
     inp = cfg["input"]
+    source, _ = check_score_types(cfg)
     memo = FingerprintMemo(cache.root / "fingerprints.json")
     files = ingest.input_files(inp)
     inputs = {str(p): memo(p) for p in files}
@@ -114,16 +115,32 @@ def _run(cfg: dict[str, Any], cache: StageCache, until: str,
         positive_scores = r_cand.path / "positives.parquet"
     if until == "score":
         return result
-    r_exc = step("exclude", exclude.VERSION, cfg["exclude"], ["ingest", r_cand.stage],
-                 lambda out: exclude.exclude(cfg["exclude"], ing, r_cand.path / "candidates.parquet", query_ids,
-                                             inp["min_positive_score"], out))
+    fparams = cfg["filter"]
+    score_column = "teacher_score" if source == "teacher" else "score"
+    pos_scores = positive_scores if source == "teacher" else (
+        r_ret.path / "positives.parquet" if (r_ret.path / "positives.parquet").is_file() else None)
+    vectors = None
+    exc_upstream = ["ingest", r_cand.stage]
+    if fparams["near_dup_cosine"] is not None:
+        from negmine.dense import DenseSearcher
+
+        vectors = DenseSearcher(cfg["dense"], index_dirs["encode"]).doc_vectors
+        exc_upstream.append("encode")
+    texts = export.Texts(ing, inp["use_title"], inp["title_sep"]) if fparams["near_dup_jaccard"] is not None \
+        else None
+    r_exc = step("exclude", exclude.VERSION, {**cfg["exclude"], **fparams, "score_column": score_column},
+                 exc_upstream,
+                 lambda out: exclude.exclude(cfg["exclude"], fparams, ing, r_cand.path / "candidates.parquet",
+                                             query_ids, inp["min_positive_score"], out, score_column=score_column,
+                                             positive_scores=pos_scores, teacher_positive_scores=positive_scores,
+                                             texts=texts, vectors=vectors))
     if until == "exclude":
         return result
     r_smp = step("sample", sample.VERSION, {**cfg["sample"], "top_k": cfg["retrieve"]["top_k"]},
                  ["ingest", "exclude"],
                  lambda out: sample.sample(cfg["sample"], cfg["exclude"], cfg["retrieve"]["top_k"], ing,
                                            r_exc.path / "candidates.parquet", query_ids, inp["min_positive_score"],
-                                           out))
+                                           out, fparams["relax_steps"]))
     if until == "sample":
         return result
     exp_params = {k: v for k, v in cfg["export"].items() if k != "dir"}
@@ -144,6 +161,48 @@ def _run(cfg: dict[str, Any], cache: StageCache, until: str,
     r_exp = step("export", export.VERSION, exp_params, ["ingest", "sample"], do_export)
     result.outputs = _publish(r_exp.path, Path(cfg["export"]["dir"]))
     return result
+
+
+def check_score_types(cfg: dict[str, Any]) -> tuple[str, str]:
+    """Which score the filters and samplers read (teacher or retriever) and its type; refuse a threshold meant
+    for another type before any work starts."""
+    from negmine.filters import POSITIVE_AWARE
+    from negmine.score import score_type
+
+    f, retrievers = cfg["filter"], cfg["retrieve"]["retrievers"]
+    teacher = score_type(cfg["score"]) if cfg["score"]["teacher"] else None
+    if len(retrievers) > 1:
+        retriever_type = "rrf"
+    elif retrievers[0] == "bm25":
+        retriever_type = "bm25"
+    else:
+        retriever_type = "cosine" if cfg["dense"]["normalize"] else "dot"
+    source = f["score_source"]
+    if source == "teacher" and not teacher:
+        raise ConfigError("[filter] score_source is \"teacher\" but no [score] teacher is configured")
+    if source == "auto":
+        source = "teacher" if teacher else "retriever"
+    stype = teacher if source == "teacher" else retriever_type
+    if f["method"] != "none":
+        _, _, allowed = POSITIVE_AWARE[f["method"]]
+        if stype not in allowed:
+            hint = ("fused (RRF) scores have no positive scores to compare with; configure a [score] teacher"
+                    if stype == "rrf" else f"it is meant for {', '.join(allowed)} scores; configure a [score] "
+                    "teacher or choose another method")
+            raise ConfigError(f"[filter] method {f['method']!r} would compare against {stype} scores: {hint}")
+    if f["ce_max_probability"] is not None and teacher != "probability":
+        raise ConfigError("[filter] ce_max_probability needs a cross-encoder [score] teacher with activation "
+                          f"\"probability\" (teacher scores: {teacher or 'none'})")
+    if f["ce_margin"] is not None and teacher != "logit":
+        raise ConfigError("[filter] ce_margin is on the logit scale: it needs a cross-encoder [score] teacher with "
+                          f"activation \"logit\" (teacher scores: {teacher or 'none'})")
+    if f["near_dup_cosine"] is not None and "dense" not in retrievers:
+        raise ConfigError("[filter] near_dup_cosine compares dense embeddings: add \"dense\" to [retrieve] "
+                          "retrievers")
+    if cfg["sample"]["strategy"] == "simans" and stype == "rrf":
+        raise ConfigError("[sample] simans needs positive scores; fused (RRF) scores have none: configure a "
+                          "[score] teacher")
+    return source, stype
 
 
 def _resolve_teacher(name: str) -> Path:

@@ -77,6 +77,32 @@ def write_candidates(queries: pa.Table, ingest_dir: Path, search: Search, name: 
     return {"retriever": name, "queries": n, "candidates": rows, "candidates_per_query": rows / n if n else 0.0}
 
 
+def positive_pairs(ingest_dir: Path, query_ids: pa.Array, min_positive_score: int
+                   ) -> tuple[list[str], list[str], np.ndarray, np.ndarray]:
+    """Every (query, positive) pair of the mined queries: query ids, doc ids, corpus rows, query positions."""
+    from negmine.export import positives_by_query
+
+    corpus_ids = pq.read_table(ingest_dir / "corpus.parquet", columns=["doc_id"], memory_map=True).column(0)
+    by_query = positives_by_query(ingest_dir, corpus_ids, min_positive_score)
+    q_out, d_out, rows, qpos = [], [], [], []
+    for i, q in enumerate(query_ids.to_pylist()):
+        ids, idx = by_query.get(q, ([], []))
+        q_out += [q] * len(ids)
+        d_out += ids
+        rows += idx
+        qpos += [i] * len(ids)
+    return q_out, d_out, np.asarray(rows, dtype=np.int64), np.asarray(qpos, dtype=np.int64)
+
+
+def write_positive_scores(path: Path, query_ids: list[str], doc_ids: list[str], rows: np.ndarray,
+                          scores: np.ndarray, score_type: str) -> None:
+    """The retriever's own score of every positive (retrieved or not): what positive-aware filters compare with."""
+    table = pa.table({"query_id": pa.array(query_ids, pa.string()), "doc_id": pa.array(doc_ids, pa.string()),
+                      "doc_idx": pa.array(rows, pa.int64()), "teacher_score": pa.array(scores, pa.float32())},
+                     schema=schema.POSITIVE_SCORES)
+    pq.write_table(table.replace_schema_metadata({b"negmine.score_type": score_type.encode()}), path)
+
+
 def retrieve_bm25(bm25_params: dict[str, Any], params: dict[str, Any], ingest_dir: Path, index_dir: Path,
                   min_positive_score: int, out_dir: Path) -> dict[str, Any]:
     from negmine.bm25 import Searcher
@@ -86,7 +112,12 @@ def retrieve_bm25(bm25_params: dict[str, Any], params: dict[str, Any], ingest_di
     stats = write_candidates(queries, ingest_dir, lambda a, b, part: searcher.search(part["text"].to_pylist(),
                                                                                       params["top_k"]),
                              "bm25", params["chunk_size"], out_dir / "candidates.parquet")
-    return {**stats, "top_k": params["top_k"]}
+    q, d, rows, qpos = positive_pairs(ingest_dir, queries["query_id"].combine_chunks(), min_positive_score)
+    texts = queries["text"].to_pylist()
+    scores = np.concatenate([searcher.score_pairs([texts[i] for i in qpos[a:a + 4096]], rows[a:a + 4096])
+                             for a in range(0, len(rows), 4096)]) if len(rows) else np.zeros(0, np.float32)
+    write_positive_scores(out_dir / "positives.parquet", q, d, rows, scores, "bm25")
+    return {**stats, "top_k": params["top_k"], "score_type": "bm25"}
 
 
 def retrieve_dense(dense_params: dict[str, Any], params: dict[str, Any], ingest_dir: Path, encode_dir: Path,
@@ -99,7 +130,11 @@ def retrieve_dense(dense_params: dict[str, Any], params: dict[str, Any], ingest_
     stats = write_candidates(queries, ingest_dir, lambda a, b, part: searcher.search(query_vectors[a:b],
                                                                                       params["top_k"]),
                              "dense", params["chunk_size"], out_dir / "candidates.parquet")
-    return {**stats, "top_k": params["top_k"], "index": dense_params["index"]}
+    score_type = "cosine" if dense_params["normalize"] else "dot"
+    q, d, rows, qpos = positive_pairs(ingest_dir, queries["query_id"].combine_chunks(), min_positive_score)
+    scores = searcher.score_pairs(query_vectors[qpos], rows)
+    write_positive_scores(out_dir / "positives.parquet", q, d, rows, scores, score_type)
+    return {**stats, "top_k": params["top_k"], "index": dense_params["index"], "score_type": score_type}
 
 
 def fuse_candidates(params: dict[str, Any], ingest_dir: Path, paths: list[Path], names: list[str],
@@ -123,7 +158,8 @@ def fuse_candidates(params: dict[str, Any], ingest_dir: Path, paths: list[Path],
             rows += fused.num_rows
             for label, count in zip(*np.unique(fused["retriever"].to_numpy(zero_copy_only=False), return_counts=True)):
                 found_by[str(label)] = found_by.get(str(label), 0) + int(count)
-    return {"retriever": "+".join(names), "fusion": params["fusion"], "queries": len(query_ids), "candidates": rows,
+    return {"retriever": "+".join(names), "fusion": params["fusion"], "score_type": "rrf",
+            "queries": len(query_ids), "candidates": rows,
             "candidates_per_query": rows / len(query_ids) if len(query_ids) else 0.0, "found_by": found_by}
 
 

@@ -3,7 +3,8 @@
 The window (`rank_min`..`rank_max`) applies to the raw retrieval ranks, before exclusion: rank 3 is the third
 document the retriever returned even if ranks 1 and 2 were positives. When a query has fewer eligible candidates
 than `num_negatives`, the shortage policy decides: `keep-fewer` keeps what there is, `drop` leaves the query out,
-`pad-random` fills up with random corpus documents that pass the same exclusions (marked source="pad-random").
+`pad-random` fills up with random corpus documents that pass the same exclusions (marked source="pad-random"),
+`relax` loosens the [filter] method one step at a time up to `relax_steps` (counted per level).
 """
 from __future__ import annotations
 
@@ -45,7 +46,8 @@ def _pad(positives: Positives, qidx: int, taken: set[int], need: int, rng: np.ra
 
 def sample(params: dict[str, Any], exclude_params: dict[str, Any], top_k: int, ingest_dir: Path,
            filtered_path: Path, query_ids: pa.ChunkedArray, min_positive_score: int,
-           out_dir: Path) -> dict[str, Any]:
+           out_dir: Path, max_relax_level: int = 0) -> dict[str, Any]:
+    """Choose negatives from the exclude stage's kept candidates (FILTERED rows, grouped by query)."""
     sampler = SAMPLERS[params["strategy"]]
     n, seed, policy = params["num_negatives"], params["seed"], params["shortage"]
     lo, hi = params["rank_min"], params["rank_max"] or top_k
@@ -59,13 +61,28 @@ def sample(params: dict[str, Any], exclude_params: dict[str, Any], top_k: int, i
     pf = pq.ParquetFile(filtered_path)
     empty = np.array([], dtype=np.int64)
 
+    relax = policy == "relax"
+    opts = {"temperature": params["temperature"], "simans_a": params["simans_a"], "simans_b": params["simans_b"]}
+
     def choose(qid: str, cand: pa.Table, arrays: tuple[np.ndarray, ...], sl: np.ndarray,
                cols: dict[str, list]) -> None:
         """Append one query's negatives to `cols` (sl: its rows in `cand`, possibly none)."""
         rng = np.random.default_rng(seed_for(seed, qid))
-        ranks, scores, didx = (a[sl] for a in arrays)
-        pick_local = sampler(ranks, scores, n, rng)
+        ranks, scores, didx, levels, s_pos = (a[sl] for a in arrays)
+        # eligible: rows the filters keep as configured; `relax` loosens one level at a time while short
+        level = 0
+        eligible = np.flatnonzero(levels == 0)
+        while relax and len(eligible) < n and level < max_level:
+            level += 1
+            eligible = np.flatnonzero(levels <= level)
+        pick_local = eligible[sampler(ranks[eligible], scores[eligible], n, rng,
+                                      {**opts, "s_pos": float(s_pos[0]) if len(s_pos) else float("nan")})]
         pick = sl[pick_local]
+        if relax and level and len(pick) == n:
+            outcomes["relaxed"] += 1
+            relaxed_levels[level] = relaxed_levels.get(level, 0) + 1
+            cols_add(qid, cand, pick, cols)
+            return
         pads: list[int] = []
         if len(pick) < n:
             if policy == "drop":
@@ -75,12 +92,7 @@ def sample(params: dict[str, Any], exclude_params: dict[str, Any], top_k: int, i
                 taken = set(didx[pick_local].tolist())
                 pads = _pad(positives, qindex[qid], taken, n - len(pick), rng, exclude_params)
         outcomes["full" if len(pick) == n else "padded" if len(pick) + len(pads) == n else "short"] += 1
-        if len(pick):
-            rows = cand.take(pa.array(pick))
-            for name in ("doc_id", "doc_idx", "rank", "score", "retriever", "teacher_score"):
-                cols[name] += rows[name].to_pylist()
-            cols["query_id"] += [qid] * len(pick)
-            cols["source"] += ["sample"] * len(pick)
+        cols_add(qid, cand, pick, cols)
         if pads:
             cols["query_id"] += [qid] * len(pads)
             cols["doc_id"] += doc_ids.take(pa.array(pads, pa.int64())).to_pylist()
@@ -91,6 +103,16 @@ def sample(params: dict[str, Any], exclude_params: dict[str, Any], top_k: int, i
             cols["source"] += ["pad-random"] * len(pads)
             cols["teacher_score"] += [None] * len(pads)
 
+    def cols_add(qid: str, cand: pa.Table, pick: np.ndarray, cols: dict[str, list]) -> None:
+        if len(pick):
+            rows = cand.take(pa.array(pick))
+            for name in ("doc_id", "doc_idx", "rank", "score", "retriever", "teacher_score"):
+                cols[name] += rows[name].to_pylist()
+            cols["query_id"] += [qid] * len(pick)
+            cols["source"] += ["sample"] * len(pick)
+
+    max_level = int(max_relax_level)
+    relaxed_levels: dict[int, int] = {}
     total = 0
     with pq.ParquetWriter(out_dir / "negatives.parquet", schema.NEGATIVES) as writer:
         def flush(cols: dict[str, list]) -> int:
@@ -101,7 +123,9 @@ def sample(params: dict[str, Any], exclude_params: dict[str, Any], top_k: int, i
             cand = pf.read_row_group(g)
             cand = cand.filter(pc.and_(pc.greater_equal(cand["rank"], lo), pc.less_equal(cand["rank"], hi)))
             qids = cand["query_id"].to_numpy(zero_copy_only=False)
-            arrays = (cand["rank"].to_numpy(), cand["score"].to_numpy(), cand["doc_idx"].to_numpy())
+            arrays = (cand["rank"].to_numpy(), cand["filter_score"].to_numpy(zero_copy_only=False),
+                      cand["doc_idx"].to_numpy(), cand["relax_level"].to_numpy(),
+                      cand["positive_score"].to_numpy(zero_copy_only=False))
             cols: dict[str, list] = {name: [] for name in schema.NEGATIVES.names}
             if len(qids):
                 # rows are grouped by query, in rank order (retrieval writes them so); split at each new id
@@ -113,10 +137,14 @@ def sample(params: dict[str, Any], exclude_params: dict[str, Any], top_k: int, i
             total += flush(cols)
         # queries with no candidate left in the window: a shortage of all n
         cols = {name: [] for name in schema.NEGATIVES.names}
-        none = (empty, np.array([], dtype=np.float32), empty)
+        none = (empty, np.array([], dtype=np.float32), empty, np.array([], dtype=np.int8),
+                np.array([], dtype=np.float32))
         for qid in query_ids.to_pylist():
             if qid not in seen:
                 choose(qid, pa.table({}), none, empty, cols)
         total += flush(cols)
-    return {"negatives": total, "queries": len(query_ids), "outcomes": dict(outcomes),
-            "window": [lo, hi], "strategy": params["strategy"], "num_negatives": n}
+    stats = {"negatives": total, "queries": len(query_ids), "outcomes": dict(outcomes),
+             "window": [lo, hi], "strategy": params["strategy"], "num_negatives": n}
+    if relax:
+        stats["relaxed_to_level"] = {str(k): v for k, v in sorted(relaxed_levels.items())}
+    return stats

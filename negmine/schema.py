@@ -41,6 +41,14 @@ CANDIDATES = pa.schema([
     ("teacher_score", pa.float32()),  # null until the score stage fills it (its type is in the file metadata)
 ])
 
+# The exclude stage's kept candidates: the score its filters used, the query's positive score, and the
+# loosest relax level at which the filters keep the row (0 = kept as configured).
+FILTERED = pa.schema(list(CANDIDATES) + [
+    ("filter_score", pa.float32()),
+    ("positive_score", pa.float32()),
+    ("relax_level", pa.int8()),
+])
+
 POSITIVE_SCORES = pa.schema([
     ("query_id", pa.string()),
     ("doc_id", pa.string()),

