@@ -266,17 +266,20 @@ def run_negmine(label: str, data: Path, work: Path, cache: Path, args: argparse.
     wall = run_logged(cmd, work / f"negmine-{label}.log")
     res = json.loads(report.read_text())
     # the stages this process computed, with the time each took (from the cache entries it wrote)
-    stages = {}
-    for meta_path in cache.glob("*/*/meta.json"):
-        meta = json.loads(meta_path.read_text())
-        if meta.get("created", 0) >= started - 1:
-            stages[meta["stage"]] = round(meta.get("seconds", 0.0), 3)
     run_report = json.loads((out / "report.json").read_text())
+    keys = {s: v["key"] for s, v in run_report["stages"].items()}
+    stages = {}
+    for stage, key in keys.items():  # pipeline order
+        meta_path = cache / stage / key / "meta.json"
+        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+        if meta.get("created", 0) >= started - 1:
+            stages[stage] = round(meta.get("seconds", 0.0), 3)
+    export_stats = run_report.get("export", {})
     res.update({"wall_s": wall, "computed_stages_s": stages, "output": str(out / "triplet.parquet"),
                 "command": ["python", "-m", "negmine"] + cmd[4:],
-                "stage_stats": {s: v["stats"] for s, v in run_report["stages"].items()
-                                if s in ("encode", "score", "exclude", "sample")},
-                "stage_keys": {s: v["key"] for s, v in run_report["stages"].items()}})
+                # stats of the stages this run computed (a cached stage's stats are those of the run that made it)
+                "stage_stats": {s: run_report["stages"][s]["stats"] for s in stages if s != "export"},
+                "export_stats": export_stats, "stage_keys": keys})
     return res
 
 
@@ -361,7 +364,6 @@ def overlap(data: Path, cold: dict[str, Any], work: Path) -> dict[str, Any]:
     """Per query text: Jaccard of the two sides' negative texts in the cold (no cross-encoder) scenario, and why
     they differ where they do."""
     import numpy as np
-    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     docs, queries, pairs = read_beir(data)
@@ -419,10 +421,18 @@ def overlap(data: Path, cold: dict[str, Any], work: Path) -> dict[str, Any]:
     diff["max_cutoff_gap"] = max(diff["cutoff_gaps"], key=abs) if diff["cutoff_gaps"] else None
     diff["cutoff_gaps"] = diff["cutoff_gaps"][:50]
     excluded = cold["negmine"]["stage_stats"].get("exclude", {}).get("excluded", {})
+
+    def repeated_rows(path: str) -> int:
+        t = pq.read_table(path, columns=["anchor", "positive", "negative"])
+        rows = list(zip(t["anchor"].to_pylist(), t["positive"].to_pylist(), t["negative"].to_pylist()))
+        return len(rows) - len(set(rows))
+
     return {"scenario": "cold", "anchors": len(anchors), "anchors_st": len(st), "anchors_negmine": len(nm),
             "mean_jaccard": float(np.mean(jac)) if jac else None, "identical_sets": identical,
             "triplets_st": cold["st"]["rows"],
             "triplets_negmine": pq.ParquetFile(cold["negmine"]["output"]).metadata.num_rows,
+            "repeated_triplets_st": repeated_rows(cold["st"]["output"]),
+            "repeated_triplets_negmine": repeated_rows(cold["negmine"]["output"]),
             "negmine_excluded": excluded, "differences": diff,
             "duplicate_query_texts": [{"text": a[:80], "query_ids": qids_of_text[a]} for a in dup_texts]}
 
@@ -577,7 +587,8 @@ def render(report: dict[str, Any]) -> str:
         lines += ["",
                   f"overlap (cold): mean Jaccard of negative sets per query text {q['mean_jaccard']:.4f}; identical "
                   f"sets for {q['identical_sets']}/{q['anchors']} query texts; triplets ST {q['triplets_st']:,}, "
-                  f"negmine {q['triplets_negmine']:,}",
+                  f"negmine {q['triplets_negmine']:,} (rows repeated exactly: ST {q['repeated_triplets_st']}, "
+                  f"negmine {q['repeated_triplets_negmine']})",
                   f"  query texts shared by several query ids: {d['anchors_with_duplicate_query_ids']} (ST pools "
                   f"them into one query; negmine mines each id, excluding only that id's positives: "
                   f"{d['negmine_negative_is_positive_of_same_text']} negmine negatives are positives of the same "

@@ -113,8 +113,10 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     },
     "export": {
         "dir": "negmine-out",
-        "formats": ["triplet"],  # triplet | n-tuple | flagembedding | ids
+        "formats": ["triplet"],  # triplet | n-tuple | labeled-pair | labeled-list | margin-mse | flagembedding |
+        # tevatron | ids
         "file_types": ["parquet", "jsonl"],
+        "scores": False,  # labeled-pair / labeled-list: scores (teacher's or retriever's) instead of 0/1 labels
     },
     "run": {
         "cache_dir": None,  # default: .negmine/cache beside the config (or the current directory)
@@ -138,7 +140,8 @@ CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("filter", "score_source"): ("auto", "teacher", "retriever"),
 }
 LIST_CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
-    ("export", "formats"): ("triplet", "n-tuple", "flagembedding", "ids"),
+    ("export", "formats"): ("triplet", "n-tuple", "labeled-pair", "labeled-list", "margin-mse", "flagembedding",
+                            "tevatron", "ids"),
     ("export", "file_types"): ("parquet", "jsonl"),
     ("retrieve", "retrievers"): ("bm25", "dense"),
 }

@@ -1,12 +1,5 @@
-"""Export stage: mined negatives as the files trainers read, in Parquet and JSONL.
+"""Export stage: mined negatives as the files trainers read, in Parquet and JSONL (formats: `negmine.formats`).
 
-Text formats hold only the columns a trainer consumes, so sentence-transformers trains on them without renaming
-or dropping a column (it feeds every column but `label`/`score` to the model):
-- `triplet` (anchor, positive, negative): one row per (query, positive, negative);
-- `n-tuple` (anchor, positive, negative_1..negative_n): one row per (query, positive); a query with fewer than n
-  negatives has no row here (counted), since the trainer needs every column;
-- `flagembedding` (query, pos, neg): one row per query with at least one negative (FlagEmbedding's layout);
-- `ids` (query_id, positive_ids, negative_ids, negative_ranks, negative_scores): one row per query, for audits.
 Provenance (version, every parameter, input fingerprints, stage keys) goes into each Parquet file's metadata and
 into provenance.json. Writers stream query chunk by query chunk.
 """
@@ -22,26 +15,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from negmine.formats import FORMATS, Options, QueryRecord, empty_rows
 from negmine.progress import bar
 
 VERSION = "1"
-
-
-def format_schema(fmt: str, n: int, teacher: bool = False) -> pa.Schema:
-    """Columns of a format; with a teacher, `ids` and `flagembedding` carry the teacher's scores too."""
-    s, f = pa.string(), pa.list_(pa.float32())
-    if fmt == "triplet":
-        return pa.schema([("anchor", s), ("positive", s), ("negative", s)])
-    if fmt == "n-tuple":
-        return pa.schema([("anchor", s), ("positive", s)] + [(f"negative_{i}", s) for i in range(1, n + 1)])
-    if fmt == "flagembedding":
-        cols = [("query", s), ("pos", pa.list_(s)), ("neg", pa.list_(s))]
-        return pa.schema(cols + ([("pos_scores", f), ("neg_scores", f)] if teacher else []))
-    if fmt == "ids":
-        cols = [("query_id", s), ("positive_ids", pa.list_(s)), ("negative_ids", pa.list_(s)),
-                ("negative_ranks", pa.list_(pa.int32())), ("negative_scores", f)]
-        return pa.schema(cols + ([("positive_teacher_scores", f), ("negative_teacher_scores", f)] if teacher else []))
-    raise ValueError(fmt)
 
 
 class Texts:
@@ -54,14 +31,21 @@ class Texts:
         queries = pq.read_table(ingest_dir / "queries.parquet", columns=["query_id", "text"])
         self.queries = dict(zip(queries["query_id"].to_pylist(), queries["text"].to_pylist()))
 
-    def docs(self, idx: list[int]) -> list[str]:
+    def parts(self, idx: list[int]) -> tuple[list[str], list[str]]:
+        """(titles, texts) of corpus rows."""
         if not idx:
-            return []
+            return [], []
         rows = self.corpus.take(pa.array(idx, pa.int64()))
-        titles, texts = rows["title"].to_pylist(), rows["text"].to_pylist()
+        return rows["title"].to_pylist(), rows["text"].to_pylist()
+
+    def join(self, titles: list[str], texts: list[str]) -> list[str]:
         if not self.use_title:
             return texts
         return [f"{t}{self.title_sep}{x}" if t else x for t, x in zip(titles, texts)]
+
+    def docs(self, idx: list[int]) -> list[str]:
+        """Retrieval texts (title + sep + text when titles are used) of corpus rows."""
+        return self.join(*self.parts(idx))
 
 
 def positives_by_query(ingest_dir: Path, corpus_ids: pa.ChunkedArray, min_positive_score: int
@@ -87,7 +71,8 @@ def _query_groups(negatives_path: Path) -> Iterator[list[tuple[str, dict[str, li
         if t.num_rows == 0:
             continue
         qids = t["query_id"].to_numpy(zero_copy_only=False)
-        cols = {n: t[n].to_pylist() for n in ("doc_id", "doc_idx", "rank", "score", "teacher_score")}
+        cols = {n: t[n].to_pylist() for n in ("doc_id", "doc_idx", "rank", "score", "teacher_score",
+                                               "filter_score", "retriever")}
         bounds = [0] + (np.flatnonzero(qids[1:] != qids[:-1]) + 1).tolist() + [len(qids)]
         yield [(str(qids[a]), {n: v[a:b] for n, v in cols.items()}) for a, b in zip(bounds[:-1], bounds[1:])]
 
@@ -123,92 +108,66 @@ class _Sink:
             self.fh.close()
 
 
-def _rows(fmt: str, n: int, qid: str, qtext: str, pos_ids: list[str], pos_texts: list[str],
-          neg: dict[str, list], neg_texts: list[str], rows: dict[str, list], skipped: dict[str, int],
-          pos_scores: list[float] | None) -> None:
-    if fmt == "triplet":
-        for p in pos_texts:
-            rows["anchor"] += [qtext] * len(neg_texts)
-            rows["positive"] += [p] * len(neg_texts)
-            rows["negative"] += neg_texts
-    elif fmt == "n-tuple":
-        if len(neg_texts) < n:
-            skipped["n-tuple"] += 1
-            return
-        for p in pos_texts:
-            rows["anchor"].append(qtext)
-            rows["positive"].append(p)
-            for i in range(n):
-                rows[f"negative_{i + 1}"].append(neg_texts[i])
-    elif fmt == "flagembedding":
-        if not neg_texts:
-            skipped["flagembedding"] += 1
-            return
-        rows["query"].append(qtext)
-        rows["pos"].append(pos_texts)
-        rows["neg"].append(neg_texts)
-        if pos_scores is not None:
-            rows["pos_scores"].append(pos_scores)
-            rows["neg_scores"].append(neg["teacher_score"])
-    elif fmt == "ids":
-        rows["query_id"].append(qid)
-        rows["positive_ids"].append(pos_ids)
-        rows["negative_ids"].append(neg["doc_id"])
-        rows["negative_ranks"].append(neg["rank"])
-        rows["negative_scores"].append(neg["score"])
-        if pos_scores is not None:
-            rows["positive_teacher_scores"].append(pos_scores)
-            rows["negative_teacher_scores"].append(neg["teacher_score"])
+def _scores_by_pair(path: Path | None) -> dict[tuple[str, str], float]:
+    if path is None:
+        return {}
+    t = pq.read_table(path, columns=["query_id", "doc_id", "teacher_score"])
+    return dict(zip(zip(t["query_id"].to_pylist(), t["doc_id"].to_pylist()), t["teacher_score"].to_pylist()))
 
 
 def export(params: dict[str, Any], num_negatives: int, ingest_dir: Path, negatives_path: Path,
            query_ids: pa.ChunkedArray, min_positive_score: int, use_title: bool, title_sep: str,
-           provenance: dict[str, Any], out_dir: Path, positive_scores: Path | None = None) -> dict[str, Any]:
+           provenance: dict[str, Any], out_dir: Path, teacher_positives: Path | None = None,
+           source_positives: Path | None = None) -> dict[str, Any]:
+    """Write every configured format. `teacher_positives` / `source_positives` hold the positives' teacher
+    scores and the scores on the filters' scale (teacher's or retriever's; None for fused RRF scores)."""
     texts = Texts(ingest_dir, use_title, title_sep)
     positives = positives_by_query(ingest_dir, texts.corpus["doc_id"], min_positive_score)
-    teacher = positive_scores is not None
-    pos_teacher: dict[tuple[str, str], float] = {}
-    if teacher:
-        t = pq.read_table(positive_scores, columns=["query_id", "doc_id", "teacher_score"])
-        pos_teacher = dict(zip(zip(t["query_id"].to_pylist(), t["doc_id"].to_pylist()),
-                               t["teacher_score"].to_pylist()))
-
-    def pos_scores(qid: str) -> list[float] | None:
-        return [pos_teacher[(qid, d)] for d in positives[qid][0]] if teacher else None
-
+    teacher, source = _scores_by_pair(teacher_positives), _scores_by_pair(source_positives)
+    opts = Options(num_negatives, teacher_positives is not None, params["scores"])
+    formats = {fmt: FORMATS[fmt] for fmt in params["formats"]}
+    schemas = {fmt: schema_fn(opts) for fmt, (schema_fn, _) in formats.items()}
     metadata = {b"negmine": json.dumps(provenance, sort_keys=True).encode("utf-8")}
-    sinks = {(fmt, ft): _Sink(out_dir / f"{fmt}.{ft}", format_schema(fmt, num_negatives, teacher), metadata)
-             for fmt in params["formats"] for ft in params["file_types"]}
-    skipped = {fmt: 0 for fmt in params["formats"]}
+    sinks = {(fmt, ft): _Sink(out_dir / f"{fmt}.{ft}", schemas[fmt], metadata)
+             for fmt in formats for ft in params["file_types"]}
+    skipped: dict[str, int] = {}
     written: set[str] = set()
+
+    def record(qid: str, neg: dict[str, list]) -> QueryRecord:
+        pos_ids, pos_idx = positives[qid]
+        pt, pb = texts.parts(pos_idx)
+        nt, nb = texts.parts(neg["doc_idx"])
+        return QueryRecord(qid, texts.queries[qid], pos_ids, pt, pb, texts.join(pt, pb),
+                           [teacher[(qid, d)] for d in pos_ids] if opts.teacher else None,
+                           [source[(qid, d)] for d in pos_ids] if source else None,
+                           neg, nt, nb, texts.join(nt, nb))
+
     try:
         for chunk in bar(_query_groups(negatives_path), desc="export", unit="chunk"):
-            batch = {fmt: {name: [] for name in format_schema(fmt, num_negatives, teacher).names}
-                     for fmt in params["formats"]}
+            batch = {fmt: empty_rows(schemas[fmt]) for fmt in formats}
             for qid, neg in chunk:
                 written.add(qid)
-                pos_ids, pos_idx = positives[qid]
-                pos_texts = texts.docs(pos_idx)
-                neg_texts = texts.docs(neg["doc_idx"])
-                for fmt in params["formats"]:
-                    _rows(fmt, num_negatives, qid, texts.queries[qid], pos_ids, pos_texts, neg, neg_texts,
-                          batch[fmt], skipped, pos_scores(qid))
+                rec = record(qid, neg)
+                for fmt, (_, rows_fn) in formats.items():
+                    rows_fn(rec, opts, batch[fmt], skipped)
             for (fmt, _), sink in sinks.items():
                 sink.write(batch[fmt])
-        # queries whose sampling gave no negative: only the ids format lists them (with an empty list)
-        if "ids" in params["formats"]:
-            batch = {name: [] for name in format_schema("ids", num_negatives, teacher).names}
-            empty = {"doc_id": [], "rank": [], "score": [], "teacher_score": []}
-            for qid in query_ids.to_pylist():
-                if qid not in written and qid in positives:
-                    _rows("ids", num_negatives, qid, "", positives[qid][0], [], empty, [], batch, skipped,
-                          pos_scores(qid))
-            for (fmt, _), sink in sinks.items():
-                if fmt == "ids":
-                    sink.write(batch)
+        # queries whose sampling gave no negative: the ids format lists them with empty lists, others skip them
+        empty = {n: [] for n in ("doc_id", "doc_idx", "rank", "score", "teacher_score", "filter_score",
+                                 "retriever")}
+        batch = {fmt: empty_rows(schemas[fmt]) for fmt in formats}
+        for qid in query_ids.to_pylist():
+            if qid not in written and qid in positives:
+                rec = record(qid, empty)
+                for fmt, (_, rows_fn) in formats.items():
+                    if fmt == "ids":
+                        rows_fn(rec, opts, batch[fmt], skipped)
+                    else:
+                        skipped[fmt] = skipped.get(fmt, 0) + 1
+        for (fmt, _), sink in sinks.items():
+            sink.write(batch[fmt])
     finally:
         for sink in sinks.values():
             sink.close()
     files = {sink.path.name: sink.rows for sink in sinks.values()}
-    return {"files": files, "queries_with_negatives": len(written),
-            "queries_left_out": {k: v for k, v in skipped.items() if v}}
+    return {"files": files, "queries_with_negatives": len(written), "queries_left_out": skipped}

@@ -150,7 +150,7 @@ def _run(cfg: dict[str, Any], cache: StageCache, until: str,
         prov = _provenance(cfg, inputs, dict(keys))
         stats = export.export(cfg["export"], cfg["sample"]["num_negatives"], ing, r_smp.path / "negatives.parquet",
                               query_ids, inp["min_positive_score"], inp["use_title"], inp["title_sep"], prov, out,
-                              positive_scores)
+                              positive_scores, pos_scores)
         (out / "provenance.json").write_text(json.dumps(prov, indent=2, sort_keys=True) + "\n")
         report = {"negmine_version": __version__,
                   "stages": {s: {"key": r.key, "stats": r.stats} for s, r in result.stages.items()},
@@ -199,6 +199,12 @@ def check_score_types(cfg: dict[str, Any]) -> tuple[str, str]:
     if f["near_dup_cosine"] is not None and "dense" not in retrievers:
         raise ConfigError("[filter] near_dup_cosine compares dense embeddings: add \"dense\" to [retrieve] "
                           "retrievers")
+    needs_scores = [f for f in cfg["export"]["formats"] if f == "margin-mse"] + (
+        [f for f in cfg["export"]["formats"] if f in ("labeled-pair", "labeled-list")] if cfg["export"]["scores"]
+        else [])
+    if needs_scores and stype == "rrf":
+        raise ConfigError(f"[export] {needs_scores[0]} needs positive and negative scores on one scale; fused (RRF) "
+                          "scores have none for positives: configure a [score] teacher")
     if cfg["sample"]["strategy"] == "simans" and stype == "rrf":
         raise ConfigError("[sample] simans needs positive scores; fused (RRF) scores have none: configure a "
                           "[score] teacher")

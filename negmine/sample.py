@@ -102,11 +102,12 @@ def sample(params: dict[str, Any], exclude_params: dict[str, Any], top_k: int, i
             cols["retriever"] += [None] * len(pads)
             cols["source"] += ["pad-random"] * len(pads)
             cols["teacher_score"] += [None] * len(pads)
+            cols["filter_score"] += [None] * len(pads)
 
     def cols_add(qid: str, cand: pa.Table, pick: np.ndarray, cols: dict[str, list]) -> None:
         if len(pick):
             rows = cand.take(pa.array(pick))
-            for name in ("doc_id", "doc_idx", "rank", "score", "retriever", "teacher_score"):
+            for name in ("doc_id", "doc_idx", "rank", "score", "retriever", "teacher_score", "filter_score"):
                 cols[name] += rows[name].to_pylist()
             cols["query_id"] += [qid] * len(pick)
             cols["source"] += ["sample"] * len(pick)

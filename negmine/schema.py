@@ -73,4 +73,5 @@ NEGATIVES = pa.schema([
     ("retriever", pa.string()),
     ("source", pa.string()),  # "sample" or "pad-random"
     ("teacher_score", pa.float32()),  # null without a teacher, and for pad-random fillers
+    ("filter_score", pa.float32()),  # the score the filters and samplers read (teacher's or retriever's)
 ])

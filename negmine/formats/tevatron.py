@@ -1,0 +1,26 @@
+"""Tevatron's training layout (Gao et al., "Tevatron: An Efficient and Flexible Toolkit for Dense Retrieval",
+2022): query_id, query, positive_passages and negative_passages as lists of {docid, title, text}."""
+from __future__ import annotations
+
+import pyarrow as pa
+
+from negmine.formats import Options, QueryRecord
+
+PASSAGE = pa.struct([("docid", pa.string()), ("title", pa.string()), ("text", pa.string())])
+
+
+def schema(o: Options) -> pa.Schema:
+    return pa.schema([("query_id", pa.string()), ("query", pa.string()),
+                      ("positive_passages", pa.list_(PASSAGE)), ("negative_passages", pa.list_(PASSAGE))])
+
+
+def rows(q: QueryRecord, o: Options, out: dict, skipped: dict) -> None:
+    if not q.neg_texts:
+        skipped["tevatron"] = skipped.get("tevatron", 0) + 1
+        return
+    out["query_id"].append(q.qid)
+    out["query"].append(q.text)
+    out["positive_passages"].append([{"docid": d, "title": t, "text": x}
+                                     for d, t, x in zip(q.pos_ids, q.pos_titles, q.pos_bodies)])
+    out["negative_passages"].append([{"docid": d, "title": t, "text": x}
+                                     for d, t, x in zip(q.neg["doc_id"], q.neg_titles, q.neg_bodies)])
