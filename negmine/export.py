@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 from negmine.formats import FORMATS, Options, QueryRecord, empty_rows
 from negmine.progress import bar
 
-VERSION = "1"
+VERSION = "2"  # bumped when the stage's output changes
 
 
 class Texts:

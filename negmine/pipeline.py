@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from negmine import __version__, bm25, export, ingest, retrieve, sample
+from negmine import __version__, bm25, export, ingest, report, retrieve, sample
 from negmine.cache import StageCache, StageResult
 from negmine.config import load_config
 from negmine.errors import ConfigError
@@ -69,7 +69,7 @@ def _run(cfg: dict[str, Any], cache: StageCache, until: str,
          on_stage: Callable[[StageResult], None] | None) -> RunResult:
     result = RunResult(cfg)
     inp = cfg["input"]
-    source, _ = check_score_types(cfg)
+    source, stype = check_score_types(cfg)
     memo = FingerprintMemo(cache.root / "fingerprints.json")
     files = ingest.input_files(inp)
     inputs = {str(p): memo(p) for p in files}
@@ -152,10 +152,12 @@ def _run(cfg: dict[str, Any], cache: StageCache, until: str,
                               query_ids, inp["min_positive_score"], inp["use_title"], inp["title_sep"], prov, out,
                               positive_scores, pos_scores)
         (out / "provenance.json").write_text(json.dumps(prov, indent=2, sort_keys=True) + "\n")
-        report = {"negmine_version": __version__,
-                  "stages": {s: {"key": r.key, "stats": r.stats} for s, r in result.stages.items()},
-                  "export": stats}
-        (out / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
+        stages = {s: {"key": r.key, "status": r.status, "seconds": r.seconds, "stats": r.stats}
+                  for s, r in result.stages.items()}
+        rep = report.build(stages, r_smp.path / "negatives.parquet", r_exc.path / "excluded.parquet", pos_scores,
+                           stype, r_ing.stats["positives"], stats)
+        rep["negmine_version"] = __version__
+        report.write(rep, r_smp.path / "negatives.parquet", pos_scores, out)
         return stats
 
     r_exp = step("export", export.VERSION, exp_params, ["ingest", "sample"], do_export)

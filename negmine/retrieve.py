@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 from negmine import schema
 from negmine.progress import bar
 
-VERSION = "1"
+VERSION = "2"  # bumped when the stage's output changes
 Search = Callable[[int, int, pa.Table], tuple[np.ndarray, np.ndarray]]
 
 

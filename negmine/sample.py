@@ -23,7 +23,7 @@ from negmine.hashing import seed_for
 from negmine.progress import bar
 from negmine.samplers import SAMPLERS
 
-VERSION = "1"
+VERSION = "2"  # bumped when the stage's output changes
 
 
 def _pad(positives: Positives, qidx: int, taken: set[int], need: int, rng: np.random.Generator,

@@ -96,8 +96,39 @@ def test_cache_ls_and_clear_commands(tmp_path):
 
 
 @pytest.mark.parametrize("command", [[], ["run"], ["ingest"], ["index"], ["retrieve"], ["exclude"], ["sample"],
-                                     ["export"], ["cache"], ["cache", "ls"], ["cache", "clear"]])
+                                     ["export"], ["score"], ["report"], ["cache"], ["cache", "ls"], ["cache", "clear"]])
 def test_help_reads_well(command):
     result = runner.invoke(app, [*command, "--help"])
     assert result.exit_code == 0
     assert "Usage" in result.stdout
+
+
+def test_report_files_and_command(tmp_path):
+    import json
+
+    cfg = _config(tmp_path)
+    runner.invoke(app, ["run", str(cfg), "-q"])
+    out = tmp_path / "out" / "sample-bm25"
+    report = json.loads((out / "report.json").read_text())
+    assert report["negatives"]["total"] == 300 and report["negatives"]["by_retriever"] == {"bm25": 300}
+    assert report["positives"]["total"] == 416
+    assert report["positives"]["retrieved"] + report["positives"]["not_retrieved"] == 416
+    assert sum(report["positives"]["rank_histogram"].values()) == report["positives"]["retrieved"]
+    assert report["scores"]["negatives"]["count"] == 300 and report["scores"]["positives"]["count"] == 416
+    assert report["removed"]["positive"] == report["positives"]["retrieved"]
+    assert (out / "scores.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    printed = runner.invoke(app, ["report", str(out)])
+    assert printed.exit_code == 0 and "# negmine mining report" in printed.stdout
+    assert runner.invoke(app, ["report", str(cfg)]).stdout == printed.stdout
+    missing = runner.invoke(app, ["report", str(tmp_path)])
+    assert missing.exit_code == 2 and "no report.md" in missing.stderr
+
+
+@pytest.mark.parametrize("preset", ["dense", "hybrid", "nv-retriever", "simans", "recommended", "cross-encoder",
+                                    "rocketqa", "sample-bm25"])
+def test_every_preset_is_a_valid_config(preset):
+    from negmine.config import load_config
+    from negmine.pipeline import check_score_types
+
+    cfg = load_config(ROOT / "configs" / f"{preset}.toml")
+    check_score_types(cfg)
