@@ -58,9 +58,10 @@ def _why(old: dict[str, Any] | None, new: dict[str, Any], entry_missing: bool) -
 
 
 class StageCache:
-    def __init__(self, root: Path, force: bool = False) -> None:
+    def __init__(self, root: Path, force: bool = False, persistent: bool = True) -> None:
         self.root = Path(root)
         self.force = force
+        self.persistent = persistent  # False: a throwaway cache, deleted after the run
 
     def run(self, stage: str, version: str, params: dict[str, Any], upstream: dict[str, str],
             inputs: dict[str, str], compute: Callable[[Path], dict[str, Any]],

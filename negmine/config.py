@@ -29,6 +29,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "title_sep": " ",
         "min_positive_score": 1,  # BEIR qrels: a score below this is not a positive
         "skip_invalid": False,
+        "holdout_frac": 0.0,  # negmine eval: hide this fraction of each multi-positive query's positives
+        "holdout_seed": 0,
     },
     "bm25": {
         "backend": "bm25s",  # bm25s | rank-bm25 (the reference implementation, slow)
@@ -309,6 +311,8 @@ def _check_consistency(cfg: dict[str, Any]) -> None:
         raise ConfigError("[score] batch_size and flush_pairs must be at least 1")
     if r["rrf_k"] < 0 or r["union_quota"] < 0:
         raise ConfigError("[retrieve] rrf_k and union_quota must be >= 0")
+    if not 0.0 <= cfg["input"]["holdout_frac"] < 1.0:
+        raise ConfigError("[input] holdout_frac must be in [0, 1)")
     b = cfg["bm25"]
     if b["stopwords"] not in ("", "en", "english"):
         raise ConfigError(f"[bm25] stopwords is {b['stopwords']!r}; use \"en\" or \"\" for none")

@@ -20,7 +20,7 @@ from negmine.config import load_config
 from negmine.errors import ConfigError
 from negmine.filters import exclude
 from negmine.hashing import FingerprintMemo
-from negmine.io import atomic_path
+from negmine.io import atomic_path, atomic_write_text
 
 STAGES = ("ingest", "index", "retrieve", "score", "exclude", "sample", "export")
 
@@ -59,7 +59,7 @@ def mine(config: str | Path | dict[str, Any] | None = None, overrides: list[str]
     tmp_root = tempfile.mkdtemp(prefix="negmine-nocache-") if no_cache else None
     root = Path(tmp_root or cache_dir or cfg["run"]["cache_dir"])
     try:
-        return _run(cfg, StageCache(root, force=force), until, on_stage)
+        return _run(cfg, StageCache(root, force=force, persistent=not no_cache), until, on_stage)
     finally:
         if tmp_root:
             shutil.rmtree(tmp_root, ignore_errors=True)
@@ -162,6 +162,16 @@ def _run(cfg: dict[str, Any], cache: StageCache, until: str,
 
     r_exp = step("export", export.VERSION, exp_params, ["ingest", "sample"], do_export)
     result.outputs = _publish(r_exp.path, Path(cfg["export"]["dir"]))
+    # where this output's stage entries live, for `negmine eval` (not part of any output's content); a
+    # throwaway cache (--no-cache) is gone after the run, so then there is nothing to point at
+    run_json = Path(cfg["export"]["dir"]) / "run.json"
+    if cache.persistent:
+        atomic_write_text(run_json, json.dumps(
+            {"cache_dir": str(cache.root), "score_type": stype, "score_source": source,
+             "stages": {s: str(r.path) for s, r in result.stages.items()}}, indent=2) + "\n")
+        result.outputs.append(run_json)
+    else:
+        run_json.unlink(missing_ok=True)
     return result
 
 

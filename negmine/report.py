@@ -138,7 +138,9 @@ def plot(report: dict[str, Any], negatives_path: Path, positives_path: Path | No
            if positives_path is not None else np.array([]))
     fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
     both = np.concatenate([pos, neg]) if len(pos) else neg
-    bins = np.histogram_bin_edges(both, bins=40) if len(both) else 10
+    lo, hi = (float(both.min()), float(both.max())) if len(both) else (0.0, 1.0)
+    pad = max(abs(hi - lo), 1e-3 * max(1.0, abs(hi))) * 0.05  # scores can all but coincide
+    bins = np.linspace(lo - pad, hi + pad, 41)
     if len(pos):
         ax.hist(pos, bins=bins, alpha=0.6, label=f"positives ({len(pos)})", color="tab:green", density=True)
     ax.hist(neg, bins=bins, alpha=0.6, label=f"negatives ({len(neg)})", color="tab:red", density=True)

@@ -67,6 +67,6 @@ def ingest(params: dict[str, Any], out_dir: Path) -> dict[str, Any]:
         else:
             read_pairs(path, builder, problems, params["query_column"], params["positive_column"],
                        params["negative_column"])
-    stats = builder.close(params["min_positive_score"], path)
+    stats = builder.close(params["min_positive_score"], path, params["holdout_frac"], params["holdout_seed"])
     stats["format"] = fmt
     return stats

@@ -11,6 +11,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+import numpy as np
+
 from negmine import schema
 from negmine.errors import InputError
 from negmine.hashing import norm_hash, text_id
@@ -171,7 +173,34 @@ class TableBuilder:
             self._writer.write_table(pa.table(self._buf, schema=schema.CORPUS))
             self._buf = {n: [] for n in schema.CORPUS.names}
 
-    def close(self, min_positive_score: int, source: Path) -> dict[str, Any]:
+    def hold_out(self, frac: float, seed: int, min_positive_score: int) -> list[tuple[str, str, int]]:
+        """Hide a fraction of each multi-positive query's positives (at least one, never all), seeded per query.
+
+        For `negmine eval`: the miner never sees the hidden pairs, so a hidden positive that comes out as a
+        negative is a measured false negative.
+        """
+        from negmine.hashing import seed_for
+
+        by_query: dict[str, list[str]] = {}
+        for (q, d), score in sorted(self.qrels.items()):
+            if score >= min_positive_score:
+                by_query.setdefault(q, []).append(d)
+        hidden = []
+        for q, docs in by_query.items():
+            if len(docs) < 2:
+                continue
+            k = min(len(docs) - 1, max(1, round(frac * len(docs))))
+            rng = np.random.default_rng(seed_for(seed, q))
+            for d in sorted(rng.choice(docs, size=k, replace=False).tolist()):
+                hidden.append((q, d, self.qrels.pop((q, d))))
+        return hidden
+
+    def close(self, min_positive_score: int, source: Path, holdout_frac: float = 0.0,
+              holdout_seed: int = 0) -> dict[str, Any]:
+        hidden = self.hold_out(holdout_frac, holdout_seed, min_positive_score) if holdout_frac > 0 else []
+        pq.write_table(pa.table({"query_id": [h[0] for h in hidden], "doc_id": [h[1] for h in hidden],
+                                 "score": [h[2] for h in hidden]}, schema=schema.QRELS),
+                       self.out_dir / "holdout.parquet")
         self._flush()
         self._writer.close()
         if not self.doc_content:
@@ -190,5 +219,6 @@ class TableBuilder:
             raise InputError(source, f"no query has a positive (a judgment with score >= {min_positive_score})",
                              "check the qrels split or lower [input] min_positive_score")
         return {"documents": len(self.doc_content), "queries": len(self.queries), "qrels": len(pairs),
+                "held_out_positives": len(hidden),
                 "positives": len(positives), "queries_with_positives": len(mined),
                 "repeated_identical_records": dict(self.repeated), **self.problems.summary()}
