@@ -14,6 +14,7 @@ app = typer.Typer(
 )
 
 from negmine.cli import cache as _cache  # noqa: E402,F401  (registers commands)
+from negmine.cli import eval as _eval  # noqa: E402,F401
 from negmine.cli import report as _report  # noqa: E402,F401
 from negmine.cli import run as _run  # noqa: E402,F401
 
