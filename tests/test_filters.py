@@ -216,3 +216,47 @@ def test_score_based_samplers_run_end_to_end_deterministically(tmp_path, strateg
     assert (tmp_path / "o" / "ids.jsonl").read_text() == first
     rows = [json.loads(x) for x in first.splitlines()]
     assert all(len(r["negative_ids"]) == 5 for r in rows)
+
+
+# ---- a property test over random configurations ----------------------------------------------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(method=st.sampled_from(["none", "margin-pos", "perc-pos"]), param=st.floats(0.0, 1.0),
+       how=st.sampled_from(["min", "mean", "max"]), strategy=st.sampled_from(sorted(SAMPLERS)),
+       n=st.integers(1, 8), rank_min=st.integers(1, 5), width=st.integers(0, 25), seed=st.integers(0, 3),
+       skip_top=st.integers(0, 3))
+def test_property_negatives_obey_the_configuration(tmp_path_factory, method, param, how, strategy, n, rank_min,
+                                                    width, seed, skip_top):
+    tmp = tmp_path_factory.mktemp("prop")
+    cache = tmp_path_factory.getbasetemp() / "prop-cache"  # retrieval is shared across examples
+    key = {"margin-pos": "margin", "perc-pos": "alpha"}.get(method)
+    over = [f"input.path='{SAMPLE}'", f"run.cache_dir='{cache}'", f"export.dir='{tmp / 'o'}'",
+            "export.formats=['ids']", "retrieve.top_k=30", f"filter.method='{method}'",
+            f"filter.positive_score='{how}'", f"sample.strategy='{strategy}'", f"sample.num_negatives={n}",
+            f"sample.rank_min={rank_min}", f"sample.rank_max={min(30, rank_min + width)}", f"sample.seed={seed}",
+            f"filter.skip_top={skip_top}", "sample.temperature=1.0", "sample.simans_a=0.05"]
+    if key:
+        over.append(f"filter.{key}={param * (10 if key == 'margin' else 1)}")
+    result = negmine.mine(None, over)
+    positives = _positives(result)
+    qrels = defaultdict(set)
+    for line in (SAMPLE / "qrels" / "train.tsv").read_text().splitlines()[1:]:
+        q, d, _ = line.split("\t")
+        qrels[q].add(d)
+    agg = {"min": min, "max": max, "mean": lambda v: sum(v) / len(v)}[how]
+    for row in pq.read_table(tmp / "o" / "ids.parquet").to_pylist():
+        negs = row["negative_ids"]
+        assert len(negs) <= n and len(set(negs)) == len(negs)
+        assert not set(negs) & qrels[row["query_id"]]
+        assert all(max(rank_min, skip_top + 1) <= r <= min(30, rank_min + width) for r in row["negative_ranks"])
+        if key:
+            s_pos = agg(list(positives[row["query_id"]].values()))
+            value = param * (10 if key == "margin" else 1)
+            limit = s_pos - value if key == "margin" else s_pos - abs(s_pos) * (1 - value)
+            assert all(s < limit + 1e-4 for s in row["negative_scores"])
+    again = negmine.mine(None, over, no_cache=True)
+    assert again.stages["sample"].stats == result.stages["sample"].stats

