@@ -128,7 +128,7 @@ def train(rows_path: Path | None, pairs: list[tuple[str, str]], seed: int, out: 
         ds = load_dataset("parquet", data_files=str(rows_path), split="train")
     targs = SentenceTransformerTrainingArguments(
         output_dir=str(out / "trainer"), num_train_epochs=args.epochs, max_steps=args.max_steps or -1,
-        per_device_train_batch_size=args.batch_size, learning_rate=args.lr, warmup_ratio=0.1, seed=seed,
+        per_device_train_batch_size=args.batch_size, learning_rate=args.lr, warmup_steps=0.1, seed=seed,
         data_seed=seed, report_to=[], save_strategy="no", use_cpu=True, disable_tqdm=True,
         batch_sampler="no_duplicates", logging_steps=1000)
     SentenceTransformerTrainer(model=model, args=targs, train_dataset=ds,
@@ -184,7 +184,10 @@ def main() -> None:
         if base and name not in ("in-batch", "zero-shot"):
             d = s["ndcg@10"]["mean"] - base["ndcg@10"]["mean"]
             spread = s["ndcg@10"]["std"] + base["ndcg@10"]["std"]
-            verdict = f"{d:+.3f} ({'real' if abs(d) > spread else 'within seed spread'})"
+            if min(len(s["ndcg@10"]["runs"]), len(base["ndcg@10"]["runs"])) < 2:
+                verdict = f"{d:+.3f} (one seed: no spread to judge by)"
+            else:
+                verdict = f"{d:+.3f} ({'real' if abs(d) > spread else 'within seed spread'})"
         print(f"| {name} | {s['ndcg@10']['mean']:.3f} ± {s['ndcg@10']['std']:.3f} | "
               f"{s['recall@100']['mean']:.3f} ± {s['recall@100']['std']:.3f} | {verdict} |")
 
