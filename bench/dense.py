@@ -3,12 +3,13 @@
 Both sides mine the train queries of a BEIR folder against its whole corpus with the same model (the packaged
 all-MiniLM-L6-v2), exact search, the same top-k (30) and the same number of negatives (5, sampling `top`). Each
 side runs as a whole process (a fresh interpreter, imports included) timed by this script; the process reports
-its own peak RSS (VmHWM). Four scenarios: cold (empty caches), warm (a sampling parameter changed, caches
-reused), and the same two with a cross-encoder. Prints one table, the mean overlap of the two sides' negatives,
-and writes the figures as JSON (default bench/results/dense.json).
+its own peak RSS (VmHWM). Four scenarios: cold (empty caches), warm (num_negatives changed, caches reused),
+cold-ce (empty caches, with a cross-encoder) and warm-ce (a score filter changed, caches reused). Prints one table
+and the agreement of the two sides' negatives, and writes the figures as JSON (default bench/results/dense.json).
+See bench/README.md.
 
     .venv/bin/python bench/dense.py [--data PATH] [--queries N] [--docs N] [--scenarios cold,warm,cold-ce,warm-ce]
-                                    [--batch-size 32] [--ce-max-length 0] [--json PATH] [--keep-work]
+                                    [--repeat 1] [--batch-size 32] [--ce-max-length 0] [--json PATH]
 """
 from __future__ import annotations
 
@@ -20,6 +21,7 @@ import os
 import platform
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -40,14 +42,16 @@ SCENARIOS = ("cold", "warm", "cold-ce", "warm-ce")
 # warm scenarios reuse the caches their cold scenario leaves behind
 NEEDS = {"warm": "cold", "warm-ce": "cold-ce"}
 # sentence-transformers rescores with the cross-encoder only when a score filter is set (max_score, min_score or a
-# margin); max_score = 1.0 filters nothing from sigmoid probabilities, so it only switches the rescoring on.
-ST_CE_MAX_SCORE = 1.0
-ST_CE_WARM_MAX_SCORE = 0.99
+# margin); max_score = 1.0 filters nothing from sigmoid probabilities, so it only switches the rescoring on. negmine
+# gets the same filter ([filter] max_score, on the teacher's scores when a teacher is configured), and the warm
+# scenario lowers it on both sides: a filter change that must not rescore anything.
+CE_MAX_SCORE = 1.0
+CE_WARM_MAX_SCORE = 0.99
 CHANGES = {
     "cold": "empty caches",
     "warm": f"num_negatives {NUM_NEGATIVES} -> {WARM_NUM_NEGATIVES}",
     "cold-ce": "empty caches, + cross-encoder",
-    "warm-ce": "filter changed (+ cross-encoder)",
+    "warm-ce": f"max_score {CE_MAX_SCORE} -> {CE_WARM_MAX_SCORE}, + cross-enc.",
 }
 
 # The negmine process: `python -m negmine ...` through runpy, with an atexit hook that reports this process's peak
@@ -63,7 +67,8 @@ def _report(path=sys.argv[1]):
     except OSError:
         import resource
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1 << 20 if sys.platform == 'darwin' else 1024)
-    heavy = [m for m in ('torch', 'transformers', 'sentence_transformers', 'faiss') if m in sys.modules]
+    heavy = [m for m in ('torch', 'transformers', 'sentence_transformers', 'faiss', 'matplotlib')
+             if m in sys.modules]
     print(f"negmine worker: 'torch' in sys.modules = {'torch' in sys.modules}", file=sys.stderr)
     with open(path, 'w') as fh:
         json.dump({'rss_peak_mib': peak, 'rss_source': 'VmHWM' if peak is not None else 'ru_maxrss',
@@ -265,21 +270,24 @@ def run_negmine(label: str, data: Path, work: Path, cache: Path, args: argparse.
     started = time.time()
     wall = run_logged(cmd, work / f"negmine-{label}.log")
     res = json.loads(report.read_text())
-    # the stages this process computed, with the time each took (from the cache entries it wrote)
-    run_report = json.loads((out / "report.json").read_text())
-    keys = {s: v["key"] for s, v in run_report["stages"].items()}
-    stages = {}
-    for stage, key in keys.items():  # pipeline order
-        meta_path = cache / stage / key / "meta.json"
-        meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
+    # the stages this process computed, in the order it computed them, from the cache entries it wrote (the
+    # meta.json of every entry: stage, seconds, stats, created)
+    computed = []
+    for meta_path in cache.glob("*/*/meta.json"):
+        meta = json.loads(meta_path.read_text())
         if meta.get("created", 0) >= started - 1:
-            stages[stage] = round(meta.get("seconds", 0.0), 3)
-    export_stats = run_report.get("export", {})
-    res.update({"wall_s": wall, "computed_stages_s": stages, "output": str(out / "triplet.parquet"),
+            computed.append((meta["created"], meta["stage"], meta_path.parent, meta))
+    computed.sort(key=lambda c: c[0])
+    run_report = json.loads((out / "report.json").read_text()) if (out / "report.json").is_file() else {}
+    res.update({"wall_s": wall, "output": str(out / "triplet.parquet"),
                 "command": ["python", "-m", "negmine"] + cmd[4:],
-                # stats of the stages this run computed (a cached stage's stats are those of the run that made it)
-                "stage_stats": {s: run_report["stages"][s]["stats"] for s in stages if s != "export"},
-                "export_stats": export_stats, "stage_keys": keys})
+                "computed_stages_s": {stage: round(meta.get("seconds", 0.0), 3) for _, stage, _, meta in computed},
+                "stage_stats": {stage: meta.get("stats", {}) for _, stage, _, meta in computed if stage != "export"},
+                "stage_dirs": {stage: str(path) for _, stage, path, _ in computed},
+                "self_reported_peak_mb": run_report.get("peak_memory_mb")})
+    for line in (work / f"negmine-{label}.log").read_text(errors="replace").splitlines():
+        if line.startswith("negmine worker:"):
+            print(f"    {line}", file=sys.stderr, flush=True)
     return res
 
 
@@ -315,8 +323,7 @@ def scenario_plan(name: str, ce: Path | None) -> dict[str, Any]:
         "fresh": not warm,
         "teacher": ce if with_ce else None,
         "num_negatives": WARM_NUM_NEGATIVES if name == "warm" else NUM_NEGATIVES,
-        "negmine_extra": ["exclude.duplicates=false"] if name == "warm-ce" else [],
-        "st_max_score": (ST_CE_WARM_MAX_SCORE if warm else ST_CE_MAX_SCORE) if with_ce else None,
+        "max_score": (CE_WARM_MAX_SCORE if warm else CE_MAX_SCORE) if with_ce else None,
     }
 
 
@@ -334,18 +341,35 @@ def run_scenario(name: str, data: Path, work: Path, args: argparse.Namespace, ce
     for side in sides:
         print(f"  {label}: {side} ...", file=sys.stderr, flush=True)
         if side == "negmine":
+            extra = [f"filter.max_score={plan['max_score']!r}"] if plan["max_score"] is not None else []
             res["negmine"] = run_negmine(label, data, work, nm_cache, args, plan["num_negatives"], plan["teacher"],
-                                         plan["negmine_extra"])
+                                         extra)
         else:
             res["st"] = run_st(label, data, work, st_cache, args, plan["num_negatives"], plan["teacher"],
-                               plan["st_max_score"])
+                               plan["max_score"])
         r = res[side]
         print(f"    {r['wall_s']:.1f} s, peak {r['rss_peak_mib']:.0f} MiB, torch imported: "
               f"{'yes' if r['torch_imported'] else 'no'}", file=sys.stderr, flush=True)
-    res["negmine"]["settings"] = {"num_negatives": plan["num_negatives"], "extra": plan["negmine_extra"],
-                                  "teacher": bool(plan["teacher"])}
+    res["negmine"]["settings"] = {"num_negatives": plan["num_negatives"], "teacher": bool(plan["teacher"]),
+                                  "filter.max_score": plan["max_score"]}
     res["ratios_negmine_over_st"] = {"wall": res["negmine"]["wall_s"] / res["st"]["wall_s"],
                                      "peak_rss": res["negmine"]["rss_peak_mib"] / res["st"]["rss_peak_mib"]}
+    return res
+
+
+def combine(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One scenario's repeats as one result: the last run (its caches feed the warm scenario) with the median wall
+    time and peak RSS of each side, and every run's figures under `repeats`."""
+    res = runs[-1]
+    if len(runs) == 1:
+        return res
+    for side in ("negmine", "st"):
+        res[side]["repeats"] = [{"wall_s": r[side]["wall_s"], "rss_peak_mib": r[side]["rss_peak_mib"]} for r in runs]
+        for key in ("wall_s", "rss_peak_mib"):
+            res[side][key] = statistics.median(r[side][key] for r in runs)
+    res["ratios_negmine_over_st"] = {"wall": res["negmine"]["wall_s"] / res["st"]["wall_s"],
+                                     "peak_rss": res["negmine"]["rss_peak_mib"] / res["st"]["rss_peak_mib"]}
+    res["statistic"] = f"median of {len(runs)} runs, alternating which side goes first"
     return res
 
 
@@ -384,7 +408,7 @@ def overlap(data: Path, cold: dict[str, Any], work: Path) -> dict[str, Any]:
 
     st, nm = neg_sets(cold["st"]["output"]), neg_sets(cold["negmine"]["output"])
     # negmine's own candidate list (ranks, scores) from its retrieve stage, to explain disagreements
-    cand_dir = work / "negmine-cache-plain" / "retrieve" / cold["negmine"]["stage_keys"]["retrieve"]
+    cand_dir = Path(cold["negmine"]["stage_dirs"]["retrieve"])
     cand = pq.read_table(cand_dir / "candidates.parquet", columns=["query_id", "doc_id", "rank", "score"])
     rank_of = {(q, d): (r, s) for q, d, r, s in zip(cand["query_id"].to_pylist(), cand["doc_id"].to_pylist(),
                                                      cand["rank"].to_pylist(), cand["score"].to_pylist())}
@@ -502,7 +526,9 @@ def main(args: argparse.Namespace) -> None:
                 print(f"{name} needs the caches of {need}: running {need} first, untimed", file=sys.stderr)
                 run_scenario(need, data, work, args, ce, st_first=True, timed=False)
             print(f"scenario {name} ({CHANGES[name]})", file=sys.stderr, flush=True)
-            results[name] = run_scenario(name, data, work, args, ce, st_first=i % 2 == 0)
+            repeat = args.repeat if name.startswith("cold") else 1
+            runs = [run_scenario(name, data, work, args, ce, st_first=(i + k) % 2 == 0) for k in range(repeat)]
+            results[name] = combine(runs)
         quality = overlap(data, results["cold"], work) if "cold" in results else None
         report = {
             "benchmark": "dense",
@@ -515,12 +541,12 @@ def main(args: argparse.Namespace) -> None:
                          "num_negatives": NUM_NEGATIVES, "warm_num_negatives": WARM_NUM_NEGATIVES,
                          "sampling": "top", "batch_size": args.batch_size, "exact_search": True,
                          "cross_encoder": str(ce) if ce else None, "ce_max_length": args.ce_max_length or "model's own",
-                         "st_ce_max_score": ST_CE_MAX_SCORE, "st_ce_warm_max_score": ST_CE_WARM_MAX_SCORE,
-                         "negmine_warm_ce_change": "exclude.duplicates=false"},
+                         "ce_max_score": CE_MAX_SCORE, "ce_warm_max_score": CE_WARM_MAX_SCORE},
             "cross_encoder_pairs": {"st": st_ce_pairs(data) if ce else None,
                                     "negmine": {s: results[s]["negmine"]["stage_stats"].get("score")
                                                 for s in results if s.endswith("-ce")}},
-            "scenarios": results,
+            "repeat": args.repeat,
+        "scenarios": results,
             "overlap": quality,
             "environment": {"platform": platform.platform(), "cpu": cpu_name(), "cpus": os.cpu_count(),
                             "versions": versions()},
@@ -542,7 +568,8 @@ def render(report: dict[str, Any]) -> str:
     size = (f"{ds['queries']:,} {ds['split']} queries, {ds['pairs']:,} pairs, {ds['documents']:,} documents"
             + (" (slice)" if ds["slice"] else ""))
     lines = [f"Dense mining on {ds['name']}: {size}; all-MiniLM-L6-v2, exact search, top-{st_['top_k']}, "
-             f"{st_['num_negatives']} negatives (top), batch {st_['batch_size']}; one run each",
+             f"{st_['num_negatives']} negatives (top), batch {st_['batch_size']}; "
+             f"{'cold scenarios: median of ' + str(report['repeat']) + ' runs' if report['repeat'] > 1 else 'one run each'}",
              "",
              f"{'scenario':<9}{'change':<36}{'negmine':>10}{'ST':>10}{'ratio':>8}{'negmine':>10}{'ST':>10}"
              f"{'ratio':>8}  target",
@@ -573,7 +600,7 @@ def render(report: dict[str, Any]) -> str:
         lines.append(f"cross-encoder pairs: ST scores {s['unique_anchors']} anchors x (range_max {st_['top_k']} + "
                      f"max positives {s['max_positives']}) = {s['candidate_pairs']:,} candidates + "
                      f"{s['positive_pairs']:,} positives on every call (no cache; only with a score filter set, "
-                     f"here max_score={st_['st_ce_max_score']})")
+                     f"here max_score={st_['ce_max_score']})")
         for name, stats in ce["negmine"].items():
             if stats:
                 lines.append(f"  negmine {name}: {stats['pairs']:,} pairs (every candidate + every positive), "
@@ -608,6 +635,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="corpus of N documents: the sliced queries' positives + the first others (default: all)")
     ap.add_argument("--scenarios", default=",".join(SCENARIOS),
                     help="comma-separated, from %(default)s; a warm one runs its cold one first (untimed) if absent")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="runs of each cold scenario (fresh caches each time); the median is reported (default: 1)")
     ap.add_argument("--batch-size", type=int, default=32,
                     help="encode batch size on both sides (also the cross-encoder's) (default: 32, ST's default)")
     ap.add_argument("--ce-max-length", type=int, default=0,
@@ -624,8 +653,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--cross-encoder", type=Path, help=argparse.SUPPRESS)
     ap.add_argument("--max-score", type=float, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
-    if args.queries < 0 or args.docs < 0 or args.batch_size < 1 or args.ce_max_length < 0:
-        ap.error("--queries, --docs and --ce-max-length must be >= 0, --batch-size >= 1")
+    if args.queries < 0 or args.docs < 0 or args.batch_size < 1 or args.ce_max_length < 0 or args.repeat < 1:
+        ap.error("--queries, --docs and --ce-max-length must be >= 0, --batch-size and --repeat >= 1")
     return args
 
 
