@@ -84,6 +84,18 @@ def quiet_hf() -> None:
         pass
 
 
+def release_memory() -> None:
+    """Hand freed heap back to the OS before the model arrives, so the peak is the model's, not ingest's too."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+
+
 def load_model(params: dict[str, Any], path: Path):
     """A SentenceTransformer from a local folder, with the configured backend, precision and max length."""
     quiet_hf()
@@ -138,6 +150,7 @@ def encode(params: dict[str, Any], model_path: Path, ingest_dir: Path, query_tex
     todo = [i for i in range(n_shards) if not (work_dir / f"docs-{i:05d}.npy").is_file()]
     model = None
     if todo or not (work_dir / "queries.npy").is_file():
+        release_memory()
         model = load_model(params, model_path)
     table = pq.read_table(corpus_path, columns=["title", "text"], memory_map=True)
     with bar(total=len(unique_docs), initial=(n_shards - len(todo)) * size if todo else len(unique_docs),

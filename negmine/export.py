@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 from negmine.formats import FORMATS, Options, QueryRecord, empty_rows
 from negmine.progress import bar
 
-VERSION = "2"  # bumped when the stage's output changes
+VERSION = "3"  # bumped when the stage's output changes
 
 
 class Texts:
@@ -132,6 +132,8 @@ def export(params: dict[str, Any], num_negatives: int, ingest_dir: Path, negativ
              for fmt in formats for ft in params["file_types"]}
     skipped: dict[str, int] = {}
     written: set[str] = set()
+    seen_twins: set[tuple[str, tuple[str, ...]]] = set()
+    repeated: dict[str, int] = {}
 
     def record(qid: str, neg: dict[str, list]) -> QueryRecord:
         pos_ids, pos_idx = positives[qid]
@@ -148,7 +150,14 @@ def export(params: dict[str, Any], num_negatives: int, ingest_dir: Path, negativ
             for qid, neg in chunk:
                 written.add(qid)
                 rec = record(qid, neg)
+                # two ids with the same text and positives would repeat every training row: write them once
+                twin = (rec.text, tuple(rec.pos_ids))
+                repeat = twin in seen_twins
+                seen_twins.add(twin)
                 for fmt, (_, rows_fn) in formats.items():
+                    if repeat and fmt != "ids":
+                        repeated[fmt] = repeated.get(fmt, 0) + 1
+                        continue
                     rows_fn(rec, opts, batch[fmt], skipped)
             for (fmt, _), sink in sinks.items():
                 sink.write(batch[fmt])
@@ -170,4 +179,5 @@ def export(params: dict[str, Any], num_negatives: int, ingest_dir: Path, negativ
         for sink in sinks.values():
             sink.close()
     files = {sink.path.name: sink.rows for sink in sinks.values()}
-    return {"files": files, "queries_with_negatives": len(written), "queries_left_out": skipped}
+    return {"files": files, "queries_with_negatives": len(written), "queries_left_out": skipped,
+            "repeated_queries_written_once": repeated}

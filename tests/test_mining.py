@@ -226,3 +226,21 @@ def test_pairs_input_end_to_end(tmp_path):
                                                            "answer on topic 3 with detail"]
     for r in fe.values():
         assert not set(r["pos"]) & set(r["neg"])
+
+
+def test_queries_sharing_a_text_share_their_positives_and_are_written_once(tmp_path):
+    docs = [{"_id": f"d{i}", "text": f"macrophages from the embryo, study {i}"} for i in range(12)]
+    queries = [{"_id": "a", "text": "Macrophages stem from the embryo"},
+               {"_id": "b", "text": "macrophages  stem from the EMBRYO"},  # the same question
+               {"_id": "c", "text": "Macrophages stem from the embryo"},  # an exact twin of a, same positives
+               {"_id": "z", "text": "something else about macrophage"}]
+    qrels = [("a", "d1", 1), ("a", "d2", 1), ("b", "d1", 1), ("c", "d1", 1), ("c", "d2", 1), ("z", "d3", 1)]
+    data = write_beir(tmp_path / "d", docs, queries, qrels)
+    result = _run(tmp_path, data, "sample.num_negatives=8", formats="['ids','triplet']")
+    ids = _ids(tmp_path / "out")
+    assert len(ids["b"]["negative_ids"]) == 8 and ids["a"]["negative_ids"] == ids["c"]["negative_ids"]
+    assert "d2" not in ids["b"]["negative_ids"]  # a's positive is b's positive too
+    triplets = pq.read_table(tmp_path / "out" / "triplet.parquet").to_pylist()
+    rows = [tuple(r.values()) for r in triplets]
+    assert len(rows) == len(set(rows))
+    assert result.stages["export"].stats["repeated_queries_written_once"] == {"triplet": 1}

@@ -17,7 +17,7 @@ import pyarrow.parquet as pq
 from negmine import schema
 from negmine.progress import bar
 
-VERSION = "2"  # bumped when the stage's output changes
+VERSION = "3"  # bumped when the stage's output changes
 _MIX = np.uint64(0x9E3779B97F4A7C15)  # golden-ratio multiplier: spreads query indices over 64 bits
 
 
@@ -43,8 +43,20 @@ class Positives:
         qrels = qrels.filter(pc.greater_equal(qrels["score"], min_positive_score))
         qidx = pc.index_in(qrels["query_id"], value_set=query_ids).to_numpy(zero_copy_only=False)
         didx = pc.index_in(qrels["doc_id"], value_set=corpus["doc_id"]).to_numpy(zero_copy_only=False)
-        self.pos_qidx = qidx.astype(np.int64)
-        self.pos_didx = didx.astype(np.int64)
+        qidx, didx = qidx.astype(np.int64), didx.astype(np.int64)
+        # queries with the same (normalised) text are one question: a positive of one is a positive of all,
+        # else the twin would mine its sibling's positive as a negative
+        twins: dict[int, list[int]] = {}
+        for i, h in enumerate(self.query_hash.tolist()):
+            twins.setdefault(h, []).append(i)
+        if any(len(v) > 1 for v in twins.values()):
+            extra = [(t, d) for q, d in zip(qidx.tolist(), didx.tolist())
+                     for t in twins[int(self.query_hash[q])] if t != q]
+            if extra:
+                qidx = np.concatenate([qidx, np.array([e[0] for e in extra], dtype=np.int64)])
+                didx = np.concatenate([didx, np.array([e[1] for e in extra], dtype=np.int64)])
+        self.pos_qidx = qidx
+        self.pos_didx = didx
         self.pos_keys = np.unique(self.pos_qidx * self.n_docs + self.pos_didx)
         dup = _pair_key(self.pos_qidx, self.doc_hash[self.pos_didx])
         self.dup_keys = np.unique(dup)
