@@ -22,8 +22,8 @@ run: install  ## mine BM25 hard negatives for data/sample into out/sample-bm25/
 test: install  ## the whole test suite (slow tests included)
 	$(PY) -m pytest -q
 
-bench: install  ## benchmarks against the reference tools (not part of the tests)
-	$(PY) bench/bm25.py
+bench: install  ## every benchmark, side by side with the reference tools, then one table (not part of the tests)
+	$(PY) bench/run_all.py
 
 clean:
 	rm -rf out configs/.negmine .negmine .pytest_cache
