@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 from negmine.formats import FORMATS, Options, QueryRecord, empty_rows
 from negmine.progress import bar
 
-VERSION = "3"  # bumped when the stage's output changes
+VERSION = "4"  # bumped when the stage's output changes
 
 
 class Texts:
@@ -115,6 +115,19 @@ def _scores_by_pair(path: Path | None) -> dict[tuple[str, str], float]:
     return dict(zip(zip(t["query_id"].to_pylist(), t["doc_id"].to_pylist()), t["teacher_score"].to_pylist()))
 
 
+def _only_positives(rec: QueryRecord, keep: list[int]) -> QueryRecord | None:
+    """The record with only the positives at `keep` (None when none is left)."""
+    if not keep:
+        return None
+
+    def pick(values: list | None) -> list | None:
+        return None if values is None else [values[i] for i in keep]
+
+    return QueryRecord(rec.qid, rec.text, pick(rec.pos_ids), pick(rec.pos_titles), pick(rec.pos_bodies),
+                       pick(rec.pos_texts), pick(rec.pos_teacher), pick(rec.pos_scores), rec.neg, rec.neg_titles,
+                       rec.neg_bodies, rec.neg_texts)
+
+
 def export(params: dict[str, Any], num_negatives: int, ingest_dir: Path, negatives_path: Path,
            query_ids: pa.ChunkedArray, min_positive_score: int, use_title: bool, title_sep: str,
            provenance: dict[str, Any], out_dir: Path, teacher_positives: Path | None = None,
@@ -132,7 +145,7 @@ def export(params: dict[str, Any], num_negatives: int, ingest_dir: Path, negativ
              for fmt in formats for ft in params["file_types"]}
     skipped: dict[str, int] = {}
     written: set[str] = set()
-    seen_twins: set[tuple[str, tuple[str, ...]]] = set()
+    seen_pairs: set[tuple[str, str]] = set()
     repeated: dict[str, int] = {}
 
     def record(qid: str, neg: dict[str, list]) -> QueryRecord:
@@ -150,15 +163,18 @@ def export(params: dict[str, Any], num_negatives: int, ingest_dir: Path, negativ
             for qid, neg in chunk:
                 written.add(qid)
                 rec = record(qid, neg)
-                # two ids with the same text and positives would repeat every training row: write them once
-                twin = (rec.text, tuple(rec.pos_ids))
-                repeat = twin in seen_twins
-                seen_twins.add(twin)
+                # ids that share a query text are one question (their positives are pooled at exclusion): a
+                # (text, positive) pair already written under another id would only repeat training rows
+                fresh = [i for i, d in enumerate(rec.pos_ids) if (rec.text, d) not in seen_pairs]
+                seen_pairs.update((rec.text, d) for d in rec.pos_ids)
+                text_rec = rec if len(fresh) == len(rec.pos_ids) else _only_positives(rec, fresh)
                 for fmt, (_, rows_fn) in formats.items():
-                    if repeat and fmt != "ids":
+                    if fmt == "ids":
+                        rows_fn(rec, opts, batch[fmt], skipped)
+                    elif text_rec is None:
                         repeated[fmt] = repeated.get(fmt, 0) + 1
-                        continue
-                    rows_fn(rec, opts, batch[fmt], skipped)
+                    else:
+                        rows_fn(text_rec, opts, batch[fmt], skipped)
             for (fmt, _), sink in sinks.items():
                 sink.write(batch[fmt])
         # queries whose sampling gave no negative: the ids format lists them with empty lists, others skip them

@@ -233,8 +233,10 @@ def test_queries_sharing_a_text_share_their_positives_and_are_written_once(tmp_p
     queries = [{"_id": "a", "text": "Macrophages stem from the embryo"},
                {"_id": "b", "text": "macrophages  stem from the EMBRYO"},  # the same question
                {"_id": "c", "text": "Macrophages stem from the embryo"},  # an exact twin of a, same positives
+               {"_id": "e", "text": "Macrophages stem from the embryo"},  # a twin with one of a's positives
                {"_id": "z", "text": "something else about macrophage"}]
-    qrels = [("a", "d1", 1), ("a", "d2", 1), ("b", "d1", 1), ("c", "d1", 1), ("c", "d2", 1), ("z", "d3", 1)]
+    qrels = [("a", "d1", 1), ("a", "d2", 1), ("b", "d1", 1), ("c", "d1", 1), ("c", "d2", 1), ("e", "d2", 1),
+             ("z", "d3", 1)]
     data = write_beir(tmp_path / "d", docs, queries, qrels)
     result = _run(tmp_path, data, "sample.num_negatives=8", formats="['ids','triplet']")
     ids = _ids(tmp_path / "out")
@@ -243,4 +245,5 @@ def test_queries_sharing_a_text_share_their_positives_and_are_written_once(tmp_p
     triplets = pq.read_table(tmp_path / "out" / "triplet.parquet").to_pylist()
     rows = [tuple(r.values()) for r in triplets]
     assert len(rows) == len(set(rows))
-    assert result.stages["export"].stats["repeated_queries_written_once"] == {"triplet": 1}
+    assert result.stages["export"].stats["repeated_queries_written_once"] == {"triplet": 2}
+    assert ids["e"]["negative_ids"] == ids["a"]["negative_ids"]  # e excludes a's d1 too
