@@ -23,6 +23,7 @@ from negmine.bm25 import iter_doc_texts
 from negmine.errors import ConfigError
 from negmine.hashing import FingerprintMemo
 from negmine.io import atomic_path
+from negmine.memory import release_memory, tune_malloc
 from negmine.progress import bar
 
 VERSION = "1"
@@ -84,18 +85,6 @@ def quiet_hf() -> None:
         pass
 
 
-def release_memory() -> None:
-    """Hand freed heap back to the OS before the model arrives, so the peak is the model's, not ingest's too."""
-    import ctypes
-    import gc
-
-    gc.collect()
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc
-        pass
-
-
 def load_model(params: dict[str, Any], path: Path):
     """A SentenceTransformer from a local folder, with the configured backend, precision and max length."""
     quiet_hf()
@@ -150,6 +139,7 @@ def encode(params: dict[str, Any], model_path: Path, ingest_dir: Path, query_tex
     todo = [i for i in range(n_shards) if not (work_dir / f"docs-{i:05d}.npy").is_file()]
     model = None
     if todo or not (work_dir / "queries.npy").is_file():
+        tune_malloc()
         release_memory()
         model = load_model(params, model_path)
     table = pq.read_table(corpus_path, columns=["title", "text"], memory_map=True)

@@ -50,8 +50,11 @@ class Teacher:
 
     def _load(self) -> None:
         from negmine.encode import quiet_hf
+        from negmine.memory import release_memory, tune_malloc
 
         quiet_hf()
+        tune_malloc()
+        release_memory()
         p = self.params
         if p["kind"] == "cross-encoder":
             import torch
