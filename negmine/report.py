@@ -143,11 +143,13 @@ def plot(report: dict[str, Any], negatives_path: Path, positives_path: Path | No
     bins = np.linspace(lo - pad, hi + pad, 41)
     if len(pos):
         ax.hist(pos, bins=bins, alpha=0.6, label=f"positives ({len(pos)})", color="tab:green", density=True)
-    ax.hist(neg, bins=bins, alpha=0.6, label=f"negatives ({len(neg)})", color="tab:red", density=True)
+    if len(neg):
+        ax.hist(neg, bins=bins, alpha=0.6, label=f"negatives ({len(neg)})", color="tab:red", density=True)
     ax.set_xlabel(f"score ({report['score_type']})")
     ax.set_ylabel("density")
     ax.set_title("negmine: positive and negative scores")
-    ax.legend()
+    if len(pos) or len(neg):
+        ax.legend()
     fig.tight_layout()
     fig.savefig(out, metadata={"Software": None})
     plt.close(fig)
