@@ -122,6 +122,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     },
     "run": {
         "cache_dir": None,  # default: .negmine/cache beside the config (or the current directory)
+        "low_memory": False,  # glibc: fixed 1 MiB mmap threshold; about -30% peak memory, +20-30% encode time
     },
 }
 

@@ -23,7 +23,7 @@ from negmine.bm25 import iter_doc_texts
 from negmine.errors import ConfigError
 from negmine.hashing import FingerprintMemo
 from negmine.io import atomic_path
-from negmine.memory import release_memory, tune_malloc
+from negmine.memory import release_memory
 from negmine.progress import bar
 
 VERSION = "1"
@@ -139,7 +139,6 @@ def encode(params: dict[str, Any], model_path: Path, ingest_dir: Path, query_tex
     todo = [i for i in range(n_shards) if not (work_dir / f"docs-{i:05d}.npy").is_file()]
     model = None
     if todo or not (work_dir / "queries.npy").is_file():
-        tune_malloc()
         release_memory()
         model = load_model(params, model_path)
     table = pq.read_table(corpus_path, columns=["title", "text"], memory_map=True)

@@ -2,8 +2,9 @@
 
 glibc raises its mmap threshold each time a large block is freed (up to 32 MiB), after which the encoder's
 activation buffers come from the heap and fragment it: resident memory then grows batch after batch. A fixed
-1 MiB threshold sends every large buffer to mmap and back to the OS when freed. Measured on 1,200 SciFact
-abstracts with MiniLM: peak RSS 1,034 MiB -> 836 MiB. Elsewhere (not glibc) this does nothing.
+1 MiB threshold (`[run] low_memory = true`) sends every large buffer to mmap and back to the OS when freed.
+Measured on SciFact with MiniLM: encode peak RSS 1,330 -> 884 MiB, but the encode took about 20-30% longer
+(pages are mapped and zeroed again for every batch), so it is a choice, off by default. Not glibc: no effect.
 """
 from __future__ import annotations
 

@@ -70,6 +70,10 @@ def _run(cfg: dict[str, Any], cache: StageCache, until: str,
     result = RunResult(cfg)
     inp = cfg["input"]
     source, stype = check_score_types(cfg)
+    if cfg["run"]["low_memory"]:
+        from negmine.memory import tune_malloc
+
+        tune_malloc()
     memo = FingerprintMemo(cache.root / "fingerprints.json")
     files = ingest.input_files(inp)
     inputs = {str(p): memo(p) for p in files}

@@ -50,10 +50,9 @@ class Teacher:
 
     def _load(self) -> None:
         from negmine.encode import quiet_hf
-        from negmine.memory import release_memory, tune_malloc
+        from negmine.memory import release_memory
 
         quiet_hf()
-        tune_malloc()
         release_memory()
         p = self.params
         if p["kind"] == "cross-encoder":

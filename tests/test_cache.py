@@ -127,3 +127,9 @@ def test_cache_ls_and_clear(tmp_path, sample_overrides):
     assert rerun.computed == ["sample"]  # export's key is unchanged, so its entry is reused
     assert cache.clear() == len(STAGES)
     assert cache.entries() == []
+
+
+def test_low_memory_setting_runs_and_is_in_no_key(tmp_path, sample_overrides):
+    first = negmine.mine(None, sample_overrides)
+    low = negmine.mine(None, sample_overrides + ["run.low_memory=true"])
+    assert low.computed == [] and low.stages["export"].key == first.stages["export"].key
