@@ -43,7 +43,7 @@ def table() -> str:
                  ("", "top-10 overlap (lucene / robertson vs Okapi)",
                   f"{bm['top10_overlap']['bm25s_vs_rank-bm25']['all']:.3f} / "
                   f"{bm['top10_overlap']['bm25s-robertson_vs_rank-bm25']['all']:.3f}", "")]
-    for name in ("dense", "dense-ce"):
+    for name in ("dense", "dense-cold", "dense-ce"):  # dense-cold: the cold scenario with low_memory behaviour
         d = _load(name)
         if not d:
             continue
