@@ -14,16 +14,16 @@ import csv
 import json
 import os
 import platform
-import resource
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from _common import cpu_name, peak_rss_mib, versions
 
 import numpy as np
 
@@ -53,21 +53,6 @@ def make_config(data: Path, backend: str, method: str | None) -> dict[str, Any]:
     return load_config(None, overrides)
 
 
-def peak_rss_mib() -> tuple[float, str]:
-    """Peak resident set size of this process so far, and where it was read.
-
-    On Linux ru_maxrss survives exec: a child starts with its parent's peak (the parent here holds the ingested
-    tables), so a worker could report the parent's memory. VmHWM is the high-water mark of this program's own
-    address space; ru_maxrss (KiB on Linux, bytes on macOS) is the fallback elsewhere.
-    """
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024, "VmHWM"
-    except OSError:
-        pass
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return (peak / (1 << 20) if sys.platform == "darwin" else peak / 1024), "ru_maxrss"
 
 
 # ---------------------------------------------------------------------------------------------------- worker
@@ -213,24 +198,8 @@ def quality(docs: np.ndarray, query_ids: list[str], doc_ids: list[str], qrels: d
             "queries": len(qrels)}
 
 
-def versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for dist in ("negmine", "bm25s", "rank-bm25", "numpy", "scipy", "pyarrow", "PyStemmer"):
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            out[dist] = "not installed"
-    return out
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main(args: argparse.Namespace) -> None:
@@ -290,7 +259,8 @@ def main(args: argparse.Namespace) -> None:
         f"queries_with_zero_scores_in_top{k}": short,
         "quality": qual,
         "environment": {"platform": platform.platform(), "cpu": cpu_name(), "cpus": os.cpu_count(),
-                        "versions": versions()},
+                        "versions": versions(("negmine", "bm25s", "rank-bm25", "numpy", "scipy", "pyarrow",
+                                              "PyStemmer"))},
         "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     args.json.parent.mkdir(parents=True, exist_ok=True)

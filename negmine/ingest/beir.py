@@ -16,7 +16,7 @@ def beir_files(folder: Path, split: str) -> dict[str, Path]:
     for name in ("corpus", "queries"):
         if not files[name].is_file():
             raise InputError(files[name], "file not found",
-                             f"a BEIR folder holds corpus.jsonl, queries.jsonl and qrels/<split>.tsv")
+                             "a BEIR folder holds corpus.jsonl, queries.jsonl and qrels/<split>.tsv")
     if not files["qrels"].is_file():
         splits = sorted(p.stem for p in (folder / "qrels").glob("*.tsv"))
         have = f"available splits: {', '.join(splits)}" if splits else "the folder has no qrels/*.tsv"
