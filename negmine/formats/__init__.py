@@ -36,6 +36,14 @@ class Options:
     scores: bool  # labeled formats carry scores instead of 0/1 labels
 
 
+def left_out(q: QueryRecord, fmt: str, skipped: dict[str, int], need: int = 1) -> bool:
+    """True (and counted) when the query has fewer than `need` negatives, so `fmt` writes no row for it."""
+    if len(q.neg_texts) >= need:
+        return False
+    skipped[fmt] = skipped.get(fmt, 0) + 1
+    return True
+
+
 Format = tuple[Callable[[Options], pa.Schema], Callable[[QueryRecord, Options, dict[str, list], dict[str, int]], None]]
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from negmine.formats import Options, QueryRecord
+from negmine.formats import Options, QueryRecord, left_out
 
 
 def schema(o: Options) -> pa.Schema:
@@ -14,8 +14,7 @@ def schema(o: Options) -> pa.Schema:
 
 
 def rows(q: QueryRecord, o: Options, out: dict, skipped: dict) -> None:
-    if not q.neg_texts:
-        skipped["flagembedding"] = skipped.get("flagembedding", 0) + 1
+    if left_out(q, "flagembedding", skipped):
         return
     out["query"].append(q.text)
     out["pos"].append(q.pos_texts)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from negmine.formats import Options, QueryRecord
+from negmine.formats import Options, QueryRecord, left_out
 
 S, F = pa.string(), pa.float32()
 
@@ -37,8 +37,7 @@ def ntuple_schema(o: Options) -> pa.Schema:
 
 
 def ntuple_rows(q: QueryRecord, o: Options, rows: dict, skipped: dict) -> None:
-    if len(q.neg_texts) < o.num_negatives:
-        skipped["n-tuple"] = skipped.get("n-tuple", 0) + 1
+    if left_out(q, "n-tuple", skipped, o.num_negatives):
         return
     for p in q.pos_texts:
         rows["anchor"].append(q.text)
@@ -71,8 +70,7 @@ def labeled_list_schema(o: Options) -> pa.Schema:
 
 
 def labeled_list_rows(q: QueryRecord, o: Options, rows: dict, skipped: dict) -> None:
-    if not q.neg_texts:
-        skipped["labeled-list"] = skipped.get("labeled-list", 0) + 1
+    if left_out(q, "labeled-list", skipped):
         return
     label = _label_name(o, True)
     for i, p in enumerate(q.pos_texts):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from negmine.formats import Options, QueryRecord
+from negmine.formats import Options, QueryRecord, left_out
 
 PASSAGE = pa.struct([("docid", pa.string()), ("title", pa.string()), ("text", pa.string())])
 
@@ -15,8 +15,7 @@ def schema(o: Options) -> pa.Schema:
 
 
 def rows(q: QueryRecord, o: Options, out: dict, skipped: dict) -> None:
-    if not q.neg_texts:
-        skipped["tevatron"] = skipped.get("tevatron", 0) + 1
+    if left_out(q, "tevatron", skipped):
         return
     out["query_id"].append(q.qid)
     out["query"].append(q.text)
