@@ -59,7 +59,8 @@ def table() -> str:
         for name, s in ds["rows"].items():
             rows.append(("downstream (scifact test)" if name == next(iter(ds["rows"])) else "", name,
                          f"nDCG@10 {s['ndcg@10']['mean']:.3f} ± {s['ndcg@10']['std']:.3f}, "
-                         f"R@100 {s['recall@100']['mean']:.3f}", ""))
+                         f"R@100 {s['recall@100']['mean']:.3f} ({s.get('seeds', len(s['ndcg@10']['runs']))} seeds)",
+                         ""))
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
 

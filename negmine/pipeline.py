@@ -7,6 +7,7 @@ recomputes sampling and export only, and changing a filter never re-indexes or r
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -22,6 +23,7 @@ from negmine.filters import exclude
 from negmine.hashing import FingerprintMemo
 from negmine.io import atomic_path, atomic_write_text
 
+log = logging.getLogger("negmine.pipeline")
 STAGES = ("ingest", "index", "retrieve", "score", "exclude", "sample", "export")
 
 
@@ -232,7 +234,7 @@ def _resolve_teacher(name: str) -> Path:
 
     if not name:
         raise ConfigError("[score] teacher is empty")
-    return resolve_model(name)
+    return resolve_model(name, "[score] teacher")
 
 
 def _model_fingerprint(path: Path, memo: FingerprintMemo) -> str:
@@ -305,9 +307,21 @@ def _retrieve_stages(cfg: dict[str, Any], step: Callable[..., StageResult], ing:
                                                      inp["min_positive_score"], out))
 
 
+MANIFEST = ".negmine-outputs.json"
+
+
 def _publish(entry: Path, out_dir: Path) -> list[Path]:
-    """Copy the export entry's files into the output folder, each file atomically."""
+    """Copy the export entry's files into the output folder, each file atomically.
+
+    Files that an earlier run published here and this one does not (a format or file type taken out of the
+    config) are removed, so the folder holds one run's outputs; a file negmine did not write is never touched.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
+    manifest = out_dir / MANIFEST
+    try:
+        before = set(json.loads(manifest.read_text()))
+    except (OSError, ValueError, TypeError):
+        before = set()
     outputs = []
     for src in sorted(entry.iterdir()):
         if src.name == "meta.json" or not src.is_file():
@@ -316,6 +330,12 @@ def _publish(entry: Path, out_dir: Path) -> list[Path]:
         with atomic_path(dest) as tmp:
             shutil.copyfile(src, tmp)
         outputs.append(dest)
+    for name in sorted(before - {p.name for p in outputs}):
+        stale = out_dir / name
+        if "/" not in name and stale.is_file():
+            stale.unlink()
+            log.info("removed %s: the previous run's output, not produced by this one", stale)
+    atomic_write_text(manifest, json.dumps(sorted(p.name for p in outputs)) + "\n")
     return outputs
 
 

@@ -96,6 +96,10 @@ def markdown(report: dict[str, Any]) -> str:
     neg, pos = report["negatives"], report["positives"]
     lines += [f"{neg['total']} negatives for {neg['queries']} queries; {pos['total']} positives, "
               f"{pos['not_retrieved']} of them not retrieved at all. Scores: {report['score_type']}.", ""]
+    skipped = report["stages"].get("ingest", {}).get("stats", {}).get("skipped") or {}
+    if skipped:  # --skip-invalid: what was dropped from the input, by kind
+        lines += [f"Input records skipped as invalid: {sum(skipped.values())} ("
+                  + ", ".join(f"{k} {v}" for k, v in sorted(skipped.items())) + ").", ""]
     lines += ["## Scores", "", "| | count | mean | std | p05 | p25 | median | p75 | p95 |", "|---|---|---|---|---|---|---|---|---|"]
     for name, d in report["scores"].items():
         if d.get("count"):

@@ -132,3 +132,48 @@ def test_every_preset_is_a_valid_config(preset):
 
     cfg = load_config(ROOT / "configs" / f"{preset}.toml")
     check_score_types(cfg)
+
+
+def test_cache_clear_takes_a_sub_stage_folder(tmp_path, tiny_bi_encoders):
+    over = ["-i", str(ROOT / "data" / "sample"), "-o", str(tmp_path / "o"), "--cache-dir", str(tmp_path / "c"), "-q",
+            "--set", "retrieve.retrievers=['dense']", "--set", f"dense.model='{tiny_bi_encoders[0]}'"]
+    assert runner.invoke(app, ["run", *over]).exit_code == 0
+    cleared = runner.invoke(app, ["cache", "clear", "--cache-dir", str(tmp_path / "c"), "--stage", "encode"])
+    assert cleared.exit_code == 0, cleared.output
+    assert "removed 1 entries" in cleared.stderr
+    rerun = runner.invoke(app, ["run", *over[:-5], "--set", "retrieve.retrievers=['dense']",
+                                "--set", f"dense.model='{tiny_bi_encoders[0]}'"])
+    assert "encode" in rerun.stderr and "computed (no cached result)" in rerun.stderr
+
+
+def test_help_keeps_bracketed_words():
+    assert "[default:" in runner.invoke(app, ["run", "--help"]).stdout
+    assert "[score] teacher" in runner.invoke(app, ["score", "--help"]).stdout
+
+
+def test_a_teacher_that_cannot_load_names_the_teacher_setting(tmp_path):
+    result = runner.invoke(app, ["run", "-i", str(ROOT / "data" / "sample"), "-o", str(tmp_path / "o"),
+                                 "--cache-dir", str(tmp_path / "c"), "--set", f"score.teacher='{tmp_path / 'none'}'"])
+    assert result.exit_code == 2
+    assert "[score] teacher" in result.stderr and "[dense]" not in result.stderr
+
+
+def test_outputs_follow_the_umask_and_a_dropped_format_leaves_no_stale_file(tmp_path):
+    import os
+
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")  # the user's own file: never touched
+    base = ["-i", str(ROOT / "data" / "sample"), "-o", str(out), "--cache-dir", str(tmp_path / "c"), "-q"]
+    old = os.umask(0o022)
+    try:
+        first = runner.invoke(app, ["run", *base, "--set", "export.formats=['triplet','ids']"])
+    finally:
+        os.umask(old)
+    assert first.exit_code == 0, first.output
+    assert (out / "ids.parquet").is_file()
+    assert (out / "triplet.parquet").stat().st_mode & 0o777 == 0o644
+    second = runner.invoke(app, ["run", *base, "--set", "export.formats=['triplet']"])
+    assert second.exit_code == 0, second.output
+    assert not (out / "ids.parquet").exists() and not (out / "ids.jsonl").exists()
+    assert (out / "triplet.parquet").is_file() and (out / "notes.txt").read_text() == "mine"

@@ -374,6 +374,8 @@ def test_skip_invalid_skips_and_counts_bad_records_and_writes_outputs(tmp_path, 
     corpus, _, qrels = ingest_tables(tmp_path)
     assert {d["doc_id"] for d in corpus} == {"d1", "d2", "d4", "d5", "d6"}
     assert ("q2", "d7") not in {(r["query_id"], r["doc_id"]) for r in qrels}
+    report_md = (tmp_path / "out" / "report.md").read_text()
+    assert "Input records skipped as invalid: 3 (empty_text 1, malformed 1, unknown_id 1)." in report_md
 
 
 def test_skip_invalid_still_fails_when_nothing_valid_remains(tmp_path):

@@ -5,11 +5,12 @@ import typer
 
 app = typer.Typer(
     name="negmine",
-    help="Mine hard negatives for retrieval training data: ingest, index, retrieve, exclude, sample, export.\n\n"
+    help="Mine hard negatives for retrieval training data: ingest, index, retrieve, score, exclude, sample, export.\n\n"
          "Every stage is cached by content; `negmine run CONFIG.toml` runs them all.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help texts say "[default: ...]" and "[score]": not markup
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 

@@ -31,7 +31,7 @@ def _size(n: int) -> str:
     return f"{n:.1f} TB"
 
 
-@cache_app.command("ls", help="List cached entries: stage, key, size, age, compute time.")
+@cache_app.command("ls", help="List cached entries: stage, key, size, creation time, compute time, folder.")
 def ls(config: ConfigArg = None, cache_dir: DirOpt = None, verbose: VerboseOpt = False) -> None:
     def go() -> None:
         from negmine.cache import StageCache
@@ -59,9 +59,12 @@ def clear(config: ConfigArg = None, cache_dir: DirOpt = None,
         from negmine.errors import NegmineError
         from negmine.pipeline import STAGES
 
-        if stage is not None and stage not in STAGES:
-            raise NegmineError(f"--stage {stage!r}: choose one of {', '.join(STAGES)}")
         root = _root(config, cache_dir)
+        # sub-stages (encode, ann, retrieve-bm25, ...) have folders of their own and can be cleared alone
+        present = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+        if stage is not None and stage not in STAGES and stage not in present:
+            choices = sorted(set(STAGES) | set(present))
+            raise NegmineError(f"--stage {stage!r}: choose one of {', '.join(choices)}")
         n = StageCache(root).clear(stage)
         typer.echo(f"removed {n} entries from {root}", err=True)
 

@@ -54,7 +54,7 @@ def _execute(until: str, config: Path | None, sets: list[str] | None, input_path
     guarded(verbose, go)
 
 
-@app.command("run", help="Run every stage: ingest, index, retrieve, exclude, sample, export.")
+@app.command("run", help="Run every stage: ingest, index, retrieve, score, exclude, sample, export.")
 def run_cmd(config: ConfigArg = None, sets: SetOpt = None, input_path: InputOpt = None, out: OutOpt = None,
             skip_invalid: SkipOpt = False, cache_dir: CacheOpt = None, force: ForceOpt = False,
             no_cache: NoCacheOpt = False, verbose: VerboseOpt = False, quiet: QuietOpt = False) -> None:
