@@ -50,7 +50,8 @@ def test_every_format_loads_with_datasets(exported, fmt, file_type, builder):
 
 
 def _train_bi(model_dir: Path, ds, loss_name: str, tmp: Path) -> None:
-    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, losses
+    from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
+    from sentence_transformers.sentence_transformer import losses
     from sentence_transformers import SentenceTransformerTrainingArguments
 
     model = SentenceTransformer(str(model_dir), device="cpu")
