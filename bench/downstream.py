@@ -201,7 +201,7 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=ROOT / "bench" / ".work" / "downstream",
                     help="mined rows and negmine's cache, kept between runs")
     ap.add_argument("--fresh", action="store_true", help="ignore finished runs in --json and start over")
-    ap.add_argument("--table", action="store_true", help="only print the table from --json")
+    ap.add_argument("--table", action="store_true", help="only print the table from --json (seeds below --seeds)")
     args = ap.parse_args()
     order = args.rows.split(",")
     unknown = [r for r in order if r not in ROWS]
@@ -210,8 +210,9 @@ def main() -> None:
     runs: dict[str, dict] = {}
     if args.json.exists() and not args.fresh:
         old = json.loads(args.json.read_text())
-        if args.table:
-            print(table(summarise(old["runs"], list(ROWS))))
+        if args.table:  # the first --seeds seeds of each row, so rows cut short do not mix seed counts
+            done = {k: v for k, v in old["runs"].items() if int(k.split("/")[1]) < args.seeds}
+            print(table(summarise(done, list(ROWS))))
             return
         # finished runs count only if they were trained the same way
         if old.get("args") == {k: getattr(args, k) for k in RUN_ARGS}:
