@@ -124,8 +124,8 @@ def test_report_files_and_command(tmp_path):
     assert missing.exit_code == 2 and "no report.md" in missing.stderr
 
 
-@pytest.mark.parametrize("preset", ["dense", "hybrid", "nv-retriever", "simans", "recommended", "cross-encoder",
-                                    "rocketqa", "sample-bm25"])
+@pytest.mark.parametrize("preset", ["dense", "hybrid", "nv-retriever", "simans", "recommended", "perc-pos-top",
+                                    "cross-encoder", "rocketqa", "sample-bm25"])
 def test_every_preset_is_a_valid_config(preset):
     from negmine.config import load_config
     from negmine.pipeline import check_score_types
