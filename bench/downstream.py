@@ -14,6 +14,7 @@ Not part of CI. Results: bench/results/downstream.json and a Markdown table on s
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import subprocess
@@ -141,6 +142,22 @@ def train(rows_path: Path | None, pairs: list[tuple[str, str]], seed: int, out: 
     return str(out / "model"), len(ds)
 
 
+def rows_fingerprint(rows_path: Path | None, pairs: list[tuple[str, str]]) -> str:
+    """Hash of the training rows themselves: a finished run is reused only for the same rows, so editing a
+    preset (or negmine's mining) reruns that row instead of reporting the old one under the new name."""
+    import pyarrow.parquet as pq
+
+    if rows_path is None:
+        items = iter(pairs)
+    else:
+        t = pq.read_table(rows_path)
+        items = zip(*(t[c].to_pylist() for c in t.column_names))
+    h = hashlib.sha256()
+    for item in items:
+        h.update(json.dumps(list(item)).encode() + b"\n")
+    return h.hexdigest()[:16]
+
+
 RUN_ARGS = ("epochs", "max_steps", "batch_size", "lr", "max_seq_length", "bf16", "docs")
 
 
@@ -177,11 +194,11 @@ def table(summary: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def save(path: Path, args, runs: dict[str, dict], order: list[str]) -> None:
+def save(path: Path, args, runs: dict[str, dict]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps({"args": {k: getattr(args, k) for k in RUN_ARGS}, "runs": runs,
-                               "rows": summarise(runs, order)}, indent=2) + "\n")
+                               "rows": summarise(runs, list(ROWS))}, indent=2) + "\n")
     os.replace(tmp, path)  # a killed run leaves the last complete file
 
 
@@ -226,34 +243,35 @@ def main() -> None:
     pairs = [(queries[q], corpus[d]) for q, ds in sorted(train_qrels.items()) for d in sorted(ds) if d in corpus]
     work = args.work / (f"docs{args.docs}" if args.docs else "full")
     work.mkdir(parents=True, exist_ok=True)
-    mined: dict[str, Path] = {}
+    mined: dict[str, tuple[Path | None, str]] = {}  # row -> (rows file, fingerprint)
     # seed-major order: every row gets its first seed before any row gets its second, so a run cut short still
     # leaves a comparable table
     plan = [(name, 0) for name in order if name == "zero-shot"]
     plan += [(name, seed) for seed in range(args.seeds) for name in order if name != "zero-shot"]
     for name, seed in plan:
         key = f"{name}/{seed}"
-        if key in runs:
+        rows_path, rows_sha = None, None
+        if name != "zero-shot":
+            if name not in mined:
+                path = None if ROWS[name] is None else mine_rows(name, ROWS[name], work, args.docs or None)
+                mined[name] = (path, rows_fingerprint(path, pairs))
+            rows_path, rows_sha = mined[name]
+        if key in runs and runs[key].get("rows_sha") == rows_sha:
             continue
         t0 = time.perf_counter()
         if name == "zero-shot":
             result = evaluate(str(get_model_path()), corpus, queries, test_qrels, args.batch_size, args.max_seq_length)
             result["train_rows"] = None
         else:
-            rows_path = None
-            if ROWS[name] is not None:
-                if name not in mined:
-                    mined[name] = mine_rows(name, ROWS[name], work, args.docs or None)
-                rows_path = mined[name]
-            t1 = time.perf_counter()
             model_dir, n_rows = train(rows_path, pairs, seed, work / f"{name}-{seed}", args)
-            t2 = time.perf_counter()
+            t1 = time.perf_counter()
             result = evaluate(model_dir, corpus, queries, test_qrels, args.batch_size, args.max_seq_length)
-            result |= {"train_rows": n_rows, "train_s": round(t2 - t1, 1), "eval_s": round(time.perf_counter() - t2, 1)}
+            result |= {"train_rows": n_rows, "rows_sha": rows_sha, "train_s": round(t1 - t0, 1),
+                       "eval_s": round(time.perf_counter() - t1, 1)}
             shutil.rmtree(work / f"{name}-{seed}", ignore_errors=True)  # 90 MB a model
         result["total_s"] = round(time.perf_counter() - t0, 1)
         runs[key] = result
-        save(args.json, args, runs, list(ROWS))  # every row measured so far, not only this call's
+        save(args.json, args, runs)  # every row measured so far, not only this call's
         print(f"{key}: {result}", file=sys.stderr, flush=True)
     print(table(summarise(runs, order)))
 
