@@ -60,11 +60,11 @@ def make_config(data: Path, backend: str, method: str | None) -> dict[str, Any]:
 
 def worker(args: argparse.Namespace) -> None:
     """One backend, timed: build the index, then load it and search every query. Writes JSON + top-k arrays."""
-    # negmine.bm25 pulls in numpy and pyarrow only; bm25s, rank_bm25 and scipy load inside the timed phases,
+    # negmine.retrievers.bm25 pulls in numpy and pyarrow only; bm25s, rank_bm25 and scipy load inside the timed phases,
     # so each backend pays for its own imports.
     import pyarrow.parquet as pq
 
-    from negmine.bm25 import Searcher, build_index
+    from negmine.retrievers.bm25 import Searcher, build_index
 
     cfg = make_config(args.data, args.backend, args.method)
     params, inp = cfg["bm25"], cfg["input"]
@@ -110,7 +110,7 @@ def check_against_bm25s(params: dict[str, Any], index_dir: Path, queries: list[s
     """
     import bm25s
 
-    from negmine.bm25 import make_tokenizer
+    from negmine.retrievers.bm25 import make_tokenizer
 
     retriever = bm25s.BM25.load(str(index_dir / "bm25s"), show_progress=False)
     tok = make_tokenizer(params)

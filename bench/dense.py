@@ -367,7 +367,7 @@ def warm_up(work: Path) -> float:
     """Import everything once, untimed, so that neither side pays for a cold OS file cache that the other finds
     warm (the first process to load torch reads a few hundred MB from disk)."""
     code = ("import torch, transformers, sentence_transformers, datasets, faiss, pyarrow.parquet, numpy, "
-            "negmine.cli, negmine.pipeline, negmine.encode, negmine.dense, negmine.score")
+            "negmine.cli, negmine.pipeline, negmine.encode, negmine.retrievers.dense, negmine.score")
     return run_logged([sys.executable, "-c", code], work / "warm-up.log")
 
 

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
-from negmine.bm25 import iter_doc_texts
+from negmine.retrievers.bm25 import iter_doc_texts
 from negmine.errors import ConfigError
 from negmine.hashing import FingerprintMemo
 from negmine.io import atomic_path

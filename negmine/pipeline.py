@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from negmine import __version__, bm25, export, ingest, report, retrieve, sample
+from negmine import __version__, export, ingest, report, retrieve, sample
 from negmine.cache import StageCache, StageResult
 from negmine.config import load_config
 from negmine.errors import ConfigError
@@ -128,7 +128,7 @@ def _run(cfg: dict[str, Any], cache: StageCache, until: str,
     vectors = None
     exc_upstream = ["ingest", r_cand.stage]
     if fparams["near_dup_cosine"] is not None:
-        from negmine.dense import DenseSearcher
+        from negmine.retrievers.dense import DenseSearcher
 
         vectors = DenseSearcher(cfg["dense"], index_dirs["encode"]).doc_vectors
         exc_upstream.append("encode")
@@ -251,11 +251,13 @@ def _index_stages(cfg: dict[str, Any], step: Callable[..., StageResult], ing: Pa
     inp, dirs = cfg["input"], {}
     text = {"use_title": inp["use_title"], "title_sep": inp["title_sep"]}
     if "bm25" in cfg["retrieve"]["retrievers"]:
+        from negmine.retrievers import bm25
         dirs["index"] = step("index", bm25.VERSION, {**cfg["bm25"], **text}, ["ingest"],
                              lambda out: bm25.build_index(cfg["bm25"], ing / "corpus.parquet", inp["use_title"],
                                                           inp["title_sep"], out)).path
     if "dense" in cfg["retrieve"]["retrievers"]:
-        from negmine import dense, encode
+        from negmine import encode
+        from negmine.retrievers import dense
 
         d = cfg["dense"]
         model_path = encode.resolve_model(d["model"])

@@ -105,7 +105,7 @@ def write_positive_scores(path: Path, query_ids: list[str], doc_ids: list[str], 
 
 def retrieve_bm25(bm25_params: dict[str, Any], params: dict[str, Any], ingest_dir: Path, index_dir: Path,
                   min_positive_score: int, out_dir: Path) -> dict[str, Any]:
-    from negmine.bm25 import Searcher
+    from negmine.retrievers.bm25 import Searcher
 
     searcher = Searcher(bm25_params, index_dir)
     queries = queries_to_mine(ingest_dir, min_positive_score)
@@ -122,7 +122,7 @@ def retrieve_bm25(bm25_params: dict[str, Any], params: dict[str, Any], ingest_di
 
 def retrieve_dense(dense_params: dict[str, Any], params: dict[str, Any], ingest_dir: Path, encode_dir: Path,
                    ann_dir: Path | None, min_positive_score: int, out_dir: Path) -> dict[str, Any]:
-    from negmine.dense import DenseSearcher
+    from negmine.retrievers.dense import DenseSearcher
 
     searcher = DenseSearcher(dense_params, encode_dir, ann_dir)
     query_vectors = np.load(encode_dir / "queries.npy", mmap_mode="r")

@@ -8,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import negmine
-from negmine.bm25 import Searcher
+from negmine.retrievers.bm25 import Searcher
 from negmine.config import load_config
 from conftest import SAMPLE, write_beir
 

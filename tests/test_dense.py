@@ -11,7 +11,7 @@ import pytest
 
 import negmine
 from negmine import encode as encode_mod
-from negmine.dense import DenseSearcher
+from negmine.retrievers.dense import DenseSearcher
 from negmine.fusion.rrf import fuse
 from conftest import SAMPLE, write_beir
 
