@@ -1,7 +1,7 @@
 """Ingest stage: any supported input into the normalised tables corpus, queries and qrels (see `schema`).
 
-`ingest(params, out_dir)` writes corpus.parquet, queries.parquet and qrels.parquet into `out_dir` and returns
-counts. With `skip_invalid` a record-level problem is skipped and counted; otherwise the first one raises an
+`ingest(params, out_dir)` writes the tables of `negmine.tables` (corpus, queries, qrels, the held-out pairs, the
+mined queries' positives) into `out_dir` and returns counts. With `skip_invalid` a record-level problem is skipped and counted; otherwise the first one raises an
 `InputError` naming file, line and fix (the caller writes into a temporary folder, so nothing is left behind).
 """
 from __future__ import annotations
@@ -9,12 +9,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from negmine import tables
 from negmine.errors import InputError
 from negmine.ingest.beir import beir_files, read_beir
 from negmine.ingest.collect import Problems, TableBuilder
 from negmine.ingest.pairs import read_corpus_file, read_flagembedding, read_pairs, sniff_jsonl
+from negmine.stage import Inputs, Params, Stage, reads
 
-VERSION = "1"
+VERSION = "2"  # 2: positives.parquet and text.json are written here, once
 
 
 def detect_format(params: dict[str, Any]) -> str:
@@ -68,5 +70,17 @@ def ingest(params: dict[str, Any], out_dir: Path) -> dict[str, Any]:
             read_pairs(path, builder, problems, params["query_column"], params["positive_column"],
                        params["negative_column"])
     stats = builder.close(params["min_positive_score"], path, params["holdout_frac"], params["holdout_seed"])
+    tables.write_derived(out_dir, params["min_positive_score"], params["use_title"], params["title_sep"])
     stats["format"] = fmt
     return stats
+
+
+def _run(inputs: Inputs, params: Params, out_dir: Path) -> dict[str, Any]:
+    return ingest(params, out_dir)
+
+
+STAGE = Stage(
+    name="ingest", version=VERSION, command="ingest", reads=reads(), section="input",
+    params=lambda cfg, ctx: cfg["input"], run=_run, outputs=tables.FILES,
+    files=lambda cfg, ctx: ctx.input_hashes,  # the input files enter the key by content (sha256)
+)

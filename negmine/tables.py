@@ -1,0 +1,215 @@
+"""The ingest entry's tables and what is derived from them, owned here once (as ranx's Qrels owns its parsing).
+
+Every stage asks this module, never another stage, for: the entry's file names, a document's or query's text by
+position or id (`Texts`, with the one title join), which queries are mined and their positives
+(`positives.parquet`, written once at ingest: each mined query's own positives, best grade first, plus the
+positives pooled from queries that share its normalised text), and membership tests against them (`Positives`).
+"""
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+CORPUS = "corpus.parquet"
+QUERIES = "queries.parquet"
+QRELS = "qrels.parquet"
+HOLDOUT = "holdout.parquet"
+POSITIVES = "positives.parquet"
+TEXT = "text.json"  # how a document's retrieval text is made: use_title, title_sep
+FILES = (CORPUS, QUERIES, QRELS, HOLDOUT, POSITIVES, TEXT)
+
+POSITIVES_SCHEMA = pa.schema([
+    ("query_id", pa.string()),
+    ("doc_id", pa.string()),
+    ("doc_idx", pa.int64()),  # row in corpus.parquet
+    ("grade", pa.int32()),
+    ("pooled", pa.bool_()),  # a positive of another query with the same normalised text, not the query's own
+])
+
+
+def join_title(title: str | None, text: str, use_title: bool, sep: str) -> str:
+    """A document's retrieval text: title + sep + text when titles are used and there is one (as BEIR does)."""
+    return f"{title}{sep}{text}" if (use_title and title) else text
+
+
+def text_settings(ingest_dir: Path) -> tuple[bool, str]:
+    t = json.loads((ingest_dir / TEXT).read_text())
+    return bool(t["use_title"]), str(t["title_sep"])
+
+
+def num_docs(ingest_dir: Path) -> int:
+    return pq.ParquetFile(ingest_dir / CORPUS).metadata.num_rows
+
+
+def doc_ids(ingest_dir: Path) -> pa.ChunkedArray:
+    return pq.read_table(ingest_dir / CORPUS, columns=["doc_id"], memory_map=True).column(0)
+
+
+def iter_doc_texts(ingest_dir: Path, batch: int = 50_000) -> Iterator[str]:
+    """Retrieval texts of the corpus in table order, read in batches so texts never all sit in memory."""
+    use_title, sep = text_settings(ingest_dir)
+    pf = pq.ParquetFile(ingest_dir / CORPUS)
+    for rb in pf.iter_batches(batch_size=batch, columns=["title", "text"]):
+        for title, text in zip(rb.column(0).to_pylist(), rb.column(1).to_pylist()):
+            yield join_title(title, text, use_title, sep)
+
+
+def write_derived(ingest_dir: Path, min_positive_score: int, use_title: bool, title_sep: str) -> None:
+    """Ingest's last step: the text settings and positives.parquet, so no stage derives them again."""
+    (ingest_dir / TEXT).write_text(json.dumps({"use_title": use_title, "title_sep": title_sep}) + "\n")
+    qrels = pq.read_table(ingest_dir / QRELS)
+    qrels = qrels.filter(pc.greater_equal(qrels["score"], min_positive_score))
+    qrels = qrels.sort_by([("query_id", "ascending"), ("score", "descending"), ("doc_id", "ascending")])
+    didx = pc.index_in(qrels["doc_id"], value_set=doc_ids(ingest_dir).combine_chunks()).to_pylist()
+    own: dict[str, list[tuple[str, int, int]]] = {}
+    for q, d, i, g in zip(qrels["query_id"].to_pylist(), qrels["doc_id"].to_pylist(), didx,
+                          qrels["score"].to_pylist()):
+        own.setdefault(q, []).append((d, i, g))
+    queries = pq.read_table(ingest_dir / QUERIES, columns=["query_id", "hash"])
+    mined = [(q, h) for q, h in zip(queries["query_id"].to_pylist(), queries["hash"].to_pylist()) if q in own]
+    # queries with the same (normalised) text are one question: a positive of one is a positive of all, else the
+    # twin would mine its sibling's positive as a negative
+    twins: dict[int, list[str]] = {}
+    for q, h in mined:
+        twins.setdefault(h, []).append(q)
+    cols: dict[str, list] = {name: [] for name in POSITIVES_SCHEMA.names}
+    for q, h in mined:
+        rows = [(d, i, g, False) for d, i, g in own[q]]
+        mine = {d for d, _, _ in own[q]}
+        for t in twins[h]:
+            if t != q:
+                rows += [(d, i, g, True) for d, i, g in own[t] if d not in mine]
+                mine |= {d for d, _, _ in own[t]}
+        for d, i, g, pooled in rows:
+            for name, value in zip(("query_id", "doc_id", "doc_idx", "grade", "pooled"), (q, d, i, g, pooled)):
+                cols[name].append(value)
+    pq.write_table(pa.table(cols, schema=POSITIVES_SCHEMA), ingest_dir / POSITIVES)
+
+
+def _own_positives(ingest_dir: Path) -> pa.Table:
+    t = pq.read_table(ingest_dir / POSITIVES)
+    return t.filter(pc.invert(t["pooled"]))
+
+
+def mined_queries(ingest_dir: Path) -> pa.Table:
+    """The queries with at least one positive of their own, in the order of the queries table: the ones mined."""
+    wanted = pc.unique(_own_positives(ingest_dir)["query_id"])
+    queries = pq.read_table(ingest_dir / QUERIES, columns=["query_id", "text"])
+    return queries.filter(pc.is_in(queries["query_id"], value_set=wanted))
+
+
+def mined_query_ids(ingest_dir: Path) -> pa.Array:
+    return mined_queries(ingest_dir)["query_id"].combine_chunks()
+
+
+def positives_by_query(ingest_dir: Path) -> dict[str, tuple[list[str], list[int]]]:
+    """Each mined query's own positives (ids, corpus rows), best grade first, then by id: a defined order."""
+    t = _own_positives(ingest_dir)
+    out: dict[str, tuple[list[str], list[int]]] = {}
+    for q, d, i in zip(t["query_id"].to_pylist(), t["doc_id"].to_pylist(), t["doc_idx"].to_pylist()):
+        ids, idx = out.setdefault(q, ([], []))
+        ids.append(d)
+        idx.append(i)
+    return out
+
+
+def positive_pairs(ingest_dir: Path, query_ids: pa.Array) -> tuple[list[str], list[str], np.ndarray, np.ndarray]:
+    """Every (query, own positive) pair of `query_ids`, in their order: query ids, doc ids, corpus rows, positions."""
+    by_query = positives_by_query(ingest_dir)
+    q_out, d_out, rows, qpos = [], [], [], []
+    for i, q in enumerate(query_ids.to_pylist()):
+        ids, idx = by_query.get(q, ([], []))
+        q_out += [q] * len(ids)
+        d_out += ids
+        rows += idx
+        qpos += [i] * len(ids)
+    return q_out, d_out, np.asarray(rows, dtype=np.int64), np.asarray(qpos, dtype=np.int64)
+
+
+class Texts:
+    """Document and query texts by position / id, read from the memory-mapped ingest tables."""
+
+    def __init__(self, ingest_dir: Path) -> None:
+        self.corpus = pq.read_table(ingest_dir / CORPUS, columns=["doc_id", "title", "text"], memory_map=True)
+        self.use_title, self.title_sep = text_settings(ingest_dir)
+        queries = pq.read_table(ingest_dir / QUERIES, columns=["query_id", "text"])
+        self.queries = dict(zip(queries["query_id"].to_pylist(), queries["text"].to_pylist()))
+
+    def parts(self, idx: list[int]) -> tuple[list[str], list[str]]:
+        """(titles, texts) of corpus rows."""
+        if not idx:
+            return [], []
+        rows = self.corpus.take(pa.array(idx, pa.int64()))
+        return rows["title"].to_pylist(), rows["text"].to_pylist()
+
+    def join(self, titles: list[str], texts: list[str]) -> list[str]:
+        return [join_title(t, x, self.use_title, self.title_sep) for t, x in zip(titles, texts)]
+
+    def docs(self, idx: list[int]) -> list[str]:
+        """Retrieval texts (title + sep + text when titles are used) of corpus rows."""
+        return self.join(*self.parts(idx))
+
+
+_MIX = np.uint64(0x9E3779B97F4A7C15)  # golden-ratio multiplier: spreads query indices over 64 bits
+
+
+def _pair_key(qidx: np.ndarray, h: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):
+        return h.view(np.uint64) ^ (qidx.astype(np.uint64) * _MIX)
+
+
+class Positives:
+    """Known positives of the mined queries (pooled over same-text queries), as integer keys for vectorised
+    membership tests; query indices are positions in `mined_query_ids`."""
+
+    def __init__(self, ingest_dir: Path) -> None:
+        corpus = pq.read_table(ingest_dir / CORPUS, columns=["hash", "text_hash"], memory_map=True)
+        self.query_ids = mined_query_ids(ingest_dir)
+        self.n_docs = corpus.num_rows
+        self.doc_hash = corpus["hash"].to_numpy()
+        self.doc_text_hash = corpus["text_hash"].to_numpy()
+        queries = pq.read_table(ingest_dir / QUERIES, columns=["query_id", "hash"])
+        qpos = pc.index_in(self.query_ids, value_set=queries["query_id"]).to_numpy()
+        self.query_hash = queries["hash"].to_numpy()[qpos]
+        pos = pq.read_table(ingest_dir / POSITIVES, columns=["query_id", "doc_idx"])
+        self.pos_qidx = pc.index_in(pos["query_id"], value_set=self.query_ids).to_numpy(
+            zero_copy_only=False).astype(np.int64)
+        self.pos_didx = pos["doc_idx"].to_numpy().astype(np.int64)
+        self.pos_keys = np.unique(self.pos_qidx * self.n_docs + self.pos_didx)
+        self.dup_keys = np.unique(_pair_key(self.pos_qidx, self.doc_hash[self.pos_didx]))
+        self.dup_exact = set(zip(self.pos_qidx.tolist(), self.doc_hash[self.pos_didx].tolist()))
+
+    def by_query(self) -> dict[int, np.ndarray]:
+        """Positive doc indices per query index."""
+        order = np.argsort(self.pos_qidx, kind="stable")
+        q, d = self.pos_qidx[order], self.pos_didx[order]
+        bounds = np.flatnonzero(np.diff(q)) + 1
+        return {int(qs[0]): ds for qs, ds in zip(np.split(q, bounds), np.split(d, bounds)) if len(qs)}
+
+    def reasons(self, qidx: np.ndarray, didx: np.ndarray, query_text: bool, duplicates: bool) -> np.ndarray:
+        """Per candidate: 0 keep, 1 positive, 2 the query's own text, 3 duplicate of a positive."""
+        out = np.zeros(len(qidx), dtype=np.int8)
+        is_pos = np.isin(qidx * self.n_docs + didx, self.pos_keys)
+        out[is_pos] = 1
+        if query_text:
+            qh = self.query_hash[qidx]
+            same = (qh == self.doc_hash[didx]) | (qh == self.doc_text_hash[didx])
+            out[(out == 0) & same] = 2
+        if duplicates:
+            h = self.doc_hash[didx]
+            maybe = np.flatnonzero((out == 0) & np.isin(_pair_key(qidx, h), self.dup_keys))
+            # the mixed key may collide; confirm the few hits exactly
+            hits = [i for i in maybe.tolist() if (int(qidx[i]), int(h[i])) in self.dup_exact]
+            out[hits] = 3
+        return out
+
+
+__all__ = ["CORPUS", "QUERIES", "QRELS", "HOLDOUT", "POSITIVES", "TEXT", "Texts", "Positives", "join_title",
+           "mined_queries", "mined_query_ids", "positives_by_query", "positive_pairs", "iter_doc_texts",
+           "write_derived", "doc_ids", "num_docs", "text_settings"]
