@@ -72,7 +72,7 @@ def worker(args: argparse.Namespace) -> None:
     rss_start, _ = peak_rss_mib()
 
     t0 = time.perf_counter()
-    info = build_index(params, args.ingest / "corpus.parquet", inp["use_title"], inp["title_sep"], args.index)
+    info = build_index(params, args.ingest, args.index)
     t1 = time.perf_counter()
     rss_index, _ = peak_rss_mib()
     searcher = Searcher(params, args.index)

@@ -42,6 +42,11 @@ def _why(old: dict[str, Any] | None, new: dict[str, Any], entry_missing: bool) -
         return "no cached result"
     if old.get("version") != new["version"]:
         return "stage code changed"
+    # upstream first: a parameter derived from upstream work (the export's provenance) changes with it
+    changed_up = sorted(k for k in set(old["upstream"]) | set(new["upstream"])
+                        if old["upstream"].get(k) != new["upstream"].get(k))
+    if changed_up:
+        return "upstream changed: " + ", ".join(changed_up)
     changed_params = sorted(k for k in set(old["params"]) | set(new["params"])
                             if old["params"].get(k) != new["params"].get(k))
     if changed_params:
@@ -50,10 +55,6 @@ def _why(old: dict[str, Any] | None, new: dict[str, Any], entry_missing: bool) -
                             if old["inputs"].get(k) != new["inputs"].get(k))
     if changed_inputs:
         return "input changed: " + ", ".join(Path(k).name for k in changed_inputs)
-    changed_up = sorted(k for k in set(old["upstream"]) | set(new["upstream"])
-                        if old["upstream"].get(k) != new["upstream"].get(k))
-    if changed_up:
-        return "upstream changed: " + ", ".join(changed_up)
     return "no cached result" if entry_missing else "forced"
 
 

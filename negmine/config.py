@@ -1,7 +1,9 @@
 """Configuration: TOML files with defaults, overridden by `--set section.key=value`.
 
-Every key is declared once in `DEFAULTS`, with its type taken from the default value, so an unknown key or a
-wrong type is caught before any work starts. Paths in a config file are relative to that file; paths given with
+Every key is declared once, in `DEFAULTS` or by the registered sampler, filter, format or retriever it belongs to
+(`defaults()` merges them), with its type taken from the default value; `validate` holds every check of a config
+(types, ranges, choices, and which score types a filter, sampler or format accepts), so an unknown key, a wrong
+type or a mismatch is caught before any work starts. Paths in a config file are relative to that file; paths given with
 `--set` are relative to the current directory.
 """
 from __future__ import annotations
@@ -13,7 +15,8 @@ from typing import Any
 
 from negmine.errors import ConfigError
 
-# One table a stage. `None` marks an optional value (a string or a path when set).
+# One table a stage. `None` marks an optional value (a string or a path when set). A sampler's or filter's own
+# settings (temperature, simans_a, tau, ...) are declared by its registry entry and merged in by `defaults()`.
 DEFAULTS: dict[str, dict[str, Any]] = {
     "input": {
         "path": None,  # BEIR folder, pair file (.jsonl/.parquet/.csv) or FlagEmbedding .jsonl
@@ -85,10 +88,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "duplicates": True,  # drop exact duplicates of a positive (whitespace- and case-normalised)
     },
     "filter": {
-        "method": "none",  # none | abs | margin-pos | perc-pos (NV-Retriever's positive-aware filters)
-        "tau": 0.7,  # abs: keep s < tau
-        "margin": 0.05,  # margin-pos: keep s < s_pos - margin
-        "alpha": 0.95,  # perc-pos: keep s < s_pos - |s_pos| x (1 - alpha)
+        "method": "none",  # none | a registered filter: abs | margin-pos | perc-pos (NV-Retriever's; tau, margin,
+        # alpha are theirs)
         "positive_score": "min",  # s_pos over the query's positives: min | mean | max
         "score_source": "auto",  # auto (the teacher's when configured, else the retriever's) | teacher | retriever
         "min_score": None,  # score window: keep min_score <= s <= max_score
@@ -103,20 +104,17 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "relax_step": 0.05,
     },
     "sample": {
-        "strategy": "top",  # top | random | softmax | top1-random | simans
+        "strategy": "top",  # a registered sampler: top | random | softmax | top1-random | simans
         "num_negatives": 5,
         "rank_min": 1,  # window on raw retrieval ranks (1-based, inclusive)
         "rank_max": 0,  # 0 means top_k
         "seed": 42,
         "shortage": "keep-fewer",  # keep-fewer | drop | pad-random | relax
-        "temperature": 0.1,  # softmax: p ~ exp(s / temperature)
-        "simans_a": 0.5,  # SimANS: p ~ exp(-a (s - s_pos + b)^2)
-        "simans_b": 0.0,
     },
     "export": {
         "dir": "negmine-out",
-        "formats": ["triplet"],  # triplet | n-tuple | labeled-pair | labeled-list | margin-mse | flagembedding |
-        # tevatron | ids
+        "formats": ["triplet"],  # registered formats: triplet | n-tuple | labeled-pair | labeled-list | margin-mse |
+        # flagembedding | tevatron | ids
         "file_types": ["parquet", "jsonl"],
         "scores": False,  # labeled-pair / labeled-list: scores (teacher's or retriever's) instead of 0/1 labels
     },
@@ -136,18 +134,43 @@ CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("dense", "precision"): ("fp32", "bf16"),
     ("dense", "backend"): ("torch", "onnx"),
     ("dense", "index"): ("flat", "hnsw", "ivf"),
-    ("sample", "strategy"): ("top", "random", "softmax", "top1-random", "simans"),
     ("sample", "shortage"): ("keep-fewer", "drop", "pad-random", "relax"),
-    ("filter", "method"): ("none", "abs", "margin-pos", "perc-pos"),
     ("filter", "positive_score"): ("min", "mean", "max"),
     ("filter", "score_source"): ("auto", "teacher", "retriever"),
 }
 LIST_CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
-    ("export", "formats"): ("triplet", "n-tuple", "labeled-pair", "labeled-list", "margin-mse", "flagembedding",
-                            "tevatron", "ids"),
     ("export", "file_types"): ("parquet", "jsonl"),
-    ("retrieve", "retrievers"): ("bm25", "dense"),
 }
+
+
+def registry_choices() -> tuple[dict[tuple[str, str], tuple[str, ...]], dict[tuple[str, str], tuple[str, ...]]]:
+    """(choices, list choices) of the settings that name a registered sampler, filter, format or retriever."""
+    from negmine.filters import FILTERS
+    from negmine.formats import FORMATS
+    from negmine.retrievers import RETRIEVERS
+    from negmine.samplers import SAMPLERS
+
+    return ({("sample", "strategy"): tuple(SAMPLERS), ("filter", "method"): ("none", *FILTERS)},
+            {("export", "formats"): tuple(FORMATS), ("retrieve", "retrievers"): tuple(RETRIEVERS)})
+
+
+def choices() -> tuple[dict[tuple[str, str], tuple[str, ...]], dict[tuple[str, str], tuple[str, ...]]]:
+    one, many = registry_choices()
+    return {**CHOICES, **one}, {**LIST_CHOICES, **many}
+
+
+def defaults() -> dict[str, dict[str, Any]]:
+    """A fresh copy of every default: `DEFAULTS` plus the registered samplers' and filters' own settings."""
+    from negmine.filters import FILTERS
+    from negmine.samplers import SAMPLERS
+
+    out = copy.deepcopy(DEFAULTS)
+    for sampler in SAMPLERS.values():
+        for key, value in sampler.options.items():
+            out["sample"].setdefault(key, copy.deepcopy(value))
+    for f in FILTERS.values():
+        out["filter"].setdefault(f.option, f.default)
+    return out
 PATH_KEYS = {("input", "path"), ("input", "corpus"), ("export", "dir"), ("run", "cache_dir")}
 STRING_OPTIONAL = {("input", "query_column"), ("input", "negative_column")}
 # Optional numbers: None (leave the key out, or --set key='') means off.
@@ -160,9 +183,9 @@ def _type_name(value: Any) -> str:
             list: "a list"}.get(type(value), type(value).__name__)
 
 
-def _coerce(section: str, key: str, value: Any, origin: str) -> Any:
+def _coerce(section: str, key: str, value: Any, origin: str, known: dict[str, dict[str, Any]]) -> Any:
     """Check one value against its default's type; accept an int where a float is expected."""
-    default = DEFAULTS[section][key]
+    default = known[section][key]
     where = f"{origin}: [{section}] {key}"
     if (section, key) in OPTIONAL_NUMBERS:
         if value is None or value == "":
@@ -194,10 +217,11 @@ def _coerce(section: str, key: str, value: Any, origin: str) -> Any:
             value = [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ConfigError(f"{where} must be a list of strings, got {value!r}")
-    choices = CHOICES.get((section, key))
-    if choices and value not in choices:
-        raise ConfigError(f"{where} is {value!r}; choose one of {', '.join(choices)}")
-    list_choices = LIST_CHOICES.get((section, key))
+    one, many = choices()
+    allowed = one.get((section, key))
+    if allowed and value not in allowed:
+        raise ConfigError(f"{where} is {value!r}; choose one of {', '.join(allowed)}")
+    list_choices = many.get((section, key))
     if list_choices:
         bad = [v for v in value if v not in list_choices]
         if bad or not value:
@@ -205,16 +229,16 @@ def _coerce(section: str, key: str, value: Any, origin: str) -> Any:
     return value
 
 
-def _check_keys(data: dict[str, Any], origin: str) -> None:
+def _check_keys(data: dict[str, Any], origin: str, known: dict[str, dict[str, Any]]) -> None:
     for section, table in data.items():
-        if section not in DEFAULTS:
-            raise ConfigError(f"{origin}: unknown section [{section}]; known sections: {', '.join(DEFAULTS)}")
+        if section not in known:
+            raise ConfigError(f"{origin}: unknown section [{section}]; known sections: {', '.join(known)}")
         if not isinstance(table, dict):
             raise ConfigError(f"{origin}: [{section}] must be a table of keys")
         for key in table:
-            if key not in DEFAULTS[section]:
+            if key not in known[section]:
                 raise ConfigError(f"{origin}: unknown key [{section}] {key}; known keys: "
-                                  f"{', '.join(DEFAULTS[section])}")
+                                  f"{', '.join(known[section])}")
 
 
 def parse_override(text: str) -> tuple[str, str, Any]:
@@ -236,7 +260,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict[str,
 
     `overrides` is a list of `section.key=value` strings or a dict {"section.key": value} / nested dict.
     """
-    cfg = copy.deepcopy(DEFAULTS)
+    cfg = defaults()
+    known = copy.deepcopy(cfg)
     cwd = Path(base_dir) if base_dir else Path.cwd()
     config_dir = cwd
     if path is not None:
@@ -248,11 +273,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict[str,
             data = tomllib.loads(path.read_text(encoding="utf-8"))
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{path}: not valid TOML ({exc}); fix the syntax") from None
-        _check_keys(data, str(path))
+        _check_keys(data, str(path), known)
         config_dir = path.resolve().parent
         for section, table in data.items():
             for key, value in table.items():
-                value = _coerce(section, key, value, str(path))
+                value = _coerce(section, key, value, str(path), known)
                 if (section, key) in PATH_KEYS and value is not None:
                     value = str((config_dir / value).resolve())
                 cfg[section][key] = value
@@ -269,15 +294,22 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict[str,
     elif overrides:
         items = [parse_override(o) for o in overrides]
     for section, key, value in items:
-        _check_keys({section: {key: value}}, "--set")
-        value = _coerce(section, key, value, "--set")
+        _check_keys({section: {key: value}}, "--set", known)
+        value = _coerce(section, key, value, "--set", known)
         if (section, key) in PATH_KEYS and value is not None:
             value = str((cwd / value).resolve())
         cfg[section][key] = value
     if cfg["run"]["cache_dir"] is None:
         cfg["run"]["cache_dir"] = str((config_dir / ".negmine" / "cache").resolve())
-    _check_consistency(cfg)
+    validate(cfg)
     return cfg
+
+
+def validate(cfg: dict[str, Any]) -> None:
+    """Every check of a loaded config, in one place and before any work: ranges and consistency, then whether the
+    configured filter, sampler and formats accept the type of the scores they will read."""
+    _check_consistency(cfg)
+    _check_score_types(cfg)
 
 
 def _check_consistency(cfg: dict[str, Any]) -> None:
@@ -321,6 +353,62 @@ def _check_consistency(cfg: dict[str, Any]) -> None:
         raise ConfigError("[bm25] k1 must be >= 0 and b between 0 and 1")
 
 
-def stage_params(cfg: dict[str, Any], section: str) -> dict[str, Any]:
-    """The parameters of one section, as they enter a cache key."""
-    return dict(cfg[section])
+def score_source(cfg: dict[str, Any]) -> str:
+    """Whose scores the filters and samplers read: "teacher" or "retriever"."""
+    source = cfg["filter"]["score_source"]
+    if source == "teacher" and not cfg["score"]["teacher"]:
+        raise ConfigError("[filter] score_source is \"teacher\" but no [score] teacher is configured")
+    if source == "auto":
+        return "teacher" if cfg["score"]["teacher"] else "retriever"
+    return source
+
+
+def score_type(cfg: dict[str, Any]) -> str:
+    """The type of the scores the filters and samplers read (probability, logit, cosine, dot, bm25, rrf)."""
+    from negmine.retrievers import score_type as retriever_score_type
+
+    return teacher_score_type(cfg["score"]) if score_source(cfg) == "teacher" else retriever_score_type(cfg)
+
+
+def _check_score_types(cfg: dict[str, Any]) -> None:
+    """Refuse a threshold, sampler or format meant for another type of score than the one it would read."""
+    from negmine.filters import FILTERS
+    from negmine.formats import FORMATS
+    from negmine.samplers import SAMPLERS
+
+    f, retrievers = cfg["filter"], cfg["retrieve"]["retrievers"]
+    teacher = teacher_score_type(cfg["score"]) if cfg["score"]["teacher"] else None
+    stype = score_type(cfg)
+    if f["method"] != "none":
+        allowed = FILTERS[f["method"]].accepts
+        if stype not in allowed:
+            hint = ("fused (RRF) scores have no positive scores to compare with; configure a [score] teacher"
+                    if stype == "rrf" else f"it is meant for {', '.join(allowed)} scores; configure a [score] "
+                    "teacher or choose another method")
+            raise ConfigError(f"[filter] method {f['method']!r} would compare against {stype} scores: {hint}")
+    if f["ce_max_probability"] is not None and teacher != "probability":
+        raise ConfigError("[filter] ce_max_probability needs a cross-encoder [score] teacher with activation "
+                          f"\"probability\" (teacher scores: {teacher or 'none'})")
+    if f["ce_margin"] is not None and teacher != "logit":
+        raise ConfigError("[filter] ce_margin is on the logit scale: it needs a cross-encoder [score] teacher with "
+                          f"activation \"logit\" (teacher scores: {teacher or 'none'})")
+    if f["near_dup_cosine"] is not None and "dense" not in retrievers:
+        raise ConfigError("[filter] near_dup_cosine compares dense embeddings: add \"dense\" to [retrieve] "
+                          "retrievers")
+    formats = [FORMATS[name] for name in cfg["export"]["formats"]]
+    needs_scores = [x.name for x in formats if x.needs_scores] + (
+        [x.name for x in formats if x.needs_scores_with_option] if cfg["export"]["scores"] else [])
+    if needs_scores and stype == "rrf":
+        raise ConfigError(f"[export] {needs_scores[0]} needs positive and negative scores on one scale; fused (RRF) "
+                          "scores have none for positives: configure a [score] teacher")
+    strategy = cfg["sample"]["strategy"]
+    if SAMPLERS[strategy].needs_positive_scores and stype == "rrf":
+        raise ConfigError(f"[sample] {strategy} needs positive scores; fused (RRF) scores have none: configure a "
+                          "[score] teacher")
+
+
+def teacher_score_type(score: dict[str, Any]) -> str:
+    """The type of a [score] teacher's scores."""
+    if score["kind"] == "cross-encoder":
+        return score["activation"]
+    return "cosine" if score["normalize"] else "dot"

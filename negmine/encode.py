@@ -17,11 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
 
-from negmine.retrievers.bm25 import iter_doc_texts
+from negmine import tables
 from negmine.errors import ConfigError
-from negmine.hashing import FingerprintMemo
+from negmine.hashing import FingerprintMemo, key64
 from negmine.io import atomic_path
 from negmine.memory import release_memory
 from negmine.progress import bar
@@ -118,17 +117,15 @@ def encode_texts(model, texts: list[str], params: dict[str, Any], prompt: str) -
 
 
 def _content_keys(texts: list[str]) -> np.ndarray:
-    return np.fromiter((int.from_bytes(hashlib.blake2b(t.encode("utf-8"), digest_size=8).digest(), "little",
-                                       signed=True) for t in texts), dtype=np.int64, count=len(texts))
+    return np.fromiter((key64(t) for t in texts), dtype=np.int64, count=len(texts))
 
 
-def encode(params: dict[str, Any], model_path: Path, ingest_dir: Path, query_texts: list[str], use_title: bool,
-           title_sep: str, work_dir: Path) -> dict[str, Any]:
-    """Fill `work_dir` with doc shards, the doc -> unique-text map and the query embeddings; resumable."""
-    corpus_path = ingest_dir / "corpus.parquet"
-    n_docs = pq.ParquetFile(corpus_path).metadata.num_rows
+def encode(params: dict[str, Any], model_path: Path, ingest_dir: Path, work_dir: Path) -> dict[str, Any]:
+    """Fill `work_dir` with doc shards, the doc -> unique-text map and the mined queries' embeddings; resumable."""
+    n_docs = tables.num_docs(ingest_dir)
+    query_texts = tables.mined_queries(ingest_dir)["text"].to_pylist()
     # the texts' hashes are small; the texts themselves are re-read shard by shard
-    keys = _content_keys(list(iter_doc_texts(corpus_path, use_title, title_sep)))
+    keys = _content_keys(list(tables.iter_doc_texts(ingest_dir)))
     _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
     order = np.argsort(first, kind="stable")  # unique texts in corpus order
     unique_docs = first[order]  # corpus row of each unique text
@@ -142,14 +139,12 @@ def encode(params: dict[str, Any], model_path: Path, ingest_dir: Path, query_tex
     if todo or not (work_dir / "queries.npy").is_file():
         release_memory()
         model = load_model(params, model_path)
-    table = pq.read_table(corpus_path, columns=["title", "text"], memory_map=True)
+    texts_of = tables.Texts(ingest_dir)
     with bar(total=len(unique_docs), initial=(n_shards - len(todo)) * size if todo else len(unique_docs),
              desc="encode documents", unit="doc") as progress:
         for i in todo:
             rows = unique_docs[i * size:(i + 1) * size]
-            part = table.take(rows)
-            texts = [f"{t}{title_sep}{x}" if (use_title and t) else x
-                     for t, x in zip(part["title"].to_pylist(), part["text"].to_pylist())]
+            texts = texts_of.docs(rows.tolist())
             emb = encode_texts(model, texts, params, params["doc_prompt"])
             with atomic_path(work_dir / f"docs-{i:05d}.npy") as tmp:
                 with open(tmp, "wb") as fh:
@@ -174,3 +169,21 @@ def encode(params: dict[str, Any], model_path: Path, ingest_dir: Path, query_tex
 
 def doc_shards(entry: Path) -> list[Path]:
     return sorted(entry.glob("docs-*.npy"))
+
+
+def doc_vectors(encode_dir: Path, doc_idx: np.ndarray) -> np.ndarray:
+    """The vectors of corpus rows, read shard by shard from the memory-mapped files."""
+    doc_to_unique = np.load(encode_dir / "doc_to_unique.npy", mmap_mode="r")
+    unique = np.asarray(doc_to_unique[np.asarray(doc_idx, dtype=np.int64)])
+    shards = doc_shards(encode_dir)
+    sizes = [int(np.load(s, mmap_mode="r").shape[0]) for s in shards]
+    starts = np.concatenate([[0], np.cumsum(sizes)])
+    shard_of = np.searchsorted(starts, unique, side="right") - 1
+    out = None
+    for i in np.unique(shard_of):
+        rows = np.flatnonzero(shard_of == i)
+        vecs = np.load(shards[i], mmap_mode="r")[unique[rows] - starts[i]]
+        if out is None:
+            out = np.empty((len(unique), vecs.shape[1]), dtype=np.float32)
+        out[rows] = vecs
+    return out if out is not None else np.zeros((0, 1), dtype=np.float32)

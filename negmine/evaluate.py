@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 
+from negmine import schema, tables
 from negmine.errors import InputError, NegmineError
 
 
@@ -71,12 +72,12 @@ def evaluate(run_dir: Path, qrels: dict[str, set[str]] | None = None) -> dict[st
             raise NegmineError(f"{run_dir}: the {name} stage entry is gone from the cache ({stages.get(name)}); "
                                "run the config again")
     ing = stages["ingest"]
-    known = pq.read_table(ing / "qrels.parquet").to_pylist()
-    holdout = pq.read_table(ing / "holdout.parquet").to_pylist() if (ing / "holdout.parquet").is_file() else []
+    known = pq.read_table(ing / tables.QRELS).to_pylist()
+    holdout = pq.read_table(ing / tables.HOLDOUT).to_pylist() if (ing / tables.HOLDOUT).is_file() else []
     hidden: dict[str, set[str]] = defaultdict(set)
     for r in holdout:
         hidden[r["query_id"]].add(r["doc_id"])
-    cands = pq.read_table(stages["retrieve"] / "candidates.parquet", columns=["query_id", "doc_id"]).to_pylist()
+    cands = pq.read_table(stages["retrieve"] / schema.CANDIDATES_FILE, columns=["query_id", "doc_id"]).to_pylist()
     found: dict[str, set[str]] = defaultdict(set)
     for c in cands:
         found[c["query_id"]].add(c["doc_id"])
@@ -99,7 +100,7 @@ def evaluate(run_dir: Path, qrels: dict[str, set[str]] | None = None) -> dict[st
         "positives": int(rd.sum()), "retrieved": int(rn.sum()),
         "recall": float(rn.sum() / rd.sum()) if rd.sum() else float("nan"), "ci95": bootstrap_ci(rn, rd)}}
     # (b) false negatives among the mined negatives
-    neg = pq.read_table(stages["sample"] / "negatives.parquet",
+    neg = pq.read_table(stages["sample"] / schema.NEGATIVES_FILE,
                         columns=["query_id", "doc_id", "rank", "filter_score"]).to_pylist()
     negs: dict[str, list[dict]] = defaultdict(list)
     for r in neg:
@@ -129,8 +130,8 @@ def evaluate(run_dir: Path, qrels: dict[str, set[str]] | None = None) -> dict[st
     scores = np.array([r["filter_score"] if r["filter_score"] is not None else np.nan for r in neg], dtype=float)
     gaps = np.full(len(neg), np.nan)
     src = stages.get("score") if run.get("score_source") == "teacher" else stages["retrieve"]
-    if src is not None and (src / "positives.parquet").is_file():
-        pos = pq.read_table(src / "positives.parquet", columns=["query_id", "teacher_score"])
+    if src is not None and (src / schema.POSITIVE_SCORES_FILE).is_file():
+        pos = pq.read_table(src / schema.POSITIVE_SCORES_FILE, columns=["query_id", "teacher_score"])
         weakest: dict[str, float] = {}
         for q, s in zip(pos["query_id"].to_pylist(), pos["teacher_score"].to_pylist()):
             weakest[q] = min(s, weakest.get(q, s))

@@ -6,7 +6,7 @@ into provenance.json. Writers stream query chunk by query chunk.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -15,52 +15,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from negmine import report, schema, tables
 from negmine.formats import FORMATS, Options, QueryRecord, empty_rows
 from negmine.progress import bar
+from negmine.stage import Config, Context, Inputs, Params, Stage, thaw
 
-VERSION = "4"  # bumped when the stage's output changes
-
-
-class Texts:
-    """Document and query texts by position / id, read from the memory-mapped ingest tables."""
-
-    def __init__(self, ingest_dir: Path, use_title: bool, title_sep: str) -> None:
-        self.corpus = pq.read_table(ingest_dir / "corpus.parquet", columns=["doc_id", "title", "text"],
-                                    memory_map=True)
-        self.use_title, self.title_sep = use_title, title_sep
-        queries = pq.read_table(ingest_dir / "queries.parquet", columns=["query_id", "text"])
-        self.queries = dict(zip(queries["query_id"].to_pylist(), queries["text"].to_pylist()))
-
-    def parts(self, idx: list[int]) -> tuple[list[str], list[str]]:
-        """(titles, texts) of corpus rows."""
-        if not idx:
-            return [], []
-        rows = self.corpus.take(pa.array(idx, pa.int64()))
-        return rows["title"].to_pylist(), rows["text"].to_pylist()
-
-    def join(self, titles: list[str], texts: list[str]) -> list[str]:
-        if not self.use_title:
-            return texts
-        return [f"{t}{self.title_sep}{x}" if t else x for t, x in zip(titles, texts)]
-
-    def docs(self, idx: list[int]) -> list[str]:
-        """Retrieval texts (title + sep + text when titles are used) of corpus rows."""
-        return self.join(*self.parts(idx))
-
-
-def positives_by_query(ingest_dir: Path, corpus_ids: pa.ChunkedArray, min_positive_score: int
-                       ) -> dict[str, tuple[list[str], list[int]]]:
-    """Each query's positives (ids, corpus rows), best grade first, then by id: a defined order."""
-    qrels = pq.read_table(ingest_dir / "qrels.parquet")
-    qrels = qrels.filter(pc.greater_equal(qrels["score"], min_positive_score))
-    qrels = qrels.sort_by([("query_id", "ascending"), ("score", "descending"), ("doc_id", "ascending")])
-    didx = pc.index_in(qrels["doc_id"], value_set=corpus_ids.combine_chunks()).to_pylist()
-    out: dict[str, tuple[list[str], list[int]]] = {}
-    for q, d, i in zip(qrels["query_id"].to_pylist(), qrels["doc_id"].to_pylist(), didx):
-        ids, idx = out.setdefault(q, ([], []))
-        ids.append(d)
-        idx.append(i)
-    return out
+VERSION = "5"  # bumped when the stage's output changes; 5: the stage contract, the report written here
 
 
 def _query_groups(negatives_path: Path) -> Iterator[list[tuple[str, dict[str, list]]]]:
@@ -128,18 +88,18 @@ def _only_positives(rec: QueryRecord, keep: list[int]) -> QueryRecord | None:
                        rec.neg_bodies, rec.neg_texts)
 
 
-def export(params: dict[str, Any], num_negatives: int, ingest_dir: Path, negatives_path: Path,
-           query_ids: pa.ChunkedArray, min_positive_score: int, use_title: bool, title_sep: str,
-           provenance: dict[str, Any], out_dir: Path, teacher_positives: Path | None = None,
-           source_positives: Path | None = None) -> dict[str, Any]:
+def export(params: Mapping[str, Any], ingest_dir: Path, negatives_path: Path, provenance: dict[str, Any],
+           out_dir: Path, teacher_positives: Path | None = None, source_positives: Path | None = None
+           ) -> dict[str, Any]:
     """Write every configured format. `teacher_positives` / `source_positives` hold the positives' teacher
     scores and the scores on the filters' scale (teacher's or retriever's; None for fused RRF scores)."""
-    texts = Texts(ingest_dir, use_title, title_sep)
-    positives = positives_by_query(ingest_dir, texts.corpus["doc_id"], min_positive_score)
+    texts = tables.Texts(ingest_dir)
+    positives = tables.positives_by_query(ingest_dir)
+    query_ids = tables.mined_query_ids(ingest_dir)
     teacher, source = _scores_by_pair(teacher_positives), _scores_by_pair(source_positives)
-    opts = Options(num_negatives, teacher_positives is not None, params["scores"])
+    opts = Options(params["num_negatives"], teacher_positives is not None, params["scores"])
     formats = {fmt: FORMATS[fmt] for fmt in params["formats"]}
-    schemas = {fmt: schema_fn(opts) for fmt, (schema_fn, _) in formats.items()}
+    schemas = {fmt: f.schema(opts) for fmt, f in formats.items()}
     metadata = {b"negmine": json.dumps(provenance, sort_keys=True).encode("utf-8")}
     sinks = {(fmt, ft): _Sink(out_dir / f"{fmt}.{ft}", schemas[fmt], metadata)
              for fmt in formats for ft in params["file_types"]}
@@ -168,25 +128,25 @@ def export(params: dict[str, Any], num_negatives: int, ingest_dir: Path, negativ
                 fresh = [i for i, d in enumerate(rec.pos_ids) if (rec.text, d) not in seen_pairs]
                 seen_pairs.update((rec.text, d) for d in rec.pos_ids)
                 text_rec = rec if len(fresh) == len(rec.pos_ids) else _only_positives(rec, fresh)
-                for fmt, (_, rows_fn) in formats.items():
-                    if fmt == "ids":
-                        rows_fn(rec, opts, batch[fmt], skipped)
+                for fmt, f in formats.items():
+                    if f.every_query:
+                        f.rows(rec, opts, batch[fmt], skipped)
                     elif text_rec is None:
                         repeated[fmt] = repeated.get(fmt, 0) + 1
                     else:
-                        rows_fn(text_rec, opts, batch[fmt], skipped)
+                        f.rows(text_rec, opts, batch[fmt], skipped)
             for (fmt, _), sink in sinks.items():
                 sink.write(batch[fmt])
-        # queries whose sampling gave no negative: the ids format lists them with empty lists, others skip them
+        # queries whose sampling gave no negative: every-query formats list them with empty lists, others skip them
         empty = {n: [] for n in ("doc_id", "doc_idx", "rank", "score", "teacher_score", "filter_score",
                                  "retriever")}
         batch = {fmt: empty_rows(schemas[fmt]) for fmt in formats}
         for qid in query_ids.to_pylist():
             if qid not in written and qid in positives:
                 rec = record(qid, empty)
-                for fmt, (_, rows_fn) in formats.items():
-                    if fmt == "ids":
-                        rows_fn(rec, opts, batch[fmt], skipped)
+                for fmt, f in formats.items():
+                    if f.every_query:
+                        f.rows(rec, opts, batch[fmt], skipped)
                     else:
                         skipped[fmt] = skipped.get(fmt, 0) + 1
         for (fmt, _), sink in sinks.items():
@@ -197,3 +157,43 @@ def export(params: dict[str, Any], num_negatives: int, ingest_dir: Path, negativ
     files = {sink.path.name: sink.rows for sink in sinks.values()}
     return {"files": files, "queries_with_negatives": len(written), "queries_left_out": skipped,
             "repeated_queries_written_once": repeated}
+
+
+def _reads(cfg: Config) -> tuple[str, ...]:
+    return ("ingest", "retrieve") + (("score",) if cfg["score"]["teacher"] else ()) + ("exclude", "sample")
+
+
+def _params(cfg: Config, ctx: Context) -> dict[str, Any]:
+    from negmine.config import score_source, score_type
+
+    e = cfg["export"]
+    return {"formats": e["formats"], "file_types": e["file_types"], "scores": e["scores"],
+            "num_negatives": cfg["sample"]["num_negatives"], "teacher": bool(cfg["score"]["teacher"]),
+            "score_source": score_source(cfg), "score_type": score_type(cfg), "provenance": ctx.provenance(),
+            "stage_log": {s: {"key": r.key, "status": r.status, "seconds": r.seconds, "stats": r.stats}
+                          for s, r in ctx.results.items()}}
+
+
+def _run(inputs: Inputs, params: Params, out_dir: Path) -> dict[str, Any]:
+    ingest_dir = inputs["ingest"]
+    teacher_pos = inputs["score"] / schema.POSITIVE_SCORES_FILE if params["teacher"] else None
+    retriever_pos = inputs["retrieve"] / schema.POSITIVE_SCORES_FILE
+    source_pos = teacher_pos if params["score_source"] == "teacher" else (
+        retriever_pos if retriever_pos.is_file() else None)
+    negatives = inputs["sample"] / schema.NEGATIVES_FILE
+    prov = thaw(params["provenance"])
+    stats = export(params, ingest_dir, negatives, prov, out_dir, teacher_pos, source_pos)
+    (out_dir / "provenance.json").write_text(json.dumps(prov, indent=2, sort_keys=True) + "\n")
+    log = thaw(params["stage_log"])
+    rep = report.build(log, negatives, inputs["exclude"] / schema.EXCLUDED_FILE, source_pos, params["score_type"],
+                       log["ingest"]["stats"]["positives"], stats)
+    rep["negmine_version"] = prov["negmine_version"]
+    report.write(rep, negatives, source_pos, out_dir)
+    return stats
+
+
+STAGE = Stage(
+    name="export", version=VERSION, command="export", reads=_reads, params=_params, run=_run, section="export",
+    outputs=("provenance.json", "report.json", "report.md", "scores.png"),  # and <format>.<file type> each
+    unkeyed={"stage_log": "the report's record of how this run's stages went (cached or computed, seconds): it "
+                          "describes the run, not the mined data"})

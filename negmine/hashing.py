@@ -20,10 +20,14 @@ def normalize(text: str) -> str:
     return _WS.sub(" ", text).strip().casefold()
 
 
+def key64(text: str) -> int:
+    """64-bit blake2b of a text, as a signed int64 (Arrow and numpy store it directly)."""
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little", signed=True)
+
+
 def norm_hash(text: str) -> int:
-    """64-bit hash of the normalised text, as a signed int64 (Arrow and numpy store it directly)."""
-    digest = hashlib.blake2b(normalize(text).encode("utf-8"), digest_size=8).digest()
-    return int.from_bytes(digest, "little", signed=True)
+    """64-bit hash of the normalised text: the basis of exact-duplicate detection."""
+    return key64(normalize(text))
 
 
 def canonical_json(obj: Any) -> str:

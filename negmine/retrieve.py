@@ -1,13 +1,13 @@
-"""Retrieve stage: the top-k candidates of every query that has a positive, written as the candidates table.
+"""The candidates table that every retriever writes: the top-k candidates of every mined query, and their fusion.
 
 Queries are searched `chunk_size` at a time and each chunk becomes one Parquet row group, so memory is bounded by
 chunk_size x top_k rows whatever the number of queries. Rows are grouped by query, in the order of
-`queries_to_mine`, best rank first; later stages rely on that. BM25 documents that share no term with the query
+`tables.mined_queries`, best rank first; later stages rely on that. BM25 documents that share no term with the query
 (score 0) are not candidates: they are not hard, merely arbitrary.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,20 +16,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from negmine import schema
+from negmine import schema, tables
 from negmine.progress import bar
 
 VERSION = "2"  # bumped when the stage's output changes
 Search = Callable[[int, int, pa.Table], tuple[np.ndarray, np.ndarray]]
-
-
-def queries_to_mine(ingest_dir: Path, min_positive_score: int) -> pa.Table:
-    """The queries with at least one positive, in the order of the queries table."""
-    qrels = pq.read_table(ingest_dir / "qrels.parquet")
-    positive = pc.filter(qrels, pc.greater_equal(qrels["score"], min_positive_score))
-    wanted = pc.unique(positive["query_id"])
-    queries = pq.read_table(ingest_dir / "queries.parquet", columns=["query_id", "text"])
-    return queries.filter(pc.is_in(queries["query_id"], value_set=wanted))
 
 
 def candidate_table(query_ids: pa.Array | pa.ChunkedArray, doc_ids: pa.ChunkedArray, docs: np.ndarray,
@@ -60,7 +51,7 @@ def candidate_table(query_ids: pa.Array | pa.ChunkedArray, doc_ids: pa.ChunkedAr
 def write_candidates(queries: pa.Table, ingest_dir: Path, search: Search, name: str, chunk: int,
                      out_path: Path) -> dict[str, Any]:
     """Run `search(start, stop, query_chunk)` chunk by chunk and write one row group per chunk."""
-    doc_ids = pq.read_table(ingest_dir / "corpus.parquet", columns=["doc_id"], memory_map=True).column(0)
+    doc_ids = tables.doc_ids(ingest_dir)
     n, rows = queries.num_rows, 0
     with pq.ParquetWriter(out_path, schema.CANDIDATES) as writer, \
             bar(total=n, desc=f"retrieve {name}", unit="query") as progress:
@@ -77,23 +68,6 @@ def write_candidates(queries: pa.Table, ingest_dir: Path, search: Search, name: 
     return {"retriever": name, "queries": n, "candidates": rows, "candidates_per_query": rows / n if n else 0.0}
 
 
-def positive_pairs(ingest_dir: Path, query_ids: pa.Array, min_positive_score: int
-                   ) -> tuple[list[str], list[str], np.ndarray, np.ndarray]:
-    """Every (query, positive) pair of the mined queries: query ids, doc ids, corpus rows, query positions."""
-    from negmine.export import positives_by_query
-
-    corpus_ids = pq.read_table(ingest_dir / "corpus.parquet", columns=["doc_id"], memory_map=True).column(0)
-    by_query = positives_by_query(ingest_dir, corpus_ids, min_positive_score)
-    q_out, d_out, rows, qpos = [], [], [], []
-    for i, q in enumerate(query_ids.to_pylist()):
-        ids, idx = by_query.get(q, ([], []))
-        q_out += [q] * len(ids)
-        d_out += ids
-        rows += idx
-        qpos += [i] * len(ids)
-    return q_out, d_out, np.asarray(rows, dtype=np.int64), np.asarray(qpos, dtype=np.int64)
-
-
 def write_positive_scores(path: Path, query_ids: list[str], doc_ids: list[str], rows: np.ndarray,
                           scores: np.ndarray, score_type: str) -> None:
     """The retriever's own score of every positive (retrieved or not): what positive-aware filters compare with."""
@@ -103,54 +77,20 @@ def write_positive_scores(path: Path, query_ids: list[str], doc_ids: list[str], 
     pq.write_table(table.replace_schema_metadata({b"negmine.score_type": score_type.encode()}), path)
 
 
-def retrieve_bm25(bm25_params: dict[str, Any], params: dict[str, Any], ingest_dir: Path, index_dir: Path,
-                  min_positive_score: int, out_dir: Path) -> dict[str, Any]:
-    from negmine.retrievers.bm25 import Searcher
-
-    searcher = Searcher(bm25_params, index_dir)
-    queries = queries_to_mine(ingest_dir, min_positive_score)
-    stats = write_candidates(queries, ingest_dir, lambda a, b, part: searcher.search(part["text"].to_pylist(),
-                                                                                      params["top_k"]),
-                             "bm25", params["chunk_size"], out_dir / "candidates.parquet")
-    q, d, rows, qpos = positive_pairs(ingest_dir, queries["query_id"].combine_chunks(), min_positive_score)
-    texts = queries["text"].to_pylist()
-    scores = np.concatenate([searcher.score_pairs([texts[i] for i in qpos[a:a + 4096]], rows[a:a + 4096])
-                             for a in range(0, len(rows), 4096)]) if len(rows) else np.zeros(0, np.float32)
-    write_positive_scores(out_dir / "positives.parquet", q, d, rows, scores, "bm25")
-    return {**stats, "top_k": params["top_k"], "score_type": "bm25"}
-
-
-def retrieve_dense(dense_params: dict[str, Any], params: dict[str, Any], ingest_dir: Path, encode_dir: Path,
-                   ann_dir: Path | None, min_positive_score: int, out_dir: Path) -> dict[str, Any]:
-    from negmine.retrievers.dense import DenseSearcher
-
-    searcher = DenseSearcher(dense_params, encode_dir, ann_dir)
-    query_vectors = np.load(encode_dir / "queries.npy", mmap_mode="r")
-    queries = queries_to_mine(ingest_dir, min_positive_score)
-    stats = write_candidates(queries, ingest_dir, lambda a, b, part: searcher.search(query_vectors[a:b],
-                                                                                      params["top_k"]),
-                             "dense", params["chunk_size"], out_dir / "candidates.parquet")
-    score_type = "cosine" if dense_params["normalize"] else "dot"
-    q, d, rows, qpos = positive_pairs(ingest_dir, queries["query_id"].combine_chunks(), min_positive_score)
-    scores = searcher.score_pairs(query_vectors[qpos], rows)
-    write_positive_scores(out_dir / "positives.parquet", q, d, rows, scores, score_type)
-    return {**stats, "top_k": params["top_k"], "index": dense_params["index"], "score_type": score_type}
-
-
-def fuse_candidates(params: dict[str, Any], ingest_dir: Path, paths: list[Path], names: list[str],
-                    min_positive_score: int, out_dir: Path) -> dict[str, Any]:
+def fuse_candidates(params: Mapping[str, Any], ingest_dir: Path, paths: list[Path], names: list[str],
+                    out_dir: Path) -> dict[str, Any]:
     """Fuse several retrievers' candidates (reciprocal rank fusion, or a union with per-retriever quotas)."""
     from negmine.fusion.rrf import fuse
 
-    query_ids = queries_to_mine(ingest_dir, min_positive_score)["query_id"].combine_chunks()
-    n_docs = pq.ParquetFile(ingest_dir / "corpus.parquet").metadata.num_rows
+    query_ids = tables.mined_query_ids(ingest_dir)
+    n_docs = tables.num_docs(ingest_dir)
     union = params["fusion"] == "union"
     quota = (params["union_quota"] or max(1, params["top_k"] // len(names))) if union else None
     chunk = params["chunk_size"]
     readers = [query_chunks(p, query_ids, chunk) for p in paths]
     rows = 0
     found_by: dict[str, int] = {}
-    with pq.ParquetWriter(out_dir / "candidates.parquet", schema.CANDIDATES) as writer:
+    with pq.ParquetWriter(out_dir / schema.CANDIDATES_FILE, schema.CANDIDATES) as writer:
         for parts in bar(zip(*readers), total=(len(query_ids) + chunk - 1) // chunk, desc="fuse", unit="chunk"):
             fused = fuse([t for _, _, t in parts], names, query_ids, n_docs, params["rrf_k"],
                          None if union else params["top_k"], quota)

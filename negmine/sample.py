@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections import Counter
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -17,24 +18,26 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from negmine import schema
-from negmine.filters.exclude import Positives
+from negmine import schema, tables
 from negmine.hashing import seed_for
 from negmine.progress import bar
 from negmine.samplers import SAMPLERS
+from negmine.stage import Config, Context, Stage, reads
 
-VERSION = "2"  # bumped when the stage's output changes
+VERSION = "3"  # bumped when the stage's output changes; 3: the stage contract (keys from its own params)
+BASE = ("strategy", "num_negatives", "rank_min", "rank_max", "seed", "shortage")  # [sample] settings of every
+# strategy; each sampler adds its own options
 
 
-def _pad(positives: Positives, qidx: int, taken: set[int], need: int, rng: np.random.Generator,
-         exclude_params: dict[str, Any]) -> list[int]:
+def _pad(positives: tables.Positives, qidx: int, taken: set[int], need: int, rng: np.random.Generator,
+         params: Mapping[str, Any]) -> list[int]:
     """Random corpus documents for one query that pass the exclusions and are not taken yet."""
     out: list[int] = []
     n_docs = positives.n_docs
     for _ in range(20):  # rejection rounds; a tiny corpus may run out, which is then a shortage
         draw = rng.integers(0, n_docs, size=max(4 * need, 16))
         reasons = positives.reasons(np.full(len(draw), qidx, dtype=np.int64), draw,
-                                    exclude_params["query_text"], exclude_params["duplicates"])
+                                    params["query_text"], params["duplicates"])
         for d in draw[reasons == 0].tolist():
             if d not in taken:
                 taken.add(d)
@@ -44,17 +47,15 @@ def _pad(positives: Positives, qidx: int, taken: set[int], need: int, rng: np.ra
     return out
 
 
-def sample(params: dict[str, Any], exclude_params: dict[str, Any], top_k: int, ingest_dir: Path,
-           filtered_path: Path, query_ids: pa.ChunkedArray, min_positive_score: int,
-           out_dir: Path, max_relax_level: int = 0) -> dict[str, Any]:
+def sample(params: Mapping[str, Any], ingest_dir: Path, filtered_path: Path, out_dir: Path) -> dict[str, Any]:
     """Choose negatives from the exclude stage's kept candidates (FILTERED rows, grouped by query)."""
     sampler = SAMPLERS[params["strategy"]]
     n, seed, policy = params["num_negatives"], params["seed"], params["shortage"]
-    lo, hi = params["rank_min"], params["rank_max"] or top_k
+    lo, hi = params["rank_min"], params["rank_max"] or params["top_k"]
     padding = policy == "pad-random"
-    positives = Positives(ingest_dir, query_ids, min_positive_score) if padding else None
-    doc_ids = (pq.read_table(ingest_dir / "corpus.parquet", columns=["doc_id"], memory_map=True).column(0)
-               if padding else None)
+    query_ids = tables.mined_query_ids(ingest_dir)
+    positives = tables.Positives(ingest_dir) if padding else None
+    doc_ids = tables.doc_ids(ingest_dir) if padding else None
     qindex = {q: i for i, q in enumerate(query_ids.to_pylist())} if padding else {}
     outcomes: Counter = Counter()
     seen: set[str] = set()
@@ -62,7 +63,7 @@ def sample(params: dict[str, Any], exclude_params: dict[str, Any], top_k: int, i
     empty = np.array([], dtype=np.int64)
 
     relax = policy == "relax"
-    opts = {"temperature": params["temperature"], "simans_a": params["simans_a"], "simans_b": params["simans_b"]}
+    opts = {k: params[k] for k in sampler.options}
 
     def choose(qid: str, cand: pa.Table, arrays: tuple[np.ndarray, ...], sl: np.ndarray,
                cols: dict[str, list]) -> None:
@@ -90,7 +91,7 @@ def sample(params: dict[str, Any], exclude_params: dict[str, Any], top_k: int, i
                 return
             if padding:
                 taken = set(didx[pick_local].tolist())
-                pads = _pad(positives, qindex[qid], taken, n - len(pick), rng, exclude_params)
+                pads = _pad(positives, qindex[qid], taken, n - len(pick), rng, params)
         outcomes["full" if len(pick) == n else "padded" if len(pick) + len(pads) == n else "short"] += 1
         cols_add(qid, cand, pick, cols)
         if pads:
@@ -112,10 +113,10 @@ def sample(params: dict[str, Any], exclude_params: dict[str, Any], top_k: int, i
             cols["query_id"] += [qid] * len(pick)
             cols["source"] += ["sample"] * len(pick)
 
-    max_level = int(max_relax_level)
+    max_level = int(params["relax_steps"]) if relax else 0
     relaxed_levels: dict[int, int] = {}
     total = 0
-    with pq.ParquetWriter(out_dir / "negatives.parquet", schema.NEGATIVES) as writer:
+    with pq.ParquetWriter(out_dir / schema.NEGATIVES_FILE, schema.NEGATIVES) as writer:
         def flush(cols: dict[str, list]) -> int:
             writer.write_table(pa.table(cols, schema=schema.NEGATIVES))
             return len(cols["query_id"])
@@ -149,3 +150,21 @@ def sample(params: dict[str, Any], exclude_params: dict[str, Any], top_k: int, i
     if relax:
         stats["relaxed_to_level"] = {str(k): v for k, v in sorted(relaxed_levels.items())}
     return stats
+
+
+def _params(cfg: Config, ctx: Context) -> dict[str, Any]:
+    s = cfg["sample"]
+    p = {k: s[k] for k in BASE}
+    p.update({k: s[k] for k in SAMPLERS[s["strategy"]].options})
+    p["top_k"] = cfg["retrieve"]["top_k"]  # rank_max 0 means top_k
+    if s["shortage"] == "relax":
+        p["relax_steps"] = cfg["filter"]["relax_steps"]
+    if s["shortage"] == "pad-random":  # fillers pass the same exclusions
+        p.update(query_text=cfg["exclude"]["query_text"], duplicates=cfg["exclude"]["duplicates"])
+    return p
+
+
+STAGE = Stage(name="sample", version=VERSION, command="sample", reads=reads("ingest", "exclude"), params=_params,
+              run=lambda inputs, params, out: sample(params, inputs["ingest"], inputs["exclude"] / schema.KEPT_FILE,
+                                                     out),
+              outputs=(schema.NEGATIVES_FILE,), section="sample")

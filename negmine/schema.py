@@ -7,6 +7,13 @@ from __future__ import annotations
 
 import pyarrow as pa
 
+# File names of the tables below, one name each across stages (the ingest entry's own are in `negmine.tables`).
+CANDIDATES_FILE = "candidates.parquet"  # CANDIDATES: retrieve, and score (teacher_score filled in)
+POSITIVE_SCORES_FILE = "positive_scores.parquet"  # POSITIVE_SCORES: retrieve (retriever's), score (teacher's)
+KEPT_FILE = "kept.parquet"  # FILTERED: exclude
+EXCLUDED_FILE = "excluded.parquet"  # EXCLUDED: exclude
+NEGATIVES_FILE = "negatives.parquet"  # NEGATIVES: sample
+
 CORPUS = pa.schema([
     ("doc_id", pa.string()),
     ("title", pa.string()),

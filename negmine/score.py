@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -20,31 +21,23 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from negmine import schema
+from negmine import schema, tables
+from negmine.config import teacher_score_type as score_type
 from negmine.errors import ConfigError
-from negmine.export import Texts
+from negmine.hashing import key64 as _key
 from negmine.io import atomic_path
 from negmine.progress import bar
+from negmine.stage import Config, Context, Stage, reads
 
-VERSION = "1"
+VERSION = "2"  # 2: reads the ingest tables' positives; writes positive_scores.parquet
 KEY_SETTINGS = ("kind", "activation", "max_length", "query_prompt", "doc_prompt", "normalize")
 PAIRS = pa.schema([("qkey", pa.int64()), ("dkey", pa.int64()), ("score", pa.float32())])
-
-
-def score_type(params: dict[str, Any]) -> str:
-    if params["kind"] == "cross-encoder":
-        return params["activation"]
-    return "cosine" if params["normalize"] else "dot"
-
-
-def _key(text: str) -> int:
-    return int.from_bytes(hashlib.blake2b(text.encode("utf-8"), digest_size=8).digest(), "little", signed=True)
 
 
 class Teacher:
     """Loads the configured teacher once, on first use: a fully cached run never imports torch."""
 
-    def __init__(self, params: dict[str, Any], model_path: Path) -> None:
+    def __init__(self, params: Mapping[str, Any], model_path: Path) -> None:
         self.params, self.model_path, self.model = params, model_path, None
 
     def _load(self) -> None:
@@ -88,7 +81,7 @@ class Teacher:
         return np.einsum("ij,ij->i", q, d).astype(np.float32)
 
 
-def store_dir(cache_root: Path, model_fp: str, params: dict[str, Any]) -> Path:
+def store_dir(cache_root: Path, model_fp: str, params: Mapping[str, Any]) -> Path:
     settings = {k: params[k] for k in KEY_SETTINGS}
     digest = hashlib.sha256(json.dumps({"model": model_fp, **settings}, sort_keys=True).encode()).hexdigest()
     return cache_root / "pairs" / digest[:32]
@@ -101,21 +94,14 @@ def _load_store(folder: Path) -> pa.Table:
     return pa.concat_tables([pq.read_table(p) for p in parts]).combine_chunks()
 
 
-def score(params: dict[str, Any], model_path: Path, store: Path, ingest_dir: Path, candidates_path: Path,
-          query_ids: pa.Array, min_positive_score: int, use_title: bool, title_sep: str,
+def score(params: Mapping[str, Any], model_path: Path, store: Path, ingest_dir: Path, candidates_path: Path,
           out_dir: Path) -> dict[str, Any]:
-    """Write candidates.parquet (with teacher_score) and positives.parquet; score only pairs the store lacks."""
-    from negmine.export import positives_by_query
-
-    texts = Texts(ingest_dir, use_title, title_sep)
+    """Write the candidates (with teacher_score) and the positives' teacher scores; score only pairs the store
+    lacks."""
+    texts = tables.Texts(ingest_dir)
     cands = pq.read_table(candidates_path, columns=["query_id", "doc_idx"])
-    positives = positives_by_query(ingest_dir, texts.corpus["doc_id"], min_positive_score)
-    pos_q, pos_d, pos_i = [], [], []
-    for q in query_ids.to_pylist():
-        ids, idx = positives.get(q, ([], []))
-        pos_q += [q] * len(ids)
-        pos_d += ids
-        pos_i += idx
+    pos_q, pos_d, pos_rows, _ = tables.positive_pairs(ingest_dir, tables.mined_query_ids(ingest_dir))
+    pos_i = pos_rows.tolist()
     # every pair to score, as (query id, corpus row); candidates first, then positives
     all_q = pa.concat_arrays([cands["query_id"].combine_chunks(), pa.array(pos_q, pa.string())])
     all_i = np.concatenate([cands["doc_idx"].to_numpy(), np.asarray(pos_i, dtype=np.int64)])
@@ -166,7 +152,7 @@ def score(params: dict[str, Any], model_path: Path, store: Path, ingest_dir: Pat
     col = schema.CANDIDATES.get_field_index("teacher_score")
     pf = pq.ParquetFile(candidates_path)
     offset = 0
-    with pq.ParquetWriter(out_dir / "candidates.parquet", schema.CANDIDATES.with_metadata(meta)) as writer:
+    with pq.ParquetWriter(out_dir / schema.CANDIDATES_FILE, schema.CANDIDATES.with_metadata(meta)) as writer:
         for g in range(pf.num_row_groups):  # keep the query-chunk row groups that later stages stream
             t = pf.read_row_group(g)
             t = t.set_column(col, "teacher_score", pa.array(values[offset:offset + t.num_rows], pa.float32()))
@@ -176,7 +162,30 @@ def score(params: dict[str, Any], model_path: Path, store: Path, ingest_dir: Pat
                              "doc_idx": pa.array(pos_i, pa.int64()),
                              "teacher_score": pa.array(values[n_c:], pa.float32())},
                             schema=schema.POSITIVE_SCORES).replace_schema_metadata(meta),
-                   out_dir / "positives.parquet")
+                   out_dir / schema.POSITIVE_SCORES_FILE)
     distinct = int(need.group_by(["qkey", "dkey"]).aggregate([]).num_rows)
     return {"teacher": params["kind"], "score_type": score_type(params), "pairs": need.num_rows,
             "distinct_pairs": distinct, "scored_now": new, "from_store": distinct - new}
+
+
+def _params(cfg: Config, ctx: Context) -> dict[str, Any]:
+    from negmine.encode import resolve_model
+
+    sc = cfg["score"]
+    path = resolve_model(sc["teacher"], "[score] teacher")
+    fp = ctx.fingerprint(path)
+    return {"teacher": fp, **{k: sc[k] for k in KEY_SETTINGS}, "teacher_path": str(path),
+            "store": str(store_dir(ctx.cache_root, fp, sc)), "batch_size": sc["batch_size"], "device": sc["device"],
+            "flush_pairs": sc["flush_pairs"]}
+
+
+STAGE = Stage(
+    name="score", version=VERSION, command="score", reads=reads("ingest", "retrieve"), params=_params, section="score",
+    run=lambda inputs, params, out: score(params, Path(params["teacher_path"]), Path(params["store"]),
+                                          inputs["ingest"], inputs["retrieve"] / schema.CANDIDATES_FILE, out),
+    outputs=(schema.CANDIDATES_FILE, schema.POSITIVE_SCORES_FILE),
+    enabled=lambda cfg: bool(cfg["score"]["teacher"]),  # a configured teacher always runs: never silently skipped
+    unkeyed={"teacher_path": "where the model is; its files enter the key by their content (teacher)",
+             "store": "the pair store shared by runs of this teacher and settings (keyed by both)",
+             "batch_size": "speed only", "device": "speed only",
+             "flush_pairs": "how much a killed run loses, not the scores"})

@@ -95,11 +95,14 @@ class Inputs(Mapping[str, Path]):
 
 @dataclass(frozen=True)
 class Context:
-    """What parameters may be built from besides the config: the cache folder and model fingerprints."""
+    """What parameters may be built from besides the config: the cache folder, model fingerprints, and (for the
+    export's provenance and report) what the run has done so far."""
 
     cache_root: Path
     fingerprint: Callable[[Path], str]  # content hash of a model folder (memoised)
     input_hashes: Mapping[str, str] = field(default_factory=dict)  # the input files' sha256, for ingest
+    results: Mapping[str, Any] = field(default_factory=dict)  # stage name -> StageResult, so far
+    provenance: Callable[[], dict[str, Any]] = dict  # version, parameters, input hashes, stage keys so far
 
 
 def _always(cfg: Config) -> bool:

@@ -86,7 +86,7 @@ def test_a_stage_that_fails_midway_leaves_no_entry_and_the_rerun_resumes(tmp_pat
     real = sample_mod.sample
 
     def crash(*args, **kwargs):
-        out_dir = args[7]  # sample(params, exclude_params, top_k, ingest_dir, path, query_ids, min_score, out_dir)
+        out_dir = args[3]  # sample(params, ingest_dir, kept_path, out_dir)
         (out_dir / "negatives.parquet").write_bytes(b"half a file")
         raise RuntimeError("killed")
 

@@ -40,7 +40,7 @@ def test_run_says_per_stage_whether_it_was_cached_or_why_it_ran(tmp_path):
 def test_each_stage_command_prints_its_output(tmp_path):
     cfg = _config(tmp_path)
     for stage, name in [("ingest", "corpus.parquet"), ("retrieve", "candidates.parquet"),
-                        ("exclude", "candidates.parquet"), ("sample", "negatives.parquet")]:
+                        ("exclude", "kept.parquet"), ("sample", "negatives.parquet")]:
         result = runner.invoke(app, [stage, str(cfg), "-q"])
         assert result.exit_code == 0, result.output
         path = Path(result.stdout.strip())
@@ -127,11 +127,10 @@ def test_report_files_and_command(tmp_path):
 @pytest.mark.parametrize("preset", ["dense", "hybrid", "nv-retriever", "simans", "recommended", "perc-pos-top",
                                     "cross-encoder", "rocketqa", "sample-bm25"])
 def test_every_preset_is_a_valid_config(preset):
-    from negmine.config import load_config
-    from negmine.pipeline import check_score_types
+    from negmine.config import load_config, validate
 
     cfg = load_config(ROOT / "configs" / f"{preset}.toml")
-    check_score_types(cfg)
+    validate(cfg)
 
 
 def test_cache_clear_takes_a_sub_stage_folder(tmp_path, tiny_bi_encoders):

@@ -27,7 +27,7 @@ def _positives(result) -> dict[str, dict[str, float]]:
     """Per query, the positive scores the filters compared with (the retriever's, or the teacher's)."""
     stage = result.stages.get("score") or result.stages["retrieve"]
     out: dict[str, dict[str, float]] = defaultdict(dict)
-    for r in pq.read_table(stage.path / "positives.parquet").to_pylist():
+    for r in pq.read_table(stage.path / "positive_scores.parquet").to_pylist():
         out[r["query_id"]][r["doc_id"]] = r["teacher_score"]
     return out
 

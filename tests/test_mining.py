@@ -89,7 +89,7 @@ def test_rank_window_applies_to_raw_retrieval_ranks(tmp_path, sample_overrides):
 
 def test_top_sampling_takes_the_best_ranked_kept_candidates(tmp_path, sample_overrides):
     result = negmine.mine(None, sample_overrides)
-    kept = pq.read_table(result.stages["exclude"].path / "candidates.parquet").to_pylist()
+    kept = pq.read_table(result.stages["exclude"].path / "kept.parquet").to_pylist()
     by_q: dict[str, list[int]] = defaultdict(list)
     for r in kept:
         by_q[r["query_id"]].append(r["rank"])

@@ -38,7 +38,7 @@ def test_cross_encoder_scores_every_candidate_and_positive(tmp_path, tiny_cross_
     assert stage.stats["score_type"] == "probability"
     cands = pq.read_table(stage.path / "candidates.parquet")
     assert cands.schema.metadata[b"negmine.score_type"] == b"probability"
-    pos = pq.read_table(stage.path / "positives.parquet").to_pylist()
+    pos = pq.read_table(stage.path / "positive_scores.parquet").to_pylist()
     assert len(pos) == 416  # every positive of the sample
     values = cands["teacher_score"].to_numpy()
     assert not np.isnan(values).any() and ((values > 0) & (values < 1)).all()

@@ -7,12 +7,10 @@ import typer
 
 from negmine.cli import app
 from negmine.errors import NegmineError
+from negmine.pipeline import STAGES
 from negmine.cli.common import (CacheOpt, ConfigArg, ForceOpt, InputOpt, NoCacheOpt, OutOpt, QuietOpt, SetOpt,
                                 SkipOpt, VerboseOpt, guarded, overrides, setup)
 
-_STAGE_OUTPUT = {"ingest": "corpus.parquet", "index": "", "retrieve": "candidates.parquet",
-                 "score": "candidates.parquet",
-                 "exclude": "candidates.parquet", "sample": "negatives.parquet"}
 _HELP = {
     "ingest": "Read and validate the input into corpus, queries and qrels tables.",
     "index": "Build the BM25 index and/or encode the corpus for dense retrieval.",
@@ -45,11 +43,13 @@ def _execute(until: str, config: Path | None, sets: list[str] | None, input_path
             for path in result.outputs:
                 typer.echo(str(path))
         elif not no_cache:
+            from negmine.pipeline import stages
+
             if until == "score" and "score" not in result.stages:
                 raise NegmineError("stage 'score' does not run with this config; set [score] teacher")
             last = result.stages.get(until) or list(result.stages.values())[-1]  # index: encode/ann for dense
-            typer.echo(str(last.path / _STAGE_OUTPUT[until]) if _STAGE_OUTPUT[until] and last.stage == until
-                       else str(last.path))
+            output = {s.name: s.output for s in stages()}.get(last.stage)
+            typer.echo(str(last.path / output) if output and last.stage == until else str(last.path))
 
     guarded(verbose, go)
 
@@ -71,5 +71,5 @@ def _stage_command(stage: str) -> None:
     app.command(stage, help=cmd.__doc__, short_help=_HELP[stage])(cmd)
 
 
-for _stage in ("ingest", "index", "retrieve", "score", "exclude", "sample", "export"):
+for _stage in STAGES:
     _stage_command(_stage)

@@ -7,6 +7,7 @@ a positive copied into the corpus under another id is caught too. Work is vector
 from __future__ import annotations
 
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -14,79 +15,11 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from negmine import schema
+from negmine import schema, tables
 from negmine.progress import bar
+from negmine.stage import Config, Context, Inputs, Params, Stage
 
-VERSION = "3"  # bumped when the stage's output changes
-_MIX = np.uint64(0x9E3779B97F4A7C15)  # golden-ratio multiplier: spreads query indices over 64 bits
-
-
-def _pair_key(qidx: np.ndarray, h: np.ndarray) -> np.ndarray:
-    with np.errstate(over="ignore"):
-        return h.view(np.uint64) ^ (qidx.astype(np.uint64) * _MIX)
-
-
-class Positives:
-    """Known positives of the mined queries, as integer keys for vectorised membership tests."""
-
-    def __init__(self, ingest_dir: Path, query_ids: pa.ChunkedArray | pa.Array, min_positive_score: int) -> None:
-        corpus = pq.read_table(ingest_dir / "corpus.parquet", columns=["doc_id", "hash", "text_hash"],
-                               memory_map=True)
-        self.query_ids = query_ids
-        self.n_docs = corpus.num_rows
-        self.doc_hash = corpus["hash"].to_numpy()
-        self.doc_text_hash = corpus["text_hash"].to_numpy()
-        queries = pq.read_table(ingest_dir / "queries.parquet", columns=["query_id", "hash"])
-        qpos = pc.index_in(query_ids, value_set=queries["query_id"]).to_numpy()
-        self.query_hash = queries["hash"].to_numpy()[qpos]
-        qrels = pq.read_table(ingest_dir / "qrels.parquet")
-        qrels = qrels.filter(pc.greater_equal(qrels["score"], min_positive_score))
-        qidx = pc.index_in(qrels["query_id"], value_set=query_ids).to_numpy(zero_copy_only=False)
-        didx = pc.index_in(qrels["doc_id"], value_set=corpus["doc_id"]).to_numpy(zero_copy_only=False)
-        qidx, didx = qidx.astype(np.int64), didx.astype(np.int64)
-        # queries with the same (normalised) text are one question: a positive of one is a positive of all,
-        # else the twin would mine its sibling's positive as a negative
-        twins: dict[int, list[int]] = {}
-        for i, h in enumerate(self.query_hash.tolist()):
-            twins.setdefault(h, []).append(i)
-        if any(len(v) > 1 for v in twins.values()):
-            extra = [(t, d) for q, d in zip(qidx.tolist(), didx.tolist())
-                     for t in twins[int(self.query_hash[q])] if t != q]
-            if extra:
-                qidx = np.concatenate([qidx, np.array([e[0] for e in extra], dtype=np.int64)])
-                didx = np.concatenate([didx, np.array([e[1] for e in extra], dtype=np.int64)])
-        self.pos_qidx = qidx
-        self.pos_didx = didx
-        self.pos_keys = np.unique(self.pos_qidx * self.n_docs + self.pos_didx)
-        dup = _pair_key(self.pos_qidx, self.doc_hash[self.pos_didx])
-        self.dup_keys = np.unique(dup)
-        self.dup_exact = set(zip(self.pos_qidx.tolist(), self.doc_hash[self.pos_didx].tolist()))
-
-    def by_query(self) -> dict[int, np.ndarray]:
-        """Positive doc indices per query index."""
-        order = np.argsort(self.pos_qidx, kind="stable")
-        q, d = self.pos_qidx[order], self.pos_didx[order]
-        bounds = np.flatnonzero(np.diff(q)) + 1
-        return {int(qs[0]): ds for qs, ds in zip(np.split(q, bounds), np.split(d, bounds)) if len(qs)}
-
-    def reasons(self, qidx: np.ndarray, didx: np.ndarray, query_text: bool, duplicates: bool) -> np.ndarray:
-        """Per candidate: 0 keep, 1 positive, 2 the query's own text, 3 duplicate of a positive."""
-        out = np.zeros(len(qidx), dtype=np.int8)
-        is_pos = np.isin(qidx * self.n_docs + didx, self.pos_keys)
-        out[is_pos] = 1
-        if query_text:
-            qh = self.query_hash[qidx]
-            same = (qh == self.doc_hash[didx]) | (qh == self.doc_text_hash[didx])
-            out[(out == 0) & same] = 2
-        if duplicates:
-            h = self.doc_hash[didx]
-            maybe = np.flatnonzero((out == 0) & np.isin(_pair_key(qidx, h), self.dup_keys))
-            # the mixed key may collide; confirm the few hits exactly
-            hits = [i for i in maybe.tolist() if (int(qidx[i]), int(h[i])) in self.dup_exact]
-            out[hits] = 3
-        return out
-
-
+VERSION = "4"  # bumped when the stage's output changes; 4: reads the ingest tables' positives, writes kept.parquet
 REASONS = np.array(["", "positive", "query_text", "duplicate_of_positive"], dtype=object)
 NEVER = np.int8(127)  # relax level of a row that no allowed loosening keeps
 
@@ -106,7 +39,7 @@ def _positive_aggregate(path: Path, query_ids: pa.Array, how: str) -> np.ndarray
 class NearDuplicates:
     """MinHash and/or embedding similarity of candidates to their query's positives."""
 
-    def __init__(self, fparams: dict[str, Any], positives: "Positives", texts, vectors) -> None:
+    def __init__(self, fparams: Mapping[str, Any], positives: tables.Positives, texts, vectors) -> None:
         from negmine.filters.near_duplicates import MinHasher
 
         self.jaccard, self.cosine = fparams["near_dup_jaccard"], fparams["near_dup_cosine"]
@@ -146,21 +79,21 @@ class NearDuplicates:
         return out
 
 
-def exclude(params: dict[str, Any], fparams: dict[str, Any], ingest_dir: Path, candidates_path: Path,
-            query_ids: pa.ChunkedArray, min_positive_score: int, out_dir: Path, *,
-            score_column: str = "score", positive_scores: Path | None = None,
-            teacher_positive_scores: Path | None = None, texts=None, vectors=None) -> dict[str, Any]:
+def exclude(params: Mapping[str, Any], ingest_dir: Path, candidates_path: Path, out_dir: Path, *,
+            positive_scores: Path | None = None, teacher_positive_scores: Path | None = None, texts=None,
+            vectors=None) -> dict[str, Any]:
     """Drop false negatives: exact exclusions first, then the configured [filter] methods.
 
-    `score_column` names the score the filters read ("score": the retriever's, "teacher_score": the teacher's);
-    `positive_scores` holds the same kind of score for every positive. Kept rows get their `relax_level`.
+    `params["score_column"]` names the score the filters read ("score": the retriever's, "teacher_score": the
+    teacher's); `positive_scores` holds the same kind of score for every positive, `teacher_positive_scores` the
+    teacher's. Kept rows get their `relax_level`.
     """
-    from negmine.filters import POSITIVE_AWARE
-    from negmine.filters.nv_retriever import relaxed
+    from negmine.filters import FILTERS
     from negmine.filters.rocketqa import ce_absolute, ce_relative
 
-    query_ids = query_ids.combine_chunks() if isinstance(query_ids, pa.ChunkedArray) else query_ids
-    positives = Positives(ingest_dir, query_ids, min_positive_score)
+    fparams, score_column = params, params["score_column"]
+    positives = tables.Positives(ingest_dir)
+    query_ids = positives.query_ids
     method = fparams["method"]
     pos_agg = (_positive_aggregate(positive_scores, query_ids, fparams["positive_score"])
                if positive_scores is not None else np.full(len(query_ids), np.nan, dtype=np.float32))
@@ -183,14 +116,14 @@ def exclude(params: dict[str, Any], fparams: dict[str, Any], ingest_dir: Path, c
                                      "score": rows["score"], "reason": pa.array(names.tolist(), pa.string())},
                                     schema=schema.EXCLUDED))
 
-    with pq.ParquetWriter(out_dir / "candidates.parquet", schema.FILTERED) as kept_w, \
-            pq.ParquetWriter(out_dir / "excluded.parquet", schema.EXCLUDED) as excl_w:
+    with pq.ParquetWriter(out_dir / schema.KEPT_FILE, schema.FILTERED) as kept_w, \
+            pq.ParquetWriter(out_dir / schema.EXCLUDED_FILE, schema.EXCLUDED) as excl_w:
         for i in bar(range(pf.num_row_groups), desc="exclude", unit="chunk"):
             cand = pf.read_row_group(i)
             qidx = pc.index_in(cand["query_id"], value_set=query_ids).to_numpy(zero_copy_only=False)
             qidx = qidx.astype(np.int64)
             didx = cand["doc_idx"].to_numpy()
-            reason = positives.reasons(qidx, didx, params["query_text"], params["duplicates"])
+            reason = positives.reasons(qidx, didx, fparams["query_text"], fparams["duplicates"])
             for code, name in enumerate(REASONS[1:], 1):
                 counts[name] += int((reason == code).sum())
             drop(cand, reason != 0, REASONS[reason], excl_w)
@@ -218,10 +151,10 @@ def exclude(params: dict[str, Any], fparams: dict[str, Any], ingest_dir: Path, c
                 why[open_rows[nd == 2]] = "near_duplicate_embedding"
             level = np.zeros(cand.num_rows, dtype=np.int8)
             if method != "none":
-                fn, key, _ = POSITIVE_AWARE[method]
+                f = FILTERS[method]
                 level[:] = NEVER
                 for lv in range(fparams["relax_steps"], -1, -1):  # the smallest level that keeps the row wins
-                    ok = fn(s, s_pos, relaxed(method, fparams[key], fparams["relax_step"], lv))
+                    ok = f.keep(s, s_pos, f.relax(fparams[f.option], fparams["relax_step"], lv))
                     level[ok] = lv
                 strict_drop = (why == "") & (level > 0)
                 filtered[method] = filtered.get(method, 0) + int(strict_drop.sum())
@@ -240,3 +173,38 @@ def exclude(params: dict[str, Any], fparams: dict[str, Any], ingest_dir: Path, c
             kept_queries.update(pc.unique(kept["query_id"]).to_pylist())
     return {"excluded": counts, "filtered": filtered, "kept": kept_rows, "kept_if_relaxed": relaxable,
             "score_column": score_column, "queries_without_candidates": len(query_ids) - len(kept_queries)}
+
+
+def _reads(cfg: Config) -> tuple[str, ...]:
+    return (("ingest", "retrieve") + (("score",) if cfg["score"]["teacher"] else ())
+            + (("encode",) if cfg["filter"]["near_dup_cosine"] is not None else ()))
+
+
+def _params(cfg: Config, ctx: Context) -> dict[str, Any]:
+    from negmine.config import score_source
+
+    source = score_source(cfg)
+    f = {k: v for k, v in cfg["filter"].items() if k != "score_source"}
+    return {**cfg["exclude"], **f, "teacher": bool(cfg["score"]["teacher"]), "score_source": source,
+            "score_column": "teacher_score" if source == "teacher" else "score"}
+
+
+def _run(inputs: Inputs, params: Params, out_dir: Path) -> dict[str, Any]:
+    ingest_dir = inputs["ingest"]
+    teacher_pos = inputs["score"] / schema.POSITIVE_SCORES_FILE if params["teacher"] else None
+    retriever_pos = inputs["retrieve"] / schema.POSITIVE_SCORES_FILE
+    positive_scores = teacher_pos if params["score_source"] == "teacher" else (
+        retriever_pos if retriever_pos.is_file() else None)  # a fused (RRF) pool has no positive scores
+    candidates = (inputs["score"] if params["teacher"] else inputs["retrieve"]) / schema.CANDIDATES_FILE
+    texts = tables.Texts(ingest_dir) if params["near_dup_jaccard"] is not None else None
+    vectors = None
+    if params["near_dup_cosine"] is not None:
+        from negmine.encode import doc_vectors
+
+        vectors = lambda idx: doc_vectors(inputs["encode"], idx)  # noqa: E731
+    return exclude(params, ingest_dir, candidates, out_dir, positive_scores=positive_scores,
+                   teacher_positive_scores=teacher_pos, texts=texts, vectors=vectors)
+
+
+STAGE = Stage(name="exclude", version=VERSION, command="exclude", reads=_reads, params=_params, run=_run,
+              outputs=(schema.KEPT_FILE, schema.EXCLUDED_FILE), section="filter")

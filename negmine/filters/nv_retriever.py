@@ -6,11 +6,14 @@ positives, default min) when:
 - TopK-Abs:       s < tau                           (tau 0.7)
 - TopK-MarginPos: s < s_pos - margin                 (margin 0.05)
 - TopK-PercPos:   s < s_pos - |s_pos| * (1 - alpha)  (alpha 0.95; |s_pos| keeps it right for negative scores)
-`relax(level)` gives the threshold loosened by `level` steps, for the `relax` shortage policy.
+Each registers with the step by which the `relax` shortage policy loosens it: a higher tau or alpha, a smaller
+margin (never below 0).
 """
 from __future__ import annotations
 
 import numpy as np
+
+from negmine.filters import BOUNDED, WITH_POSITIVES, Filter, register
 
 
 def topk_abs(s: np.ndarray, s_pos: np.ndarray, tau: float) -> np.ndarray:
@@ -25,10 +28,8 @@ def topk_perc_pos(s: np.ndarray, s_pos: np.ndarray, alpha: float) -> np.ndarray:
     return s < s_pos - np.abs(s_pos) * (1.0 - alpha)
 
 
-def relaxed(method: str, value: float, step: float, level: int) -> float:
-    """The parameter loosened by `level` steps: a higher tau or alpha, a smaller margin (never below 0)."""
-    if method == "abs":
-        return value + step * level
-    if method == "margin-pos":
-        return max(0.0, value - step * level)
-    return min(1.0, value + step * level)
+register(Filter("abs", topk_abs, "tau", 0.7, BOUNDED, lambda v, step, lv: v + step * lv, "keep s < tau"))
+register(Filter("margin-pos", topk_margin_pos, "margin", 0.05, WITH_POSITIVES,
+                lambda v, step, lv: max(0.0, v - step * lv), "keep s < s_pos - margin"))
+register(Filter("perc-pos", topk_perc_pos, "alpha", 0.95, WITH_POSITIVES,
+                lambda v, step, lv: min(1.0, v + step * lv), "keep s < s_pos - |s_pos| (1 - alpha)"))

@@ -1,7 +1,7 @@
 """Export formats, one family a module, registered in `FORMATS` for the config's [export] formats.
 
-Each format is a schema function (options) -> pa.Schema and a rows function (query record, options, rows out,
-skipped counter) that appends one query's rows. A query record (`QueryRecord`) carries everything a format may
+Each format registers a `Format`: a schema function (options) -> pa.Schema, a rows function (query record,
+options, rows out, skipped counter) that appends one query's rows, and what the config checks ask about it. A query record (`QueryRecord`) carries everything a format may
 need, so formats never read files themselves.
 """
 from __future__ import annotations
@@ -44,27 +44,37 @@ def left_out(q: QueryRecord, fmt: str, skipped: dict[str, int], need: int = 1) -
     return True
 
 
-Format = tuple[Callable[[Options], pa.Schema], Callable[[QueryRecord, Options, dict[str, list], dict[str, int]], None]]
+@dataclass(frozen=True)
+class Format:
+    """A registered export format: schema(options) -> pa.Schema and rows(record, options, rows out, skipped).
+
+    `needs_scores`: it needs positive and negative scores on one scale (refused on fused RRF scores);
+    `needs_scores_with_option`: so does it when [export] scores is on; `every_query`: it writes a row for every
+    mined query, with empty lists when sampling gave none, and for each id of queries that share a text (an audit
+    layout), where training formats write a (text, positive) pair once.
+    """
+
+    name: str
+    schema: Callable[[Options], pa.Schema]
+    rows: Callable[[QueryRecord, Options, dict[str, list], dict[str, int]], None]
+    needs_scores: bool = False
+    needs_scores_with_option: bool = False
+    every_query: bool = False
+    help: str = ""
 
 
-def _registry() -> dict[str, Format]:
-    from negmine.formats import flagembedding, ids, sentence_transformers as st, tevatron
-
-    return {
-        "triplet": (st.triplet_schema, st.triplet_rows),
-        "n-tuple": (st.ntuple_schema, st.ntuple_rows),
-        "labeled-pair": (st.labeled_pair_schema, st.labeled_pair_rows),
-        "labeled-list": (st.labeled_list_schema, st.labeled_list_rows),
-        "margin-mse": (st.margin_mse_schema, st.margin_mse_rows),
-        "flagembedding": (flagembedding.schema, flagembedding.rows),
-        "tevatron": (tevatron.schema, tevatron.rows),
-        "ids": (ids.schema, ids.rows),
-    }
+FORMATS: dict[str, Format] = {}
 
 
-FORMATS: dict[str, Format] = _registry()
-NEEDS_SCORES = {"margin-mse"}  # formats that need positive and negative scores on one scale
+def register(fmt: Format) -> Format:
+    """Add an export format: [export] formats and --help learn it from here."""
+    FORMATS[fmt.name] = fmt
+    return fmt
 
 
 def empty_rows(schema: pa.Schema) -> dict[str, list[Any]]:
     return {name: [] for name in schema.names}
+
+
+# the built-in formats register themselves, in this order
+from negmine.formats import sentence_transformers, flagembedding, tevatron, ids  # noqa: E402,F401,I001

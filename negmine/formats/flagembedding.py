@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from negmine.formats import Options, QueryRecord, left_out
+from negmine.formats import Format, Options, QueryRecord, left_out, register
 
 
 def schema(o: Options) -> pa.Schema:
@@ -22,3 +22,6 @@ def rows(q: QueryRecord, o: Options, out: dict, skipped: dict) -> None:
     if o.teacher:
         out["pos_scores"].append(q.pos_teacher)
         out["neg_scores"].append(q.neg["teacher_score"])
+
+
+register(Format("flagembedding", schema, rows, help="query, pos, neg (FlagEmbedding)"))

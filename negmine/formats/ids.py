@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from negmine.formats import Options, QueryRecord
+from negmine.formats import Format, Options, QueryRecord, register
 
 
 def schema(o: Options) -> pa.Schema:
@@ -23,3 +23,6 @@ def rows(q: QueryRecord, o: Options, out: dict, skipped: dict) -> None:
     if o.teacher:
         out["positive_teacher_scores"].append(q.pos_teacher)
         out["negative_teacher_scores"].append(q.neg["teacher_score"])
+
+
+register(Format("ids", schema, rows, every_query=True, help="ids, ranks and scores (audits)"))

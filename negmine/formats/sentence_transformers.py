@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from negmine.formats import Options, QueryRecord, left_out
+from negmine.formats import Format, Options, QueryRecord, left_out, register
 
 S, F = pa.string(), pa.float32()
 
@@ -93,3 +93,13 @@ def margin_mse_rows(q: QueryRecord, o: Options, rows: dict, skipped: dict) -> No
             rows["positive"].append(p)
             rows["negative"].append(n)
             rows["label"].append(sp - sn)
+
+
+register(Format("triplet", triplet_schema, triplet_rows, help="anchor, positive, negative"))
+register(Format("n-tuple", ntuple_schema, ntuple_rows, help="anchor, positive, negative_1..n"))
+register(Format("labeled-pair", labeled_pair_schema, labeled_pair_rows, needs_scores_with_option=True,
+                help="anchor, document, label or score"))
+register(Format("labeled-list", labeled_list_schema, labeled_list_rows, needs_scores_with_option=True,
+                help="anchor, documents, labels or scores"))
+register(Format("margin-mse", margin_mse_schema, margin_mse_rows, needs_scores=True,
+                help="anchor, positive, negative, label = s(pos) - s(neg)"))

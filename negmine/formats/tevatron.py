@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-from negmine.formats import Options, QueryRecord, left_out
+from negmine.formats import Format, Options, QueryRecord, left_out, register
 
 PASSAGE = pa.struct([("docid", pa.string()), ("title", pa.string()), ("text", pa.string())])
 
@@ -23,3 +23,6 @@ def rows(q: QueryRecord, o: Options, out: dict, skipped: dict) -> None:
                                      for d, t, x in zip(q.pos_ids, q.pos_titles, q.pos_bodies)])
     out["negative_passages"].append([{"docid": d, "title": t, "text": x}
                                      for d, t, x in zip(q.neg["doc_id"], q.neg_titles, q.neg_bodies)])
+
+
+register(Format("tevatron", schema, rows, help="query_id, query, positive/negative_passages"))

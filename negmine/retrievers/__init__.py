@@ -1,2 +1,108 @@
-"""Retrievers, one module each: the index stages a retriever needs and its search (see `negmine.retrievers.bm25`,
-`negmine.retrievers.dense`)."""
+"""Retrievers, one module each, registered with what the rest of negmine asks about them.
+
+A `Retriever` carries its config section, the stages that build what it searches (`negmine.retrievers.bm25`:
+the BM25 index; `negmine.retrievers.dense`: the embeddings and an optional approximate index), its search stage
+(top-k candidates of every mined query, and its own score of every positive) and the type of its scores, which
+`config.validate` checks filters and samplers against. `pool_stage` is the `retrieve` stage: one retriever's
+search, or the fusion of several, each of which is then cached on its own as `retrieve-<name>`.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from negmine import schema
+from negmine.stage import Config, Context, Inputs, Params, Stage
+
+MEMORY_ONLY = {"chunk_size": "queries a chunk: bounds memory, not the candidates"}
+
+
+@dataclass(frozen=True)
+class Retriever:
+    name: str
+    section: str | None  # its config section, e.g. [bm25]
+    stages: tuple[Stage, ...]  # what it builds before searching, in order (index, encode, ann, ...)
+    search: Stage  # reads (ingest + its stages), params, run: candidates.parquet and positive_scores.parquet
+    score_type: Callable[[Config], str]  # bm25, cosine, dot, ...
+    help: str = ""
+
+
+RETRIEVERS: dict[str, Retriever] = {}
+
+
+def register(r: Retriever) -> Retriever:
+    """Add a retriever: [retrieve] retrievers, the stage list, the score-type checks and --help learn it here."""
+    RETRIEVERS[r.name] = r
+    return r
+
+
+def search_stage(name: str, version: str, reads: Callable[[Config], tuple[str, ...]],
+                 params: Callable[[Config, Context], Mapping[str, Any]],
+                 run: Callable[[Inputs, Params, Path], dict[str, Any]]) -> Stage:
+    """A retriever's search, cached on its own as `retrieve-<name>` when several retrievers are fused."""
+    return Stage(name=f"retrieve-{name}", version=version, command="retrieve", reads=reads, params=params, run=run,
+                 outputs=(schema.CANDIDATES_FILE, schema.POSITIVE_SCORES_FILE), section="retrieve",
+                 enabled=lambda cfg: len(cfg["retrieve"]["retrievers"]) > 1 and name in cfg["retrieve"]["retrievers"],
+                 unkeyed=MEMORY_ONLY)
+
+
+def score_type(cfg: Config) -> str:
+    """The type of the candidates' retrieval scores: the retriever's own, or "rrf" for a fused pool."""
+    names = cfg["retrieve"]["retrievers"]
+    return "rrf" if len(names) > 1 else RETRIEVERS[names[0]].score_type(cfg)
+
+
+def _single(cfg: Config) -> Retriever | None:
+    names = cfg["retrieve"]["retrievers"]
+    return RETRIEVERS[names[0]] if len(names) == 1 else None
+
+
+def _pool_reads(cfg: Config) -> tuple[str, ...]:
+    one = _single(cfg)
+    return one.search.reads(cfg) if one else ("ingest",) + tuple(f"retrieve-{n}" for n in cfg["retrieve"]["retrievers"])
+
+
+def _pool_params(cfg: Config, ctx: Context) -> dict[str, Any]:
+    one = _single(cfg)
+    if one:
+        return {"retriever": one.name, **one.search.params(cfg, ctx)}
+    r = cfg["retrieve"]
+    p = {"retrievers": r["retrievers"], "fusion": r["fusion"], "rrf_k": r["rrf_k"], "top_k": r["top_k"],
+         "chunk_size": r["chunk_size"]}
+    if r["fusion"] == "union":
+        p["union_quota"] = r["union_quota"]
+    return p
+
+
+def _pool_run(inputs: Inputs, params: Params, out_dir: Path) -> dict[str, Any]:
+    if "retriever" in params:
+        return RETRIEVERS[params["retriever"]].search.run(inputs, params, out_dir)
+    from negmine.retrieve import fuse_candidates
+
+    names = list(params["retrievers"])
+    return fuse_candidates(params, inputs["ingest"], [inputs[f"retrieve-{n}"] / schema.CANDIDATES_FILE
+                                                      for n in names], names, out_dir)
+
+
+def pool_stage() -> Stage:
+    """The `retrieve` stage: the single retriever's search, or the fusion of the `retrieve-<name>` stages."""
+    unkeyed = dict(MEMORY_ONLY)
+    for r in RETRIEVERS.values():
+        unkeyed.update(r.search.unkeyed)
+    return Stage(name="retrieve", version="3", command="retrieve", reads=_pool_reads, params=_pool_params,
+                 run=_pool_run, outputs=(schema.CANDIDATES_FILE, schema.POSITIVE_SCORES_FILE), section="retrieve",
+                 unkeyed=unkeyed)
+
+
+def stages() -> list[Stage]:
+    """Every registered retriever's stages, then their searches, then the pool."""
+    out = [s for r in RETRIEVERS.values() for s in r.stages]
+    return out + [r.search for r in RETRIEVERS.values()] + [pool_stage()]
+
+
+__all__ = ["Retriever", "RETRIEVERS", "register", "search_stage", "score_type", "stages", "replace"]
+
+# the built-in retrievers register themselves
+from negmine.retrievers import bm25, dense  # noqa: E402,F401,I001

@@ -10,15 +10,17 @@ from __future__ import annotations
 import json
 import logging
 import pickle
-from collections.abc import Iterator
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
 
+from negmine import schema, tables
 from negmine.errors import ConfigError
 from negmine.progress import bar
+from negmine.retrievers import Retriever, register, search_stage
+from negmine.stage import Inputs, Params, Stage, reads
 
 VERSION = "1"
 _RANK_BM25_CLASSES = {"bm25l": "BM25L", "bm25+": "BM25Plus"}  # every other method: BM25Okapi
@@ -29,7 +31,7 @@ def _quiet_bm25s() -> None:
     logging.getLogger("bm25s").setLevel(logging.getLogger("negmine").getEffectiveLevel())
 
 
-def make_tokenizer(params: dict[str, Any]):
+def make_tokenizer(params: Mapping[str, Any]):
     import bm25s.tokenization
 
     _quiet_bm25s()
@@ -49,20 +51,10 @@ def make_tokenizer(params: dict[str, Any]):
     return bm25s.tokenization.Tokenizer(lower=params["lowercase"], stopwords=stopwords, stemmer=stemmer)
 
 
-def iter_doc_texts(corpus_path: Path, use_title: bool, title_sep: str, batch: int = 50_000) -> Iterator[str]:
-    """Retrieval texts of the corpus in table order, read in batches so texts never all sit in memory."""
-    pf = pq.ParquetFile(corpus_path)
-    for rb in pf.iter_batches(batch_size=batch, columns=["title", "text"]):
-        titles, texts = rb.column(0).to_pylist(), rb.column(1).to_pylist()
-        for title, text in zip(titles, texts):
-            yield f"{title}{title_sep}{text}" if (use_title and title) else text
-
-
-def build_index(params: dict[str, Any], corpus_path: Path, use_title: bool, title_sep: str,
-                out_dir: Path) -> dict[str, Any]:
-    n_docs = pq.ParquetFile(corpus_path).metadata.num_rows
+def build_index(params: Mapping[str, Any], ingest_dir: Path, out_dir: Path) -> dict[str, Any]:
+    n_docs = tables.num_docs(ingest_dir)
     tok = make_tokenizer(params)
-    texts = bar(iter_doc_texts(corpus_path, use_title, title_sep), total=n_docs, desc="bm25: tokenize", unit="doc")
+    texts = bar(tables.iter_doc_texts(ingest_dir), total=n_docs, desc="bm25: tokenize", unit="doc")
     if params["backend"] == "bm25s":
         import bm25s
 
@@ -114,7 +106,7 @@ class Searcher:
     Ties at the top-k cut keep the lower document index, as does the final order.
     """
 
-    def __init__(self, params: dict[str, Any], index_dir: Path, max_block_bytes: int = 64 << 20) -> None:
+    def __init__(self, params: Mapping[str, Any], index_dir: Path, max_block_bytes: int = 64 << 20) -> None:
         self.backend = params["backend"]
         self.max_block_bytes = max_block_bytes
         info = json.loads((index_dir / "index.json").read_text())
@@ -202,3 +194,34 @@ class Searcher:
                 docs[i], scores[i] = top, s[top]
         order = np.lexsort((docs, -scores), axis=-1)
         return np.take_along_axis(docs, order, -1), np.take_along_axis(scores, order, -1)
+
+
+def retrieve_bm25(inputs: Inputs, params: Params, out_dir: Path) -> dict[str, Any]:
+    """Top-k candidates of every mined query, and the BM25 score of every positive (retrieved or not)."""
+    from negmine.retrieve import write_candidates, write_positive_scores
+
+    ingest_dir = inputs["ingest"]
+    searcher = Searcher(params, inputs["index"])
+    queries = tables.mined_queries(ingest_dir)
+    stats = write_candidates(queries, ingest_dir, lambda a, b, part: searcher.search(part["text"].to_pylist(),
+                                                                                      params["top_k"]),
+                             "bm25", params["chunk_size"], out_dir / schema.CANDIDATES_FILE)
+    q, d, rows, qpos = tables.positive_pairs(ingest_dir, queries["query_id"].combine_chunks())
+    texts = queries["text"].to_pylist()
+    scores = np.concatenate([searcher.score_pairs([texts[i] for i in qpos[a:a + 4096]], rows[a:a + 4096])
+                             for a in range(0, len(rows), 4096)]) if len(rows) else np.zeros(0, np.float32)
+    write_positive_scores(out_dir / schema.POSITIVE_SCORES_FILE, q, d, rows, scores, "bm25")
+    return {**stats, "top_k": params["top_k"], "score_type": "bm25"}
+
+
+INDEX = Stage(name="index", version=VERSION, command="index", reads=reads("ingest"), section="bm25",
+              params=lambda cfg, ctx: cfg["bm25"], outputs=(),  # its files depend on the backend: the folder is it
+              run=lambda inputs, params, out: build_index(params, inputs["ingest"], out),
+              enabled=lambda cfg: "bm25" in cfg["retrieve"]["retrievers"])
+
+register(Retriever(
+    name="bm25", section="bm25", stages=(INDEX,), score_type=lambda cfg: "bm25", help="lexical (bm25s or rank-bm25)",
+    search=search_stage("bm25", "3", reads("ingest", "index"),
+                        lambda cfg, ctx: {"top_k": cfg["retrieve"]["top_k"],
+                                          "chunk_size": cfg["retrieve"]["chunk_size"], **cfg["bm25"]},
+                        retrieve_bm25)))

@@ -14,12 +14,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
+from negmine import encode, schema, tables
 from negmine.encode import doc_shards
 from negmine.progress import bar
+from negmine.retrievers import Retriever, register, search_stage
+from negmine.stage import Config, Context, Inputs, Params, Stage, reads
 
 VERSION = "1"
 
@@ -30,7 +34,7 @@ def _faiss():
     return faiss
 
 
-def build_ann(params: dict[str, Any], encode_dir: Path, out_dir: Path) -> dict[str, Any]:
+def build_ann(params: Mapping[str, Any], encode_dir: Path, out_dir: Path) -> dict[str, Any]:
     """Build an HNSW or IVF inner-product index over the unique document vectors, shard by shard."""
     faiss = _faiss()
     shards = doc_shards(encode_dir)
@@ -59,10 +63,9 @@ def build_ann(params: dict[str, Any], encode_dir: Path, out_dir: Path) -> dict[s
 class DenseSearcher:
     """Top-k documents (corpus rows) for query vectors, exact over shards or through an ANN index."""
 
-    def __init__(self, params: dict[str, Any], encode_dir: Path, ann_dir: Path | None = None) -> None:
+    def __init__(self, params: Mapping[str, Any], encode_dir: Path, ann_dir: Path | None = None) -> None:
         self.params = params
         self.encode_dir = encode_dir
-        self.doc_to_unique = None
         self.unique_docs = np.load(encode_dir / "unique_docs.npy")
         self.shards = doc_shards(encode_dir)
         self.index = None
@@ -75,21 +78,7 @@ class DenseSearcher:
                 self.index.nprobe = params["ivf_nprobe"]
 
     def doc_vectors(self, doc_idx: np.ndarray) -> np.ndarray:
-        """The vectors of corpus rows, read shard by shard from the memory-mapped files."""
-        if self.doc_to_unique is None:
-            self.doc_to_unique = np.load(self.encode_dir / "doc_to_unique.npy", mmap_mode="r")
-        unique = np.asarray(self.doc_to_unique[np.asarray(doc_idx, dtype=np.int64)])
-        sizes = [int(np.load(s, mmap_mode="r").shape[0]) for s in self.shards]
-        starts = np.concatenate([[0], np.cumsum(sizes)])
-        shard_of = np.searchsorted(starts, unique, side="right") - 1
-        out = None
-        for i in np.unique(shard_of):
-            rows = np.flatnonzero(shard_of == i)
-            vecs = np.load(self.shards[i], mmap_mode="r")[unique[rows] - starts[i]]
-            if out is None:
-                out = np.empty((len(unique), vecs.shape[1]), dtype=np.float32)
-            out[rows] = vecs
-        return out if out is not None else np.zeros((0, 1), dtype=np.float32)
+        return encode.doc_vectors(self.encode_dir, doc_idx)
 
     def score_pairs(self, queries: np.ndarray, doc_idx: np.ndarray) -> np.ndarray:
         """Inner product of each (query vector, corpus row) pair, retrieved or not (used for positives)."""
@@ -122,3 +111,64 @@ class DenseSearcher:
         scores = np.where(valid, scores, -np.inf).astype(np.float32)
         order = np.lexsort((np.where(valid, rows, np.iinfo(np.int64).max), -scores), axis=-1)
         return np.take_along_axis(rows, order, -1), np.take_along_axis(scores, order, -1)
+
+
+def retrieve_dense(inputs: Inputs, params: Params, out_dir: Path) -> dict[str, Any]:
+    """Top-k candidates of every mined query, and the inner product of every positive (retrieved or not)."""
+    from negmine.retrieve import write_candidates, write_positive_scores
+
+    ingest_dir, encode_dir = inputs["ingest"], inputs["encode"]
+    searcher = DenseSearcher(params, encode_dir, inputs["ann"] if params["index"] != "flat" else None)
+    query_vectors = np.load(encode_dir / "queries.npy", mmap_mode="r")
+    queries = tables.mined_queries(ingest_dir)
+    stats = write_candidates(queries, ingest_dir, lambda a, b, part: searcher.search(query_vectors[a:b],
+                                                                                      params["top_k"]),
+                             "dense", params["chunk_size"], out_dir / schema.CANDIDATES_FILE)
+    stype = "cosine" if params["normalize"] else "dot"
+    q, d, rows, qpos = tables.positive_pairs(ingest_dir, queries["query_id"].combine_chunks())
+    scores = searcher.score_pairs(query_vectors[qpos], rows)
+    write_positive_scores(out_dir / schema.POSITIVE_SCORES_FILE, q, d, rows, scores, stype)
+    return {**stats, "top_k": params["top_k"], "index": params["index"], "score_type": stype}
+
+
+def _encode_params(cfg: Config, ctx: Context) -> dict[str, Any]:
+    d = cfg["dense"]
+    path = encode.resolve_model(d["model"])
+    return {"model": ctx.fingerprint(path), "model_path": str(path), "batch_size": d["batch_size"],
+            "device": d["device"], **{k: d[k] for k in encode.KEY_SETTINGS}}
+
+
+def _search_params(cfg: Config, ctx: Context) -> dict[str, Any]:
+    d, r = cfg["dense"], cfg["retrieve"]
+    p = {"top_k": r["top_k"], "chunk_size": r["chunk_size"], "index": d["index"], "normalize": d["normalize"]}
+    if d["index"] == "hnsw":
+        p["hnsw_ef_search"] = d["hnsw_ef_search"]
+    elif d["index"] == "ivf":
+        p["ivf_nprobe"] = d["ivf_nprobe"]
+    return p
+
+
+def _uses_dense(cfg: Config) -> bool:
+    return "dense" in cfg["retrieve"]["retrievers"]
+
+
+ENCODE = Stage(
+    name="encode", version=encode.VERSION, command="index", reads=reads("ingest"), section="dense",
+    params=_encode_params, outputs=("queries.npy", "unique_docs.npy", "doc_to_unique.npy", "encode.json"),
+    run=lambda inputs, params, out: encode.encode(params, Path(params["model_path"]), inputs["ingest"], out),
+    enabled=_uses_dense, resumable=True,
+    unkeyed={"model_path": "where the model is; its files enter the key by their content (model)",
+             "batch_size": "speed only", "device": "speed only"})
+
+ANN = Stage(
+    name="ann", version=VERSION, command="index", reads=reads("encode"), section="dense",
+    params=lambda cfg, ctx: {k: cfg["dense"][k] for k in ("index", "hnsw_m", "hnsw_ef_construction", "ivf_nlist")},
+    run=lambda inputs, params, out: build_ann(params, inputs["encode"], out), outputs=("faiss.index", "ann.json"),
+    enabled=lambda cfg: _uses_dense(cfg) and cfg["dense"]["index"] != "flat")
+
+register(Retriever(
+    name="dense", section="dense", stages=(ENCODE, ANN), help="sentence-transformers embeddings (faiss)",
+    score_type=lambda cfg: "cosine" if cfg["dense"]["normalize"] else "dot",
+    search=search_stage("dense", "3",
+                        lambda cfg: ("ingest", "encode") + (("ann",) if cfg["dense"]["index"] != "flat" else ()),
+                        _search_params, retrieve_dense)))

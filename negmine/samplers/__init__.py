@@ -1,7 +1,7 @@
 """Samplers: how `num_negatives` are chosen among a query's eligible candidates (already rank-windowed).
 
-Each sampler is a function (ranks, scores, n, rng, opts) -> positions, in its own module, registered in
-`SAMPLERS`, which the config's [sample] strategy reads. `scores` are the scores the filters used (the teacher's
+Each sampler is a function (ranks, scores, n, rng, opts) -> positions, in its own module, registered (with its
+options and defaults) in `SAMPLERS`, from which the config's [sample] strategy, its settings and --help derive. `scores` are the scores the filters used (the teacher's
 when one is configured); `opts` holds the query's positive score `s_pos` and the sampler's settings. Samplers get
 a generator seeded from the run's seed and the query id, so a query's draw does not depend on the other queries
 or on chunking. Draws without replacement from weights use the Gumbel-top-k trick (Kool et al., ICML 2019),
@@ -9,25 +9,41 @@ which is sampling one by one in proportion to the weights.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from negmine.samplers.random import sample_random
-from negmine.samplers.simans import sample_simans
-from negmine.samplers.softmax import sample_softmax
-from negmine.samplers.top import sample_top, sample_top1_random
+SampleFn = Callable[[np.ndarray, np.ndarray, int, np.random.Generator, dict[str, Any]], np.ndarray]
 
-Sampler = Callable[[np.ndarray, np.ndarray, int, np.random.Generator, dict[str, Any]], np.ndarray]
 
-SAMPLERS: dict[str, Sampler] = {
-    "top": sample_top,
-    "random": sample_random,
-    "softmax": sample_softmax,
-    "top1-random": sample_top1_random,
-    "simans": sample_simans,
-}
+@dataclass(frozen=True)
+class Sampler:
+    """A registered sampler: its [sample] strategy name, the function, and what the rest of negmine asks about it.
+
+    `options` are its own [sample] settings with their defaults (they join the config and, when it is chosen,
+    the sample stage's key); `needs_positive_scores`: it reads `s_pos`, which fused (RRF) scores lack.
+    """
+
+    name: str
+    fn: SampleFn
+    options: Mapping[str, Any] = field(default_factory=dict)
+    needs_positive_scores: bool = False
+    help: str = ""
+
+    def __call__(self, ranks: np.ndarray, scores: np.ndarray, n: int, rng: np.random.Generator,
+                 opts: dict[str, Any]) -> np.ndarray:
+        return self.fn(ranks, scores, n, rng, opts)
+
+
+SAMPLERS: dict[str, Sampler] = {}
+
+
+def register(sampler: Sampler) -> Sampler:
+    """Add a sampler: [sample] strategy, its options and --help learn it from here."""
+    SAMPLERS[sampler.name] = sampler
+    return sampler
 
 
 def gumbel_top_k(logits: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -41,3 +57,7 @@ def gumbel_top_k(logits: np.ndarray, n: int, rng: np.random.Generator) -> np.nda
 
 def in_rank_order(picked: np.ndarray, ranks: np.ndarray) -> np.ndarray:
     return picked[np.argsort(ranks[picked], kind="stable")]
+
+
+# the built-in samplers register themselves (after the names above exist, which they import)
+from negmine.samplers import top, random, softmax, top1_random, simans  # noqa: E402,F401,I001

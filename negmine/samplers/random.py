@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from negmine.samplers import Sampler, register
+
 
 def sample_random(ranks: np.ndarray, scores: np.ndarray, n: int, rng: np.random.Generator,
                   opts: dict[str, Any] | None = None) -> np.ndarray:
@@ -16,3 +18,6 @@ def sample_random(ranks: np.ndarray, scores: np.ndarray, n: int, rng: np.random.
         return np.argsort(ranks, kind="stable")
     picked = rng.choice(len(ranks), size=n, replace=False)
     return picked[np.argsort(ranks[picked], kind="stable")]
+
+
+register(Sampler("random", sample_random, help="uniform inside the rank window"))
