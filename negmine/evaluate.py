@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -139,6 +140,34 @@ def evaluate(run_dir: Path, qrels: dict[str, set[str]] | None = None) -> dict[st
     out["hardness"] = {"score_type": run.get("score_type"), "negatives": len(neg), "rank": _stats(ranks),
                        "score": _stats(scores), "gap_weakest_positive_minus_negative": _stats(gaps)}
     return out
+
+
+def evaluate_run(run: Path, *, qrels: Path | None = None, holdout_frac: float = 0.0,
+                 overrides: list[str] | None = None, cache_dir: Path | None = None,
+                 on_stage: Callable[[Any], None] | None = None) -> tuple[Path, dict[str, Any]]:
+    """Evaluate a run: an output folder, or a config that is mined first. With `holdout_frac` the config is mined
+    with that fraction of each multi-positive query's positives hidden, into `<export dir>-holdout<F>` (never over
+    the config's own outputs). Returns the folder evaluated and the result."""
+    folder = Path(run)
+    if folder.is_file():
+        from negmine.config import load_config, parse_override
+        from negmine.pipeline import mine
+
+        items = {f"{section}.{key}": value for section, key, value in map(parse_override, overrides or [])}
+        cfg = load_config(folder, items)
+        if holdout_frac:  # values, not TOML text: any path works, quotes included
+            items.update({"input.holdout_frac": holdout_frac,
+                          "export.dir": f"{cfg['export']['dir']}-holdout{holdout_frac:g}"})
+            cfg = load_config(folder, items)
+        mine(cfg, cache_dir=cache_dir, on_stage=on_stage)
+        folder = Path(cfg["export"]["dir"])
+    elif holdout_frac or overrides:
+        raise NegmineError("--holdout-frac and --set need a config to mine with; give the config, not a folder")
+    min_score = 1
+    prov = folder / "provenance.json"
+    if prov.is_file():
+        min_score = json.loads(prov.read_text())["config"]["input"]["min_positive_score"]
+    return folder, evaluate(folder, read_qrels(qrels, min_score) if qrels else None)
 
 
 def table(result: dict[str, Any]) -> str:

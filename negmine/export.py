@@ -175,11 +175,10 @@ def _params(cfg: Config, ctx: Context) -> dict[str, Any]:
 
 
 def _run(inputs: Inputs, params: Params, out_dir: Path) -> dict[str, Any]:
+    from negmine.retrieve import positive_score_files
+
     ingest_dir = inputs["ingest"]
-    teacher_pos = inputs["score"] / schema.POSITIVE_SCORES_FILE if params["teacher"] else None
-    retriever_pos = inputs["retrieve"] / schema.POSITIVE_SCORES_FILE
-    source_pos = teacher_pos if params["score_source"] == "teacher" else (
-        retriever_pos if retriever_pos.is_file() else None)
+    teacher_pos, source_pos = positive_score_files(inputs, params)
     negatives = inputs["sample"] / schema.NEGATIVES_FILE
     prov = thaw(params["provenance"])
     stats = export(params, ingest_dir, negatives, prov, out_dir, teacher_pos, source_pos)

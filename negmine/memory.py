@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import resource
+import sys
+from pathlib import Path
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 _done = False
@@ -40,3 +43,20 @@ def release_memory() -> None:
     libc = _libc()
     if libc is not None:
         libc.malloc_trim(0)
+
+
+def peak_rss_mib() -> tuple[float, str]:
+    """Peak resident set size of this process so far, in MiB, and where it was read.
+
+    On Linux ru_maxrss survives exec: a child starts with its parent's peak, so a worker could report the parent's
+    memory. VmHWM is the high-water mark of this program's own address space; ru_maxrss (KiB on Linux, bytes on
+    macOS) is the fallback elsewhere.
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024, "VmHWM"
+    except OSError:
+        pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return (peak / (1 << 20) if sys.platform == "darwin" else peak / 1024), "ru_maxrss"

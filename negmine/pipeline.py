@@ -32,8 +32,9 @@ def stages() -> list[Stage]:
     read. Retrievers contribute theirs from their registry."""
     from negmine import export, ingest, retrievers, sample, score
     from negmine.filters import exclude
+    from negmine.retrievers import pool
 
-    return [ingest.STAGE, *retrievers.stages(), score.STAGE, exclude.STAGE, sample.STAGE, export.STAGE]
+    return [ingest.STAGE, *retrievers.stages(), pool.stage(), score.STAGE, exclude.STAGE, sample.STAGE, export.STAGE]
 
 
 def plan(cfg: dict[str, Any], until: str = "export") -> list[Stage]:

@@ -8,7 +8,6 @@ retrieved, which retriever found the kept negatives, how short queries were hand
 from __future__ import annotations
 
 import json
-import resource
 from pathlib import Path
 from typing import Any
 
@@ -16,18 +15,9 @@ import numpy as np
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from negmine.memory import peak_rss_mib
+
 RANK_BUCKETS = [(1, 1), (2, 5), (6, 10), (11, 20), (21, 50), (51, 100), (101, 1000), (1001, None)]
-
-
-def peak_memory_mb() -> float:
-    """Peak resident memory of this process (VmHWM), in MiB."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def describe(values: np.ndarray) -> dict[str, float | int]:
@@ -83,7 +73,7 @@ def build(stages: dict[str, Any], negatives_path: Path, excluded_path: Path, pos
     report["export"] = export_stats
     report["stages"] = {name: {"key": s["key"][:12], "status": s["status"], "seconds": round(s["seconds"], 3),
                                "stats": s["stats"]} for name, s in stages.items()}
-    report["peak_memory_mb"] = round(peak_memory_mb(), 1)
+    report["peak_memory_mb"] = round(peak_rss_mib()[0], 1)
     return report
 
 

@@ -77,6 +77,15 @@ def write_positive_scores(path: Path, query_ids: list[str], doc_ids: list[str], 
     pq.write_table(table.replace_schema_metadata({b"negmine.score_type": score_type.encode()}), path)
 
 
+def positive_score_files(inputs: Mapping[str, Path], params: Mapping[str, Any]) -> tuple[Path | None, Path | None]:
+    """(the teacher's positive scores, the positive scores on the filters' scale) among a stage's inputs: the
+    teacher's when `params["score_source"]` is "teacher", else the retriever's (None for a fused RRF pool)."""
+    teacher = inputs["score"] / schema.POSITIVE_SCORES_FILE if params["teacher"] else None
+    retriever = inputs["retrieve"] / schema.POSITIVE_SCORES_FILE
+    source = teacher if params["score_source"] == "teacher" else (retriever if retriever.is_file() else None)
+    return teacher, source
+
+
 def fuse_candidates(params: Mapping[str, Any], ingest_dir: Path, paths: list[Path], names: list[str],
                     out_dir: Path) -> dict[str, Any]:
     """Fuse several retrievers' candidates (reciprocal rank fusion, or a union with per-retriever quotas)."""

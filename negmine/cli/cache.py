@@ -36,8 +36,12 @@ def ls(config: ConfigArg = None, cache_dir: DirOpt = None, verbose: VerboseOpt =
     def go() -> None:
         from negmine.cache import StageCache
 
+        from negmine.pipeline import stages
+
         root = _root(config, cache_dir)
-        entries = StageCache(root).entries()
+        order = {s.name: i for i, s in enumerate(stages())}  # the pipeline's order, then any other folder
+        entries = sorted(StageCache(root).entries(), key=lambda e: (order.get(e["stage"], len(order)), e["stage"],
+                                                                    e["created"]))
         if not entries:
             typer.echo(f"no entries in {root}")
             return
@@ -50,21 +54,21 @@ def ls(config: ConfigArg = None, cache_dir: DirOpt = None, verbose: VerboseOpt =
     guarded(verbose, go)
 
 
-@cache_app.command("clear", help="Remove cached entries (all, or one stage's with --stage).")
+@cache_app.command("clear", help="Remove cached entries (all, or one stage's with --stage: any stage of the pipeline, "
+                                  "sub-stages such as encode, ann or retrieve-bm25 included).")
 def clear(config: ConfigArg = None, cache_dir: DirOpt = None,
           stage: Annotated[Optional[str], typer.Option("--stage", help="Only this stage's entries.")] = None,
           verbose: VerboseOpt = False) -> None:
     def go() -> None:
         from negmine.cache import StageCache
         from negmine.errors import NegmineError
-        from negmine.pipeline import STAGES
+        from negmine.pipeline import stages
 
         root = _root(config, cache_dir)
-        # sub-stages (encode, ann, retrieve-bm25, ...) have folders of their own and can be cleared alone
-        present = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
-        if stage is not None and stage not in STAGES and stage not in present:
-            choices = sorted(set(STAGES) | set(present))
-            raise NegmineError(f"--stage {stage!r}: choose one of {', '.join(choices)}")
+        # every declared stage, sub-stages (encode, ann, retrieve-bm25, ...) included, has a folder of its own
+        declared = [s.name for s in stages()]
+        if stage is not None and stage not in declared:
+            raise NegmineError(f"--stage {stage!r}: choose one of {', '.join(declared)}")
         n = StageCache(root).clear(stage)
         typer.echo(f"removed {n} entries from {root}", err=True)
 

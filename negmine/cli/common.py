@@ -8,7 +8,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
+import click
 import typer
+from typer.core import TyperCommand
 
 from negmine.errors import NegmineError
 
@@ -78,3 +80,17 @@ def guarded(verbose: bool, fn: Callable[[], Any]) -> Any:
             traceback.print_exc()
         typer.echo(f"error: unexpected {type(exc).__name__}: {exc} (run with -v for the traceback)", err=True)
         raise typer.Exit(1) from None
+
+
+class RegistryHelp(TyperCommand):
+    """A command whose --help ends with the registered samplers, filters, formats and retrievers, read when the help
+    is shown, so one registered in its own file (a plugin) is listed too."""
+
+    def format_epilog(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        from negmine.config import registry_choices
+
+        one, many = registry_choices()
+        with formatter.section("Choices (--set)"):
+            formatter.write_dl([(f"{section}.{key}", " | ".join(values))
+                                for (section, key), values in {**one, **many}.items()])
+        super().format_epilog(ctx, formatter)

@@ -26,32 +26,13 @@ def eval_cmd(run: Annotated[Path, typer.Argument(help="Output folder of a run, o
     setup(verbose, quiet)
 
     def go() -> None:
-        from negmine.config import load_config
-        from negmine.errors import NegmineError
-        from negmine.evaluate import evaluate, read_qrels, table
-
-        folder = run
-        if run.is_file():
-            from negmine.pipeline import mine
-
-            items = list(sets or [])
-            cfg = load_config(run, items)
-            if holdout_frac:
-                out = f"{cfg['export']['dir']}-holdout{holdout_frac:g}"
-                cfg = load_config(run, items + [f"input.holdout_frac={holdout_frac}", f"export.dir='{out}'"])
-            report = (lambda r: None) if quiet else (lambda r: typer.echo(r.message(), err=True))
-            mine(cfg, cache_dir=cache_dir, on_stage=report)
-            folder = Path(cfg["export"]["dir"])
-        elif holdout_frac or sets:
-            raise NegmineError("--holdout-frac and --set need a config to mine with; give the config, not a folder")
-        min_score = 1
-        prov = folder / "provenance.json"
-        if prov.is_file():
-            min_score = json.loads(prov.read_text())["config"]["input"]["min_positive_score"]
-        result = evaluate(folder, read_qrels(qrels, min_score) if qrels else None)
-        target = json_out or folder / "eval.json"
+        from negmine.evaluate import evaluate_run, table
         from negmine.io import atomic_write_text
 
+        report = (lambda r: None) if quiet else (lambda r: typer.echo(r.message(), err=True))
+        folder, result = evaluate_run(run, qrels=qrels, holdout_frac=holdout_frac, overrides=sets,
+                                      cache_dir=cache_dir, on_stage=report)
+        target = json_out or folder / "eval.json"
         atomic_write_text(target, json.dumps(result, indent=2) + "\n")
         typer.echo(table(result))
         typer.echo(f"written: {target}", err=True)

@@ -9,7 +9,7 @@ from negmine.cli import app
 from negmine.errors import NegmineError
 from negmine.pipeline import STAGES
 from negmine.cli.common import (CacheOpt, ConfigArg, ForceOpt, InputOpt, NoCacheOpt, OutOpt, QuietOpt, SetOpt,
-                                SkipOpt, VerboseOpt, guarded, overrides, setup)
+                                RegistryHelp, SkipOpt, VerboseOpt, guarded, overrides, setup)
 
 _HELP = {
     "ingest": "Read and validate the input into corpus, queries and qrels tables.",
@@ -54,7 +54,8 @@ def _execute(until: str, config: Path | None, sets: list[str] | None, input_path
     guarded(verbose, go)
 
 
-@app.command("run", help="Run every stage: ingest, index, retrieve, score, exclude, sample, export.")
+@app.command("run", help="Run every stage: ingest, index, retrieve, score, exclude, sample, export.",
+             cls=RegistryHelp)
 def run_cmd(config: ConfigArg = None, sets: SetOpt = None, input_path: InputOpt = None, out: OutOpt = None,
             skip_invalid: SkipOpt = False, cache_dir: CacheOpt = None, force: ForceOpt = False,
             no_cache: NoCacheOpt = False, verbose: VerboseOpt = False, quiet: QuietOpt = False) -> None:
@@ -68,7 +69,7 @@ def _stage_command(stage: str) -> None:
         _execute(stage, config, sets, input_path, out, skip_invalid, cache_dir, force, no_cache, verbose, quiet)
 
     cmd.__doc__ = _HELP[stage] + " Earlier stages come from the cache; prints the path of the stage's output."
-    app.command(stage, help=cmd.__doc__, short_help=_HELP[stage])(cmd)
+    app.command(stage, help=cmd.__doc__, short_help=_HELP[stage], cls=RegistryHelp)(cmd)
 
 
 for _stage in STAGES:

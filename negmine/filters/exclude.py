@@ -190,11 +190,10 @@ def _params(cfg: Config, ctx: Context) -> dict[str, Any]:
 
 
 def _run(inputs: Inputs, params: Params, out_dir: Path) -> dict[str, Any]:
+    from negmine.retrieve import positive_score_files
+
     ingest_dir = inputs["ingest"]
-    teacher_pos = inputs["score"] / schema.POSITIVE_SCORES_FILE if params["teacher"] else None
-    retriever_pos = inputs["retrieve"] / schema.POSITIVE_SCORES_FILE
-    positive_scores = teacher_pos if params["score_source"] == "teacher" else (
-        retriever_pos if retriever_pos.is_file() else None)  # a fused (RRF) pool has no positive scores
+    teacher_pos, positive_scores = positive_score_files(inputs, params)
     candidates = (inputs["score"] if params["teacher"] else inputs["retrieve"]) / schema.CANDIDATES_FILE
     texts = tables.Texts(ingest_dir) if params["near_dup_jaccard"] is not None else None
     vectors = None

@@ -16,6 +16,7 @@ import numpy as np
 from negmine import schema
 from negmine.errors import InputError
 from negmine.hashing import norm_hash, text_id
+from negmine.tables import join_title
 
 _BATCH = 50_000
 
@@ -120,7 +121,7 @@ class TableBuilder:
         self._writer = pq.ParquetWriter(out_dir / "corpus.parquet", schema.CORPUS)
 
     def joined(self, title: str, text: str) -> str:
-        return f"{title}{self.title_sep}{text}" if (self.use_title and title) else text
+        return join_title(title, text, self.use_title, self.title_sep)
 
     def add_doc(self, doc_id: str | None, title: str, text: str, loc: Loc) -> str | None:
         """Add a document; without an id it gets one from its text. Returns the id, or None if rejected."""

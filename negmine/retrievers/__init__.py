@@ -3,13 +3,13 @@
 A `Retriever` carries its config section, the stages that build what it searches (`negmine.retrievers.bm25`:
 the BM25 index; `negmine.retrievers.dense`: the embeddings and an optional approximate index), its search stage
 (top-k candidates of every mined query, and its own score of every positive) and the type of its scores, which
-`config.validate` checks filters and samplers against. `pool_stage` is the `retrieve` stage: one retriever's
-search, or the fusion of several, each of which is then cached on its own as `retrieve-<name>`.
+`config.validate` checks filters and samplers against. `negmine.retrievers.pool` is the `retrieve` stage: one
+retriever's search, or the fusion of several, each of which is then cached on its own as `retrieve-<name>`.
 """
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -54,55 +54,12 @@ def score_type(cfg: Config) -> str:
     return "rrf" if len(names) > 1 else RETRIEVERS[names[0]].score_type(cfg)
 
 
-def _single(cfg: Config) -> Retriever | None:
-    names = cfg["retrieve"]["retrievers"]
-    return RETRIEVERS[names[0]] if len(names) == 1 else None
-
-
-def _pool_reads(cfg: Config) -> tuple[str, ...]:
-    one = _single(cfg)
-    return one.search.reads(cfg) if one else ("ingest",) + tuple(f"retrieve-{n}" for n in cfg["retrieve"]["retrievers"])
-
-
-def _pool_params(cfg: Config, ctx: Context) -> dict[str, Any]:
-    one = _single(cfg)
-    if one:
-        return {"retriever": one.name, **one.search.params(cfg, ctx)}
-    r = cfg["retrieve"]
-    p = {"retrievers": r["retrievers"], "fusion": r["fusion"], "rrf_k": r["rrf_k"], "top_k": r["top_k"],
-         "chunk_size": r["chunk_size"]}
-    if r["fusion"] == "union":
-        p["union_quota"] = r["union_quota"]
-    return p
-
-
-def _pool_run(inputs: Inputs, params: Params, out_dir: Path) -> dict[str, Any]:
-    if "retriever" in params:
-        return RETRIEVERS[params["retriever"]].search.run(inputs, params, out_dir)
-    from negmine.retrieve import fuse_candidates
-
-    names = list(params["retrievers"])
-    return fuse_candidates(params, inputs["ingest"], [inputs[f"retrieve-{n}"] / schema.CANDIDATES_FILE
-                                                      for n in names], names, out_dir)
-
-
-def pool_stage() -> Stage:
-    """The `retrieve` stage: the single retriever's search, or the fusion of the `retrieve-<name>` stages."""
-    unkeyed = dict(MEMORY_ONLY)
-    for r in RETRIEVERS.values():
-        unkeyed.update(r.search.unkeyed)
-    return Stage(name="retrieve", version="3", command="retrieve", reads=_pool_reads, params=_pool_params,
-                 run=_pool_run, outputs=(schema.CANDIDATES_FILE, schema.POSITIVE_SCORES_FILE), section="retrieve",
-                 unkeyed=unkeyed)
-
-
 def stages() -> list[Stage]:
-    """Every registered retriever's stages, then their searches, then the pool."""
-    out = [s for r in RETRIEVERS.values() for s in r.stages]
-    return out + [r.search for r in RETRIEVERS.values()] + [pool_stage()]
+    """Every registered retriever's stages, then their searches (`negmine.retrievers.pool` comes after them)."""
+    return [s for r in RETRIEVERS.values() for s in r.stages] + [r.search for r in RETRIEVERS.values()]
 
 
-__all__ = ["Retriever", "RETRIEVERS", "register", "search_stage", "score_type", "stages", "replace"]
+__all__ = ["Retriever", "RETRIEVERS", "register", "search_stage", "score_type", "stages"]
 
 # the built-in retrievers register themselves
 from negmine.retrievers import bm25, dense  # noqa: E402,F401,I001
