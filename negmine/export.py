@@ -169,9 +169,7 @@ def _params(cfg: Config, ctx: Context) -> dict[str, Any]:
     e = cfg["export"]
     return {"formats": e["formats"], "file_types": e["file_types"], "scores": e["scores"],
             "num_negatives": cfg["sample"]["num_negatives"], "teacher": bool(cfg["score"]["teacher"]),
-            "score_source": score_source(cfg), "score_type": score_type(cfg), "provenance": ctx.provenance(),
-            "stage_log": {s: {"key": r.key, "status": r.status, "seconds": r.seconds, "stats": r.stats}
-                          for s, r in ctx.results.items()}}
+            "score_source": score_source(cfg), "score_type": score_type(cfg), "provenance": ctx.provenance}
 
 
 def _run(inputs: Inputs, params: Params, out_dir: Path) -> dict[str, Any]:
@@ -180,10 +178,11 @@ def _run(inputs: Inputs, params: Params, out_dir: Path) -> dict[str, Any]:
     ingest_dir = inputs["ingest"]
     teacher_pos, source_pos = positive_score_files(inputs, params)
     negatives = inputs["sample"] / schema.NEGATIVES_FILE
-    prov = thaw(params["provenance"])
+    # every earlier stage's key: all are in this stage's key through the stages it reads
+    prov = {**thaw(params["provenance"]), "stage_keys": {s: r.key for s, r in inputs.log.items()}}
     stats = export(params, ingest_dir, negatives, prov, out_dir, teacher_pos, source_pos)
     (out_dir / "provenance.json").write_text(json.dumps(prov, indent=2, sort_keys=True) + "\n")
-    log = thaw(params["stage_log"])
+    log = {s: {"key": r.key, "status": r.status, "seconds": r.seconds, "stats": r.stats} for s, r in inputs.log.items()}
     rep = report.build(log, negatives, inputs["exclude"] / schema.EXCLUDED_FILE, source_pos, params["score_type"],
                        log["ingest"]["stats"]["positives"], stats)
     rep["negmine_version"] = prov["negmine_version"]
@@ -194,5 +193,4 @@ def _run(inputs: Inputs, params: Params, out_dir: Path) -> dict[str, Any]:
 STAGE = Stage(
     name="export", version=VERSION, command="export", reads=_reads, params=_params, run=_run, section="export",
     outputs=("provenance.json", "report.json", "report.md", "scores.png"),  # and <format>.<file type> each
-    unkeyed={"stage_log": "the report's record of how this run's stages went (cached or computed, seconds): it "
-                          "describes the run, not the mined data"})
+    reads_log=True)  # the report says how this run's stages went (cached or computed, seconds)

@@ -54,16 +54,16 @@ class RunResult:
         return [s for s, r in self.stages.items() if r.status == "computed"]
 
 
-def _provenance(cfg: dict[str, Any], inputs: dict[str, str], keys: dict[str, str]) -> dict[str, Any]:
-    """What made these files: no timestamps, output paths or speed-only settings, so equal runs give byte-equal
-    files."""
+def _provenance(cfg: dict[str, Any], inputs: dict[str, str]) -> dict[str, Any]:
+    """What made these files (the export adds the stage keys): no timestamps, output paths or speed-only settings,
+    so equal runs give byte-equal files."""
     config = {s: dict(v) for s, v in cfg.items() if s != "run"}
     config["export"].pop("dir", None)
     for stage in stages():
         for name in stage.unkeyed:
             if stage.section and name in config.get(stage.section, {}):
                 config[stage.section].pop(name)
-    return {"negmine_version": __version__, "config": config, "inputs": inputs, "stage_keys": keys}
+    return {"negmine_version": __version__, "config": config, "inputs": inputs}
 
 
 def mine(config: str | Path | dict[str, Any] | None = None, overrides: list[str] | dict[str, Any] | None = None,
@@ -102,23 +102,24 @@ def _run(cfg: dict[str, Any], cache: StageCache, until: str,
     memo = FingerprintMemo(cache.root / "fingerprints.json")
     inputs = {str(p): memo(p) for p in input_files(cfg["input"])}
     memo.save()
-    keys: dict[str, str] = {}
 
     def fingerprint(path: Path) -> str:
         fp = model_fingerprint(path, memo)
         memo.save()
         return fp
 
-    ctx = Context(cache.root, fingerprint, inputs, result.stages, lambda: _provenance(cfg, inputs, dict(keys)))
-    for stage in plan(cfg, until):
-        params = Params(stage.params(cfg, ctx), stage.name)
-        reads = stage.reads(cfg)
-        entries = Inputs(stage.name, {u: result.stages[u].path for u in reads})
-        r = cache.run(stage.name, stage.version, stage.key_params(params), {u: keys[u] for u in reads},
+    ctx = Context(cache.root, fingerprint, inputs, _provenance(cfg, inputs))
+    todo = plan(cfg, until)
+    params = {s.name: Params(s.params(cfg, ctx), s.name) for s in todo}  # all before any work: a missing model
+    for stage in todo:  # stops the run here
+        reads, p = stage.reads(cfg), params[stage.name]
+        entries = Inputs(stage.name, {u: result.stages[u].path for u in reads},
+                         dict(result.stages) if stage.reads_log else None)
+        r = cache.run(stage.name, stage.version, stage.key_params(p), {u: result.stages[u].key for u in reads},
                       dict(stage.files(cfg, ctx)) if stage.files else {},
-                      lambda out, stage=stage, entries=entries, params=params: stage.run(entries, params, out),
+                      lambda out, stage=stage, entries=entries, p=p: stage.run(entries, p, out),
                       resumable=stage.resumable)
-        keys[stage.name], result.stages[stage.name] = r.key, r
+        result.stages[stage.name] = r
         if on_stage:
             on_stage(r)
     if until != "export":

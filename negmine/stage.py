@@ -75,10 +75,21 @@ class Params(Mapping[str, Any]):
 
 
 class Inputs(Mapping[str, Path]):
-    """The entries of the stages a stage declared it reads (their keys are in its key); nothing else."""
+    """The entries of the stages a stage declared it reads (their keys are in its key); nothing else.
 
-    def __init__(self, stage: str, paths: Mapping[str, Path]) -> None:
+    `log` is the run so far (each stage's result: key, status, seconds, stats), handed only to a stage that
+    declares `reads_log`: it describes the run, not the data (the report), so it is in no key.
+    """
+
+    def __init__(self, stage: str, paths: Mapping[str, Path], log: Mapping[str, Any] | None = None) -> None:
         self._stage, self._paths = stage, dict(paths)
+        self._log = log
+
+    @property
+    def log(self) -> Mapping[str, Any]:
+        if self._log is None:
+            raise KeyError(f"stage {self._stage!r} does not read the run's log; declare reads_log")
+        return self._log
 
     def __getitem__(self, name: str) -> Path:
         try:
@@ -95,14 +106,13 @@ class Inputs(Mapping[str, Path]):
 
 @dataclass(frozen=True)
 class Context:
-    """What parameters may be built from besides the config: the cache folder, model fingerprints, and (for the
-    export's provenance and report) what the run has done so far."""
+    """What parameters may be built from besides the config: the cache folder, model fingerprints, the input
+    files' hashes and the provenance of a run's outputs."""
 
     cache_root: Path
     fingerprint: Callable[[Path], str]  # content hash of a model folder (memoised)
     input_hashes: Mapping[str, str] = field(default_factory=dict)  # the input files' sha256, for ingest
-    results: Mapping[str, Any] = field(default_factory=dict)  # stage name -> StageResult, so far
-    provenance: Callable[[], dict[str, Any]] = dict  # version, parameters, input hashes, stage keys so far
+    provenance: Mapping[str, Any] = field(default_factory=dict)  # version, parameters (less unkeyed), input hashes
 
 
 def _always(cfg: Config) -> bool:
@@ -116,7 +126,9 @@ class Stage:
     `command` is the CLI step the stage belongs to (sub-stages such as `encode` run under `index`); `reads`
     names the stages whose entries it reads (their keys enter its key); `params(cfg, ctx)` builds its
     parameters once; `unkeyed` names the parameters that do not change what it writes, with the reason;
-    `section` is the config section whose settings those names are (so provenance leaves them out too).
+    `section` is the config section whose settings those names are (so provenance leaves them out too);
+    `reads_log`: it is handed the run so far (`Inputs.log`), which no key covers (see `Inputs`).
+    Every stage's params are built before any stage runs, so a bad setting or a missing model stops a run first.
     """
 
     name: str
@@ -130,6 +142,7 @@ class Stage:
     unkeyed: Mapping[str, str] = field(default_factory=dict)
     section: str | None = None
     resumable: bool = False  # computes into a partial folder that survives a crash (see StageCache.run)
+    reads_log: bool = False
     files: Callable[[Config, Context], Mapping[str, str]] | None = None  # input files (path: sha256) in the key
 
     def key_params(self, params: Params) -> dict[str, Any]:
