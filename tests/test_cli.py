@@ -85,8 +85,9 @@ def test_cache_ls_and_clear_commands(tmp_path):
     runner.invoke(app, ["run", str(cfg), "-q"])
     ls = runner.invoke(app, ["cache", "ls", str(cfg)])
     assert ls.exit_code == 0
-    assert [line.split()[0] for line in ls.stdout.splitlines()] == sorted(
-        ["ingest", "index", "retrieve", "exclude", "sample", "export"])
+    # in the pipeline's order, read from the stage declarations
+    assert [line.split()[0] for line in ls.stdout.splitlines()] == ["ingest", "index", "retrieve", "exclude", "sample",
+                                                                    "export"]
     cleared = runner.invoke(app, ["cache", "clear", str(cfg), "--stage", "sample"])
     assert "removed 1 entries" in cleared.stderr
     bad = runner.invoke(app, ["cache", "clear", str(cfg), "--stage", "nope"])

@@ -78,3 +78,21 @@ def test_bootstrap_interval_covers_the_ratio():
     den = np.array([5, 5, 5, 5, 5, 5, 5, 5], dtype=float)
     lo, hi = bootstrap_ci(num, den)
     assert lo <= num.sum() / den.sum() <= hi and 0 <= lo < hi <= 1
+
+
+def test_holdout_eval_is_an_api_function_and_takes_any_output_path(tmp_path):
+    from negmine.evaluate import evaluate_run
+
+    docs = [{"_id": f"p{i}", "text": f"rotor blade flutter measurement {i}"} for i in range(4)]
+    docs += [{"_id": f"n{i}", "text": f"rotor noise item {i}"} for i in range(6)]
+    data = write_beir(tmp_path / "d", docs, [{"_id": "q", "text": "rotor blade flutter"}],
+                      [("q", f"p{i}", 1) for i in range(4)])
+    out = tmp_path / "it's \"odd\""  # both quote characters: no TOML text is built from it
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f"[input]\npath = {json.dumps(str(data))}\n[export]\ndir = {json.dumps(str(out))}\n"
+                   "formats = ['ids']\n[retrieve]\ntop_k = 10\n[sample]\nnum_negatives = 3\n")
+    folder, result = evaluate_run(cfg, holdout_frac=0.5, overrides=["sample.seed=3"], cache_dir=tmp_path / "cache")
+    assert folder == tmp_path / "it's \"odd\"-holdout0.5" and (folder / "ids.parquet").is_file()
+    assert not out.exists()  # never over the config's own outputs
+    assert result["false_negatives"]["held_out_positives"] == 2
+    assert json.loads((folder / "provenance.json").read_text())["config"]["sample"]["seed"] == 3

@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 
 import numpy as np
 
-from negmine import schema
+from negmine import schema, tables
 from negmine.errors import InputError
 from negmine.hashing import norm_hash, text_id
 from negmine.tables import join_title
@@ -118,7 +118,7 @@ class TableBuilder:
         self.qrels: dict[tuple[str, str], int] = {}
         self.repeated = Counter()
         self._buf: dict[str, list] = {n: [] for n in schema.CORPUS.names}
-        self._writer = pq.ParquetWriter(out_dir / "corpus.parquet", schema.CORPUS)
+        self._writer = pq.ParquetWriter(out_dir / tables.CORPUS, schema.CORPUS)
 
     def joined(self, title: str, text: str) -> str:
         return join_title(title, text, self.use_title, self.title_sep)
@@ -201,7 +201,7 @@ class TableBuilder:
         hidden = self.hold_out(holdout_frac, holdout_seed, min_positive_score) if holdout_frac > 0 else []
         pq.write_table(pa.table({"query_id": [h[0] for h in hidden], "doc_id": [h[1] for h in hidden],
                                  "score": [h[2] for h in hidden]}, schema=schema.QRELS),
-                       self.out_dir / "holdout.parquet")
+                       self.out_dir / tables.HOLDOUT)
         self._flush()
         self._writer.close()
         if not self.doc_content:
@@ -209,11 +209,11 @@ class TableBuilder:
         q_ids = list(self.queries)
         pq.write_table(pa.table({"query_id": q_ids, "text": [self.queries[q] for q in q_ids],
                                  "hash": [norm_hash(self.queries[q]) for q in q_ids]}, schema=schema.QUERIES),
-                       self.out_dir / "queries.parquet")
+                       self.out_dir / tables.QUERIES)
         pairs = sorted(self.qrels.items())
         pq.write_table(pa.table({"query_id": [k[0] for k, _ in pairs], "doc_id": [k[1] for k, _ in pairs],
                                  "score": [v for _, v in pairs]}, schema=schema.QRELS),
-                       self.out_dir / "qrels.parquet")
+                       self.out_dir / tables.QRELS)
         positives = [k for k, v in pairs if v >= min_positive_score]
         mined = {q for q, _ in positives}
         if not mined:
