@@ -160,11 +160,16 @@ def choices() -> tuple[dict[tuple[str, str], tuple[str, ...]], dict[tuple[str, s
 
 
 def defaults() -> dict[str, dict[str, Any]]:
-    """A fresh copy of every default: `DEFAULTS` plus the registered samplers' and filters' own settings."""
+    """A fresh copy of every default: `DEFAULTS` plus the registered retrievers' sections and the samplers' and
+    filters' own settings."""
     from negmine.filters import FILTERS
+    from negmine.retrievers import RETRIEVERS
     from negmine.samplers import SAMPLERS
 
     out = copy.deepcopy(DEFAULTS)
+    for r in RETRIEVERS.values():
+        if r.section:
+            out.setdefault(r.section, copy.deepcopy(dict(r.defaults)))
     for sampler in SAMPLERS.values():
         for key, value in sampler.options.items():
             out["sample"].setdefault(key, copy.deepcopy(value))

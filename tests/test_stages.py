@@ -165,25 +165,65 @@ register(Format("neg-count", lambda o: pa.schema([("query_id", pa.string()), ("n
 }
 
 
+RETRIEVER_PLUGIN = {"plugin_overlap_retriever": '''
+import numpy as np
+from negmine import tables
+from negmine.retrieve import write_candidates, write_positive_scores
+from negmine.retrievers import Retriever, register, search_stage
+from negmine.stage import reads
+
+def words(text):
+    return set(text.lower().split())
+
+def retrieve_overlap(inputs, params, out_dir):
+    """Documents ranked by the number of words they share with the query (at least `min_shared`)."""
+    docs = [words(t) for t in tables.iter_doc_texts(inputs["ingest"])]
+    queries = tables.mined_queries(inputs["ingest"])
+
+    def search(a, b, part):
+        s = np.array([[len(words(q) & d) for d in docs] for q in part["text"].to_pylist()], dtype=np.float32)
+        s[s < params["min_shared"]] = -np.inf
+        top = np.argsort(-s, axis=1, kind="stable")[:, :params["top_k"]]
+        return top, np.take_along_axis(s, top, 1)
+
+    stats = write_candidates(queries, inputs["ingest"], search, "overlap", params["chunk_size"],
+                             out_dir / "candidates.parquet")
+    q, d, rows, qpos = tables.positive_pairs(inputs["ingest"], queries["query_id"].combine_chunks())
+    texts = queries["text"].to_pylist()
+    scores = np.array([len(words(texts[i]) & docs[r]) for i, r in zip(qpos, rows)], dtype=np.float32)
+    write_positive_scores(out_dir / "positive_scores.parquet", q, d, rows, scores, "overlap")
+    return {**stats, "score_type": "overlap"}
+
+register(Retriever(
+    "overlap", section="overlap", stages=(), score_type=lambda cfg: "overlap", defaults={"min_shared": 1},
+    search=search_stage("overlap", "1", reads("ingest"),
+                        lambda cfg, ctx: {"top_k": cfg["retrieve"]["top_k"], "chunk_size": cfg["retrieve"]["chunk_size"],
+                                          **cfg["overlap"]},
+                        retrieve_overlap)))
+'''}
+
+
 @pytest.fixture
 def plugins(tmp_path):
     from negmine.filters import FILTERS
     from negmine.formats import FORMATS
+    from negmine.retrievers import RETRIEVERS
     from negmine.samplers import SAMPLERS
 
-    saved = [(reg, dict(reg)) for reg in (SAMPLERS, FILTERS, FORMATS)]
+    saved = [(reg, dict(reg)) for reg in (SAMPLERS, FILTERS, FORMATS, RETRIEVERS)]
     folder = tmp_path / "plugins"
     folder.mkdir()
-    for name, source in PLUGINS.items():
+    files = {**PLUGINS, **RETRIEVER_PLUGIN}
+    for name, source in files.items():
         (folder / f"{name}.py").write_text(source)
     sys.path.insert(0, str(folder))
     try:
-        for name in PLUGINS:
+        for name in files:
             importlib.import_module(name)
         yield
     finally:
         sys.path.remove(str(folder))
-        for name in PLUGINS:
+        for name in files:
             sys.modules.pop(name, None)
         for reg, before in saved:
             reg.clear()
@@ -224,3 +264,23 @@ def test_a_sampler_filter_and_format_each_in_one_file_mine_end_to_end(tmp_path, 
     counts = {r["query_id"]: r["negatives"] for r in pq.read_table(tmp_path / "o" / "neg-count.parquet").to_pylist()}
     assert {q: n for q, n in counts.items() if n} == {q: len(v) for q, v in chosen.items()}
     assert (tmp_path / "o" / "neg-count.jsonl").is_file()
+
+
+def test_a_retriever_in_one_file_is_searched_alone_and_fused_with_bm25(tmp_path, plugins):
+    from negmine.cli import app
+
+    over = _over(tmp_path, "retrieve.retrievers=['overlap']", "overlap.min_shared=2")
+    cfg = negmine.load_config(None, over)
+    assert cfg["overlap"] == {"min_shared": 2}  # its config section, from its registry entry
+    with pytest.raises(ConfigError, match="'abs' would compare against overlap scores"):
+        negmine.load_config(None, over + ["filter.method='abs'"])
+    assert "overlap" in CliRunner().invoke(app, ["run", "--help"]).stdout
+    alone = negmine.mine(cfg)
+    assert list(alone.stages) == ["ingest", "retrieve", "exclude", "sample", "export"]
+    cands = pq.read_table(alone.stages["retrieve"].path / "candidates.parquet").to_pylist()
+    assert cands and all(c["retriever"] == "overlap" and c["score"] >= 2 for c in cands)
+    assert alone.stages["export"].stats["queries_with_negatives"] > 0
+    fused = negmine.mine(None, _over(tmp_path, "retrieve.retrievers=['bm25','overlap']"))
+    assert {"retrieve-bm25", "retrieve-overlap", "retrieve"} <= set(fused.stages)
+    labels = {c["retriever"] for c in pq.read_table(fused.stages["retrieve"].path / "candidates.parquet").to_pylist()}
+    assert {"bm25", "overlap", "bm25+overlap"} <= labels

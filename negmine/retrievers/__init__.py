@@ -9,7 +9,7 @@ retriever's search, or the fusion of several, each of which is then cached on it
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +27,7 @@ class Retriever:
     search: Stage  # reads (ingest + its stages), params, run: candidates.parquet and positive_scores.parquet
     score_type: Callable[[Config], str]  # bm25, cosine, dot, ...
     help: str = ""
+    defaults: Mapping[str, Any] = field(default_factory=dict)  # its section's settings, when config lacks them
 
 
 RETRIEVERS: dict[str, Retriever] = {}

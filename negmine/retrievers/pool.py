@@ -22,8 +22,8 @@ def _pool_reads(cfg: Config) -> tuple[str, ...]:
 
 def _pool_params(cfg: Config, ctx: Context) -> dict[str, Any]:
     one = _single(cfg)
-    if one:
-        return {"retriever": one.name, **one.search.params(cfg, ctx)}
+    if one:  # its search runs as this stage: its code version enters this key
+        return {"retriever": one.name, "retriever_version": one.search.version, **one.search.params(cfg, ctx)}
     r = cfg["retrieve"]
     p = {"retrievers": r["retrievers"], "fusion": r["fusion"], "rrf_k": r["rrf_k"], "top_k": r["top_k"],
          "chunk_size": r["chunk_size"]}
