@@ -77,7 +77,10 @@ def _layout(path: Path, lines: list[tuple[int, str]], qrels_format: str) -> tupl
     if qrels_format != "auto":
         return qrels_format, None
     four = [(n, line) for n, line in lines if len(line.split()) == 4]
-    if four and len(four) == len(lines) and all(_is_int(line.split()[3]) for _, line in lines):
+    # TREC's second column is the iteration (0, or Q0 in run files) and its fourth the grade: anything else in
+    # those places makes the line as likely BEIR with an extra column
+    if four and len(four) == len(lines) and all(
+            _is_int(f[3]) and (_is_int(f[1]) or f[1].upper() == "Q0") for f in (line.split() for _, line in lines)):
         return "trec", None
     if four:
         n, line = four[0]
