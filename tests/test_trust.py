@@ -247,6 +247,36 @@ def test_a_cached_run_records_no_memory_only_setting_in_provenance(tmp_path, sam
     assert prov["config"]["retrieve"]["top_k"] == 100
 
 
+def test_a_damaged_pair_store_part_is_reported_and_its_pairs_scored_again(tmp_path, tiny_cross_encoder, caplog):
+    over = [f"input.path='{SAMPLE}'", f"run.cache_dir='{tmp_path / 'cache'}'", f"export.dir='{tmp_path / 'out'}'",
+            f"score.teacher='{tiny_cross_encoder}'", "retrieve.top_k=10", "score.flush_pairs=200",
+            "export.formats=['ids']"]
+    first = negmine.mine(None, over)
+    clean = _files(tmp_path / "out")
+    parts = sorted((tmp_path / "cache" / "pairs").glob("*/part-*.parquet"))
+    rows = sum(pq.ParquetFile(p).metadata.num_rows for p in parts[:2])
+    _zero(parts[0])  # same size: only its content name shows the damage
+    _truncate(parts[1])
+    rescored = negmine.mine(None, over, force=True)
+    damaged = [r.message for r in caplog.records if "pair store part" in r.message]
+    assert len(damaged) == 2
+    assert rescored.stages["score"].stats["scored_now"] == rows
+    assert _files(tmp_path / "out") == clean
+    assert first.stages["score"].stats["distinct_pairs"] == rescored.stages["score"].stats["distinct_pairs"]
+
+
+def test_publishing_refuses_an_export_file_that_changed_after_it_was_recorded(tmp_path, sample_overrides):
+    from negmine.publish import DamagedEntryError, publish
+
+    negmine.mine(None, sample_overrides)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}
+    entry = _entry(tmp_path, "export")
+    _zero(entry / "triplet.jsonl")
+    with pytest.raises(DamagedEntryError, match="triplet.jsonl"):
+        publish(entry, tmp_path / "out")
+    assert {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()} == before
+
+
 # ------------------------------------------------------------------------------------ 3. concurrent runs
 
 
@@ -385,6 +415,17 @@ def test_memory_exhaustion_is_one_line_naming_the_stage_and_what_to_change(tmp_p
     err = _one_line_error(_cli(tmp_path, "run", "-i", str(SAMPLE), "-o", str(tmp_path / "out")))
     assert "out of memory in stage 'retrieve'" in err and "chunk_size" in err and "low_memory" in err
     assert not list((tmp_path / "cache").glob("retrieve/*/meta.json"))
+
+
+def test_a_thread_that_cannot_start_is_one_line_naming_the_stage(tmp_path, monkeypatch):
+    from negmine import bm25 as bm25_mod
+
+    def no_threads(*args, **kwargs):
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(bm25_mod, "build_index", no_threads)
+    err = _one_line_error(_cli(tmp_path, "run", "-i", str(SAMPLE), "-o", str(tmp_path / "out")))
+    assert "could not start a thread in stage 'index'" in err and "OMP_NUM_THREADS" in err
 
 
 def test_a_real_address_space_limit_ends_with_one_line_and_exit_2(tmp_path):
