@@ -231,7 +231,7 @@ class StageCache:
                         folder.rmdir()
             err = resource_error(exc, stage, entry)
             if err is not None:
-                raise err from None
+                raise err from exc
             raise
 
     def _cached(self, stage: str, key: str, entry: Path) -> StageResult:

@@ -151,5 +151,5 @@ def publish(entry: Path, out_dir: Path, extra: dict[str, str | None] | None = No
                 out_dir.rmdir()
         err = resource_error(exc, "export", dest)
         if err is not None:
-            raise err from None
+            raise err from exc
         raise
