@@ -103,6 +103,8 @@ def check_entry(entry: Path, hashes: bool = True) -> str | None:
         return f"{meta_path} records no file checksums (written by an older negmine)"
     for name, rec in files.items():
         path = entry / name
+        if not isinstance(rec, dict):
+            return f"{meta_path} has no size and checksum for {name}"
         try:
             size = path.stat().st_size
         except OSError:

@@ -126,6 +126,8 @@ def iter_qrels(path: Path, problems: Problems | None, qrels_format: str = "auto"
             what = ("4 fields separated by spaces or tabs (qid, iter, docid, rel)" if layout == "trec" else
                     "3 tab-separated fields (query-id, corpus-id, score)")
             fix = "write qid iter docid rel" if layout == "trec" else "separate the fields with single tabs"
+            if layout == "beir" and header is None and len(fields) == 4:
+                fix = "for TREC qrels (qid iter docid rel) set [input] qrels_format = \"trec\""
             report(loc, "malformed", f"expected {what}, got {len(fields)}", fix)
             continue
         if layout == "trec":
