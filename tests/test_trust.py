@@ -439,7 +439,7 @@ from negmine.cli import app
 soft, hard = resource.getrlimit(resource.RLIMIT_AS)
 with open('/proc/self/status') as fh:
     vm = next(int(l.split()[1]) * 1024 for l in fh if l.startswith('VmSize'))
-resource.setrlimit(resource.RLIMIT_AS, (vm + 1024 * 2**20, hard))
+resource.setrlimit(resource.RLIMIT_AS, (vm + 4 * 2**30, hard))  # room to mine, not for 16 GiB
 import numpy as np
 real = negmine.retrieve.retrieve_bm25
 def big(*a, **k):
