@@ -17,11 +17,11 @@ from typing import Any
 
 from negmine import __version__, bm25, export, ingest, report, retrieve, sample
 from negmine.cache import StageCache, StageResult
-from negmine.config import load_config
+from negmine.config import SPEED_ONLY, load_config
 from negmine.errors import ConfigError
 from negmine.filters import exclude
 from negmine.hashing import FingerprintMemo
-from negmine.io import atomic_path, atomic_write_text
+from negmine.publish import check_output_dir, publish
 
 log = logging.getLogger("negmine.pipeline")
 STAGES = ("ingest", "index", "retrieve", "score", "exclude", "sample", "export")
@@ -42,6 +42,8 @@ def _provenance(cfg: dict[str, Any], inputs: dict[str, str], keys: dict[str, str
     """What made these files: no timestamps or output paths, so equal runs give byte-equal files."""
     config = {s: dict(v) for s, v in cfg.items() if s != "run"}
     config["export"].pop("dir", None)
+    for section, key in SPEED_ONLY:  # in no key: a cached provenance must not record another run's values
+        config.get(section, {}).pop(key, None)
     return {"negmine_version": __version__, "config": config, "inputs": inputs, "stage_keys": keys}
 
 
@@ -76,10 +78,11 @@ def _run(cfg: dict[str, Any], cache: StageCache, until: str,
         from negmine.memory import tune_malloc
 
         tune_malloc()
+    if until == "export":
+        check_output_dir(Path(cfg["export"]["dir"]))  # a read-only or invalid output folder: before any work
     memo = FingerprintMemo(cache.root / "fingerprints.json")
     files = ingest.input_files(inp)
     inputs = {str(p): memo(p) for p in files}
-    memo.save()
     keys: dict[str, str] = {}
 
     def step(stage: str, version: str, params: dict[str, Any], upstream: list[str],
@@ -94,6 +97,7 @@ def _run(cfg: dict[str, Any], cache: StageCache, until: str,
         return r
 
     r_ing = step("ingest", ingest.VERSION, inp, [], lambda out: ingest.ingest(inp, out), inputs)
+    memo.save()  # only once the input is known good: a rejected input leaves nothing in the cache
     if until == "ingest":
         return result
     ing = r_ing.path
@@ -167,17 +171,12 @@ def _run(cfg: dict[str, Any], cache: StageCache, until: str,
         return stats
 
     r_exp = step("export", export.VERSION, exp_params, ["ingest", "sample"], do_export)
-    result.outputs = _publish(r_exp.path, Path(cfg["export"]["dir"]))
-    # where this output's stage entries live, for `negmine eval` (not part of any output's content); a
+    # run.json: where this output's stage entries live, for `negmine eval` (not part of any output's content); a
     # throwaway cache (--no-cache) is gone after the run, so then there is nothing to point at
-    run_json = Path(cfg["export"]["dir"]) / "run.json"
-    if cache.persistent:
-        atomic_write_text(run_json, json.dumps(
-            {"cache_dir": str(cache.root), "score_type": stype, "score_source": source,
-             "stages": {s: str(r.path) for s, r in result.stages.items()}}, indent=2) + "\n")
-        result.outputs.append(run_json)
-    else:
-        run_json.unlink(missing_ok=True)
+    run_json = json.dumps({"cache_dir": str(cache.root), "score_type": stype, "score_source": source,
+                           "stages": {s: str(r.path) for s, r in result.stages.items()}}, indent=2) + "\n"
+    result.outputs = publish(r_exp.path, Path(cfg["export"]["dir"]),
+                             {"run.json": run_json if cache.persistent else None})
     return result
 
 
@@ -305,38 +304,6 @@ def _retrieve_stages(cfg: dict[str, Any], step: Callable[..., StageResult], ing:
                 lambda out: retrieve.fuse_candidates(r, ing, [stages[n].path / "candidates.parquet"
                                                               for n in retrievers], retrievers,
                                                      inp["min_positive_score"], out))
-
-
-MANIFEST = ".negmine-outputs.json"
-
-
-def _publish(entry: Path, out_dir: Path) -> list[Path]:
-    """Copy the export entry's files into the output folder, each file atomically.
-
-    Files that an earlier run published here and this one does not (a format or file type taken out of the
-    config) are removed, so the folder holds one run's outputs; a file negmine did not write is never touched.
-    """
-    out_dir.mkdir(parents=True, exist_ok=True)
-    manifest = out_dir / MANIFEST
-    try:
-        before = set(json.loads(manifest.read_text()))
-    except (OSError, ValueError, TypeError):
-        before = set()
-    outputs = []
-    for src in sorted(entry.iterdir()):
-        if src.name == "meta.json" or not src.is_file():
-            continue
-        dest = out_dir / src.name
-        with atomic_path(dest) as tmp:
-            shutil.copyfile(src, tmp)
-        outputs.append(dest)
-    for name in sorted(before - {p.name for p in outputs}):
-        stale = out_dir / name
-        if "/" not in name and stale.is_file():
-            stale.unlink()
-            log.info("removed %s: the previous run's output, not produced by this one", stale)
-    atomic_write_text(manifest, json.dumps(sorted(p.name for p in outputs)) + "\n")
-    return outputs
 
 
 __all__ = ["mine", "RunResult", "STAGES"]
