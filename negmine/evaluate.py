@@ -22,21 +22,13 @@ from negmine.errors import InputError, NegmineError
 
 
 def read_qrels(path: Path, min_score: int) -> dict[str, set[str]]:
-    """A BEIR/TREC-style qrels TSV: query-id, corpus-id, score (an optional header line)."""
+    """Positives of a qrels file, BEIR or TREC (see `negmine.ingest.beir.iter_qrels`)."""
     out: dict[str, set[str]] = defaultdict(set)
     if not path.is_file():
         raise InputError(path, "qrels file not found", "give a TSV with query-id, corpus-id, score")
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        fields = line.split("\t")
-        if not line.strip() or (lineno == 1 and fields[0].strip().lower() in ("query-id", "query_id", "qid")):
-            continue
-        if len(fields) == 4:
-            fields = [fields[0], fields[2], fields[3]]
-        try:
-            q, d, score = fields[0].strip(), fields[1].strip(), int(float(fields[2]))
-        except (IndexError, ValueError):
-            raise InputError(path, f"expected query-id, corpus-id and an integer score, got {line!r}",
-                             "fix the line", lineno) from None
+    from negmine.ingest.beir import iter_qrels  # one reader for every qrels file: no layout guessed twice
+
+    for _, q, d, score in iter_qrels(path, None):
         if score >= min_score:
             out[q].add(d)
     return out

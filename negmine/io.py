@@ -46,17 +46,21 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     """Yield a temporary folder beside `target`; rename it into place only when the block succeeds.
 
     An existing `target` (a forced recompute) is replaced: entries are content-addressed, so the new one holds
-    the same result computed again.
+    the same result computed again. It is renamed aside first, so `target` is never a half-deleted folder.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name[:16]}-", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{target.name}-", dir=target.parent))
     try:
         yield tmp
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700
         if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
+            old = target.parent / f".old-{target.name}-{os.getpid()}"
+            os.replace(target, old)
+            os.replace(tmp, target)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

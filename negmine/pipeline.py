@@ -20,7 +20,7 @@ from negmine import __version__
 from negmine.cache import StageCache, StageResult
 from negmine.config import load_config, score_source, score_type, validate
 from negmine.hashing import FingerprintMemo
-from negmine.io import atomic_path, atomic_write_text
+from negmine.publish import check_output_dir, publish
 from negmine.stage import Context, Inputs, Params, Stage
 
 log = logging.getLogger("negmine.pipeline")
@@ -99,14 +99,13 @@ def _run(cfg: dict[str, Any], cache: StageCache, until: str,
         from negmine.memory import tune_malloc
 
         tune_malloc()
+    if until == "export":
+        check_output_dir(Path(cfg["export"]["dir"]))  # a read-only or invalid output folder: before any work
     memo = FingerprintMemo(cache.root / "fingerprints.json")
     inputs = {str(p): memo(p) for p in input_files(cfg["input"])}
-    memo.save()
 
     def fingerprint(path: Path) -> str:
-        fp = model_fingerprint(path, memo)
-        memo.save()
-        return fp
+        return model_fingerprint(path, memo)  # the memo is saved once the ingest stage accepted the input
 
     ctx = Context(cache.root, fingerprint, inputs, _provenance(cfg, inputs))
     todo = plan(cfg, until)
@@ -120,54 +119,21 @@ def _run(cfg: dict[str, Any], cache: StageCache, until: str,
                       lambda out, stage=stage, entries=entries, p=p: stage.run(entries, p, out),
                       resumable=stage.resumable)
         result.stages[stage.name] = r
+        if stage.name == "ingest":
+            memo.save()  # only once the input is known good: a rejected input leaves nothing in the cache
         if on_stage:
             on_stage(r)
+    memo.save()
     if until != "export":
         return result
-    result.outputs = _publish(result.stages["export"].path, Path(cfg["export"]["dir"]))
     # where this output's stage entries live, for `negmine eval` (not part of any output's content); a
     # throwaway cache (--no-cache) is gone after the run, so then there is nothing to point at
-    run_json = Path(cfg["export"]["dir"]) / "run.json"
-    if cache.persistent:
-        atomic_write_text(run_json, json.dumps(
-            {"cache_dir": str(cache.root), "score_type": score_type(cfg), "score_source": score_source(cfg),
-             "stages": {s: str(r.path) for s, r in result.stages.items()}}, indent=2) + "\n")
-        result.outputs.append(run_json)
-    else:
-        run_json.unlink(missing_ok=True)
+    run_json = json.dumps({"cache_dir": str(cache.root), "score_type": score_type(cfg),
+                           "score_source": score_source(cfg),
+                           "stages": {s: str(r.path) for s, r in result.stages.items()}}, indent=2) + "\n"
+    result.outputs = publish(result.stages["export"].path, Path(cfg["export"]["dir"]),
+                             {"run.json": run_json if cache.persistent else None})
     return result
-
-
-MANIFEST = ".negmine-outputs.json"
-
-
-def _publish(entry: Path, out_dir: Path) -> list[Path]:
-    """Copy the export entry's files into the output folder, each file atomically.
-
-    Files that an earlier run published here and this one does not (a format or file type taken out of the
-    config) are removed, so the folder holds one run's outputs; a file negmine did not write is never touched.
-    """
-    out_dir.mkdir(parents=True, exist_ok=True)
-    manifest = out_dir / MANIFEST
-    try:
-        before = set(json.loads(manifest.read_text()))
-    except (OSError, ValueError, TypeError):
-        before = set()
-    outputs = []
-    for src in sorted(entry.iterdir()):
-        if src.name == "meta.json" or not src.is_file():
-            continue
-        dest = out_dir / src.name
-        with atomic_path(dest) as tmp:
-            shutil.copyfile(src, tmp)
-        outputs.append(dest)
-    for name in sorted(before - {p.name for p in outputs}):
-        stale = out_dir / name
-        if "/" not in name and stale.is_file():
-            stale.unlink()
-            log.info("removed %s: the previous run's output, not produced by this one", stale)
-    atomic_write_text(manifest, json.dumps(sorted(p.name for p in outputs)) + "\n")
-    return outputs
 
 
 __all__ = ["mine", "RunResult", "STAGES", "stages", "plan"]

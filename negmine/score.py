@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import uuid
+import logging
+import os
+import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -22,14 +24,16 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from negmine import schema, tables
+from negmine.cache import file_lock
 from negmine.config import teacher_score_type as score_type
 from negmine.errors import ConfigError
+from negmine.hashing import file_sha256
 from negmine.hashing import key64 as _key
-from negmine.io import atomic_path
 from negmine.progress import bar
 from negmine.stage import Config, Context, Stage, reads
 
 VERSION = "2"  # 2: reads the ingest tables' positives; writes positive_scores.parquet
+log = logging.getLogger("negmine.score")
 KEY_SETTINGS = ("kind", "activation", "max_length", "query_prompt", "doc_prompt", "normalize")
 PAIRS = pa.schema([("qkey", pa.int64()), ("dkey", pa.int64()), ("score", pa.float32())])
 
@@ -88,10 +92,74 @@ def store_dir(cache_root: Path, model_fp: str, params: Mapping[str, Any]) -> Pat
 
 
 def _load_store(folder: Path) -> pa.Table:
-    parts = sorted(folder.glob("part-*.parquet"))
-    if not parts:
+    """Every verified part of a pair store. A part is named by the SHA-256 of its bytes, so a truncated or edited
+    one is recognised, reported and deleted (its pairs are scored again); parts from before content names are
+    adopted (renamed to their hash) when they read. The caller holds the store's lock."""
+    tables = []
+    for p in sorted(folder.glob("part-*.parquet")):
+        name = p.stem[len("part-"):]
+        digest = file_sha256(p)
+        problem = None
+        if len(name) == 64 and digest != name:
+            problem = "its content does not match its name (truncated or edited)"
+        else:
+            try:
+                table = pq.read_table(p)
+            except (pa.ArrowException, OSError) as exc:
+                problem = f"unreadable ({exc})"
+        if problem:
+            log.warning("pair store part %s is damaged: %s; its pairs are scored again", p, problem)
+            p.unlink(missing_ok=True)
+            continue
+        if len(name) != 64:
+            os.replace(p, folder / f"part-{digest}.parquet")
+        tables.append(table)
+    if not tables:
         return PAIRS.empty_table()
-    return pa.concat_tables([pq.read_table(p) for p in parts]).combine_chunks()
+    return pa.concat_tables(tables).combine_chunks()
+
+
+def _write_part(folder: Path, part: pa.Table) -> None:
+    """Write a store part atomically under the SHA-256 of its bytes."""
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-part-", suffix=".parquet", dir=folder)
+    os.close(fd)
+    try:
+        pq.write_table(part, tmp)
+        os.replace(tmp, folder / f"part-{file_sha256(tmp)}.parquet")
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _fill_store(store: Path, need: pa.Table, all_q: pa.Array, all_i: np.ndarray, texts: tables.Texts,
+                params: dict[str, Any], model_path: Path) -> tuple[pa.Table, int]:
+    """Score the pairs of `need` that the store lacks and add them; returns the store's pairs and how many
+    were scored now."""
+    have = _load_store(store)
+    missing = need.group_by(["qkey", "dkey"]).aggregate([]).join(have.select(["qkey", "dkey"]), ["qkey", "dkey"],
+                                                                 join_type="left anti")
+    new = missing.num_rows
+    if new:
+        # texts of the missing pairs: map keys back to one (query, row) each
+        first = need.append_column("row", pa.array(np.arange(need.num_rows), pa.int64()))
+        first = first.group_by(["qkey", "dkey"]).aggregate([("row", "min")])
+        todo = missing.join(first, ["qkey", "dkey"]).sort_by("row_min")
+        rows = todo["row_min"].to_numpy()
+        qids = all_q.take(pa.array(rows)).to_pylist()
+        didx = all_i[rows]
+        teacher = Teacher(params, model_path)
+        step = params["flush_pairs"]
+        with bar(total=new, desc="score pairs", unit="pair") as progress:
+            for a in range(0, new, step):
+                qs = [texts.queries[q] for q in qids[a:a + step]]
+                ds = texts.docs(didx[a:a + step].tolist())
+                s = teacher(qs, ds)
+                part = pa.table({"qkey": todo["qkey"].slice(a, step), "dkey": todo["dkey"].slice(a, step),
+                                 "score": pa.array(s, pa.float32())}, schema=PAIRS)
+                _write_part(store, part)
+                progress.update(len(qs))
+        have = _load_store(store)
+    return have, new
 
 
 def score(params: Mapping[str, Any], model_path: Path, store: Path, ingest_dir: Path, candidates_path: Path,
@@ -115,31 +183,10 @@ def score(params: Mapping[str, Any], model_path: Path, store: Path, ingest_dir: 
     need = pa.table({"qkey": pa.array([qkey_of[q] for q in all_q.to_pylist()], pa.int64()),
                      "dkey": pa.array(doc_keys[inverse], pa.int64())})
     store.mkdir(parents=True, exist_ok=True)
-    have = _load_store(store)
-    missing = need.group_by(["qkey", "dkey"]).aggregate([]).join(have.select(["qkey", "dkey"]), ["qkey", "dkey"],
-                                                                 join_type="left anti")
-    new = missing.num_rows
-    if new:
-        # texts of the missing pairs: map keys back to one (query, row) each
-        first = need.append_column("row", pa.array(np.arange(need.num_rows), pa.int64()))
-        first = first.group_by(["qkey", "dkey"]).aggregate([("row", "min")])
-        todo = missing.join(first, ["qkey", "dkey"]).sort_by("row_min")
-        rows = todo["row_min"].to_numpy()
-        qids = all_q.take(pa.array(rows)).to_pylist()
-        didx = all_i[rows]
-        teacher = Teacher(params, model_path)
-        step = params["flush_pairs"]
-        with bar(total=new, desc="score pairs", unit="pair") as progress:
-            for a in range(0, new, step):
-                qs = [texts.queries[q] for q in qids[a:a + step]]
-                ds = texts.docs(didx[a:a + step].tolist())
-                s = teacher(qs, ds)
-                part = pa.table({"qkey": todo["qkey"].slice(a, step), "dkey": todo["dkey"].slice(a, step),
-                                 "score": pa.array(s, pa.float32())}, schema=PAIRS)
-                with atomic_path(store / f"part-{uuid.uuid4().hex}.parquet") as tmp:
-                    pq.write_table(part, tmp)
-                progress.update(len(qs))
-        have = _load_store(store)
+    with file_lock(store / ".lock"):  # one writer a store: concurrent runs never score a pair twice
+        for leftover in [*store.glob(".tmp-part-*"), *store.glob(".part-*.tmp")]:  # a killed writer's; we hold
+            leftover.unlink(missing_ok=True)  # the lock, so no one is writing them
+        have, new = _fill_store(store, need, all_q, all_i, texts, params, model_path)
     have = have.group_by(["qkey", "dkey"], use_threads=False).aggregate([("score", "first")])
     have = have.rename_columns(["qkey", "dkey", "score"])
     scored = need.append_column("row", pa.array(np.arange(need.num_rows), pa.int64())) \

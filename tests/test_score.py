@@ -119,7 +119,9 @@ def test_scores_survive_a_crash_between_store_parts(tmp_path, tiny_cross_encoder
 
     monkeypatch.setattr(score_mod.Teacher, "__call__", crashing)
     over = _over(tmp_path, tiny_cross_encoder, "score.flush_pairs=100")
-    with pytest.raises(MemoryError):
+    from negmine.errors import ResourceError
+
+    with pytest.raises(ResourceError, match="out of memory in stage 'score'"):  # one line, not a MemoryError
         negmine.mine(None, over)
     monkeypatch.setattr(score_mod.Teacher, "__call__", real)
     scored = _count_pairs(monkeypatch)

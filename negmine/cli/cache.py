@@ -1,4 +1,4 @@
-"""`negmine cache ls|clear`: see and remove stage cache entries."""
+"""`negmine cache ls|verify|clear`: see, check and remove stage cache entries."""
 from __future__ import annotations
 
 import datetime as dt
@@ -31,7 +31,8 @@ def _size(n: int) -> str:
     return f"{n:.1f} TB"
 
 
-@cache_app.command("ls", help="List cached entries: stage, key, size, creation time, compute time, folder.")
+@cache_app.command("ls", help="List cached entries: stage, key, size, creation time, compute time, folder; "
+                   "entries whose file sizes differ from the recorded ones are marked DAMAGED.")
 def ls(config: ConfigArg = None, cache_dir: DirOpt = None, verbose: VerboseOpt = False) -> None:
     def go() -> None:
         from negmine.cache import StageCache
@@ -47,9 +48,38 @@ def ls(config: ConfigArg = None, cache_dir: DirOpt = None, verbose: VerboseOpt =
             return
         for e in entries:
             when = dt.datetime.fromtimestamp(e["created"]).strftime("%Y-%m-%d %H:%M")
+            mark = "  DAMAGED" if e["damaged"] else ""
             typer.echo(f"{e['stage']:<9}{e['key'][:12]}  {_size(e['bytes']):>9}  {when}  {e['seconds']:7.1f}s  "
-                       f"{e['path']}")
-        typer.echo(f"{len(entries)} entries, {_size(sum(e['bytes'] for e in entries))} in {root}", err=True)
+                       f"{e['path']}{mark}")
+        damaged = sum(1 for e in entries if e["damaged"])
+        note = f"; {damaged} DAMAGED (sizes differ from what was recorded): the next run recomputes them" \
+            if damaged else ""
+        typer.echo(f"{len(entries)} entries, {_size(sum(e['bytes'] for e in entries))} in {root}{note}", err=True)
+
+    guarded(verbose, go)
+
+
+@cache_app.command("verify", help="Check every entry's files against their recorded sizes and SHA-256; exit 2 "
+                   "if any is damaged (--remove deletes those; a run recomputes them anyway).")
+def verify(config: ConfigArg = None, cache_dir: DirOpt = None,
+           remove: Annotated[bool, typer.Option("--remove", help="Delete the damaged entries.")] = False,
+           verbose: VerboseOpt = False) -> None:
+    def go() -> None:
+        from negmine.cache import StageCache
+        from negmine.errors import NegmineError
+
+        root = _root(config, cache_dir)
+        cache = StageCache(root)
+        entries = cache.entries(hashes=True)
+        damaged = [e for e in entries if e["damaged"]]
+        for e in damaged:
+            typer.echo(f"damaged: {e['stage']} {e['key'][:12]}: {e['damaged']}")
+            if remove:
+                cache.remove(Path(e["path"]))
+        if damaged:
+            done = "removed them" if remove else "the next run recomputes them, or remove them with --remove"
+            raise NegmineError(f"{len(damaged)} of {len(entries)} entries in {root} are damaged; {done}")
+        typer.echo(f"{len(entries)} entries verified in {root}", err=True)
 
     guarded(verbose, go)
 

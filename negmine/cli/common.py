@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 import traceback
 from collections.abc import Callable
@@ -12,7 +13,7 @@ import click
 import typer
 from typer.core import TyperCommand
 
-from negmine.errors import NegmineError
+from negmine.errors import NegmineError, resource_error
 
 ConfigArg = Annotated[Optional[Path], typer.Argument(help="TOML config (see configs/); defaults apply without one.",
                                                     show_default=False)]
@@ -57,8 +58,25 @@ def _toml_str(s: str) -> str:
     return "'" + s + "'" if "'" not in s else '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised in the main thread like KeyboardInterrupt for SIGINT, so that every `with` and `finally`
+    on the way out removes its temporary files and folders (and --no-cache its throwaway cache)."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
 def guarded(verbose: bool, fn: Callable[[], Any]) -> Any:
-    """Run `fn`; a user-fixable problem becomes one line on stderr and exit code 2, never a traceback."""
+    """Run `fn`; a user-fixable problem becomes one line on stderr and exit code 2, never a traceback.
+
+    Out of memory, disk or threads is such a problem too (exit 2, saying what to change); SIGINT and SIGTERM end
+    with one line and exit codes 130 and 143 after the temporary files are cleaned up.
+    """
+    try:
+        previous = signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # not the main thread: leave signals alone
+        previous = None
     try:
         return fn()
     except NegmineError as exc:
@@ -69,17 +87,30 @@ def guarded(verbose: bool, fn: Callable[[], Any]) -> Any:
     except KeyboardInterrupt:
         typer.echo("interrupted: finished stages stay cached; run again to resume", err=True)
         raise typer.Exit(130) from None
-    except OSError as exc:
+    except Terminated:
+        typer.echo("terminated (SIGTERM): finished stages stay cached; run again to resume", err=True)
+        raise typer.Exit(143) from None
+    except (MemoryError, OSError, RuntimeError) as exc:
         if verbose:
             traceback.print_exc()
-        where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
-        typer.echo(f"error: {where}{exc.strerror or exc}; check the path, permissions and free space", err=True)
-        raise typer.Exit(2) from None
+        err = resource_error(exc, None, getattr(exc, "filename", None))
+        if err is not None:
+            typer.echo(f"error: {err}", err=True)
+            raise typer.Exit(2) from None
+        if isinstance(exc, OSError):
+            where = f"{exc.filename}: " if getattr(exc, "filename", None) else ""
+            typer.echo(f"error: {where}{exc.strerror or exc}; check the path, permissions and free space", err=True)
+            raise typer.Exit(2) from None
+        typer.echo(f"error: unexpected {type(exc).__name__}: {exc} (run with -v for the traceback)", err=True)
+        raise typer.Exit(1) from None
     except Exception as exc:  # a bug: say so briefly, the traceback is one -v away
         if verbose:
             traceback.print_exc()
         typer.echo(f"error: unexpected {type(exc).__name__}: {exc} (run with -v for the traceback)", err=True)
         raise typer.Exit(1) from None
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
 
 
 class RegistryHelp(TyperCommand):

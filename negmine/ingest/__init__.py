@@ -59,7 +59,7 @@ def ingest(params: dict[str, Any], out_dir: Path) -> dict[str, Any]:
     builder = TableBuilder(out_dir, problems, params["use_title"], params["title_sep"])
     path = Path(params["path"])
     if fmt == "beir":
-        read_beir(path, params["split"], builder, problems)
+        read_beir(path, params["split"], builder, problems, params["qrels_format"])
     else:
         if params["corpus"]:
             read_corpus_file(Path(params["corpus"]), builder, problems, params["corpus_text_column"],

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -74,11 +75,41 @@ def read_jsonl(path: Path, problems: Problems) -> Iterator[tuple[Loc, dict]]:
                 problems(loc, "malformed", f"not valid JSON ({exc.msg} at column {exc.colno})",
                          "fix the line so that it holds one JSON object")
                 continue
+            except RecursionError:
+                problems(loc, "malformed", "JSON nested too deeply to read",
+                         "flatten the record: one object of string fields")
+                continue
+            if b"\\u" in raw and _LONE_SURROGATE.search(raw) and not _encodable(obj):
+                # JSON allows "\ud800" alone, but it is no character: Parquet and UTF-8 files cannot hold it
+                problems(loc, "malformed", "a string holds a lone surrogate escape (such as \\ud800), which is "
+                         "not a character", "write the character itself, or its full surrogate pair")
+                continue
             if not isinstance(obj, dict):
                 problems(loc, "malformed", f"expected a JSON object, got {type(obj).__name__}",
                          "write one object per line, such as {\"_id\": ..., \"text\": ...}")
                 continue
             yield loc, obj
+
+
+_LONE_SURROGATE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _encodable(obj: Any) -> bool:
+    """Every string in a parsed JSON value encodes as UTF-8 (no lone surrogates)."""
+    stack = [obj]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return False
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return True
 
 
 def get_str(obj: dict, key: str, loc: Loc, problems: Problems, *, required: bool = True,
