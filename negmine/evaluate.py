@@ -4,7 +4,10 @@
 (b) false negatives: the run is mined with a fraction of each multi-positive query's positives hidden
     (`[input] holdout_frac`); a hidden positive that comes out as a negative is a measured false negative. Rates
     come with 95% confidence intervals from a bootstrap over queries (negatives of one query are not independent);
-(c) hardness: the rank and score of the kept negatives and their gap to the query's weakest positive.
+(c) hardness: the rank and score of the kept negatives and their gap to the query's weakest positive;
+(d) ECI (negmine.eci): one training-free score that balances hardness against safety under a frozen encoder,
+    the same encoder for every run so that presets compare (bench/README.md says how well it ranks presets by
+    the nDCG@10 of the retriever trained on them).
 """
 from __future__ import annotations
 
@@ -54,7 +57,33 @@ def _stats(v: np.ndarray) -> dict[str, float]:
             "p10": float(np.quantile(v, 0.1)), "p90": float(np.quantile(v, 0.9))}
 
 
-def evaluate(run_dir: Path, qrels: dict[str, set[str]] | None = None) -> dict[str, Any]:
+def eci_of_run(stages: dict[str, Path], model: str = "", seed: int = 0) -> dict[str, Any]:
+    """ECI of a run's negatives: each mined query with its known positives and its sampled negatives, under the
+    frozen encoder `model` ("" = the packaged all-MiniLM-L6-v2), against a seeded sample of random documents."""
+    from negmine.eci import RANDOM_DOCS, eci_from_texts
+    from negmine.encode import quiet_hf, resolve_model
+
+    path = resolve_model(model, "--eci-model")
+    ing = stages["ingest"]
+    texts = tables.Texts(ing)
+    neg = pq.read_table(stages["sample"] / schema.NEGATIVES_FILE, columns=["query_id", "doc_idx"])
+    negs: dict[str, list[int]] = defaultdict(list)
+    for q, i in zip(neg["query_id"].to_pylist(), neg["doc_idx"].to_pylist()):
+        negs[q].append(i)
+    groups = [(texts.queries[q], texts.docs(rows), texts.docs(sorted(set(negs.get(q, [])))))
+              for q, (_, rows) in sorted(tables.positives_by_query(ing).items()) if rows]
+    n = tables.num_docs(ing)
+    rand_rows = sorted(np.random.default_rng(seed).choice(n, size=min(RANDOM_DOCS, n), replace=False).tolist())
+    quiet_hf()
+    from sentence_transformers import SentenceTransformer
+
+    encoder = SentenceTransformer(str(path), device="cpu", local_files_only=True)
+    return {"model": model or "all-MiniLM-L6-v2 (packaged)",
+            **eci_from_texts(encoder, groups, texts.docs(rand_rows))}
+
+
+def evaluate(run_dir: Path, qrels: dict[str, set[str]] | None = None, eci_model: str | None = "") -> dict[str, Any]:
+    """Evaluate a run's output folder; `eci_model` None skips the ECI score (it encodes the run's texts)."""
     run_file = run_dir / "run.json"
     if not run_file.is_file():
         raise NegmineError(f"{run_dir}: no run.json; give the output folder of a `negmine run` that kept its cache")
@@ -131,12 +160,15 @@ def evaluate(run_dir: Path, qrels: dict[str, set[str]] | None = None) -> dict[st
         gaps = np.array([weakest.get(r["query_id"], np.nan) for r in neg], dtype=float) - scores
     out["hardness"] = {"score_type": run.get("score_type"), "negatives": len(neg), "rank": _stats(ranks),
                        "score": _stats(scores), "gap_weakest_positive_minus_negative": _stats(gaps)}
+    if eci_model is not None:
+        out["eci"] = eci_of_run(stages, eci_model)
     return out
 
 
 def evaluate_run(run: Path, *, qrels: Path | None = None, holdout_frac: float = 0.0,
                  overrides: list[str] | None = None, cache_dir: Path | None = None,
-                 on_stage: Callable[[Any], None] | None = None) -> tuple[Path, dict[str, Any]]:
+                 on_stage: Callable[[Any], None] | None = None,
+                 eci_model: str | None = "") -> tuple[Path, dict[str, Any]]:
     """Evaluate a run: an output folder, or a config that is mined first. With `holdout_frac` the config is mined
     with that fraction of each multi-positive query's positives hidden, into `<export dir>-holdout<F>` (never over
     the config's own outputs). Returns the folder evaluated and the result."""
@@ -159,7 +191,7 @@ def evaluate_run(run: Path, *, qrels: Path | None = None, holdout_frac: float = 
     prov = folder / "provenance.json"
     if prov.is_file():
         min_score = json.loads(prov.read_text())["config"]["input"]["min_positive_score"]
-    return folder, evaluate(folder, read_qrels(qrels, min_score) if qrels else None)
+    return folder, evaluate(folder, read_qrels(qrels, min_score) if qrels else None, eci_model)
 
 
 def table(result: dict[str, Any]) -> str:
@@ -181,4 +213,9 @@ def table(result: dict[str, Any]) -> str:
         if d.get("count"):
             lines.append(f"{name.replace('_', ' ')} ({h['score_type'] if name != 'rank' else 'raw rank'}): "
                          f"mean {d['mean']:.4g}, median {d['median']:.4g}, p10 {d['p10']:.4g}, p90 {d['p90']:.4g}")
+    e = result.get("eci")
+    if e:
+        lines.append(f"ECI ({e['model']}, frozen): {e['eci']:.4f} over {e['queries']} queries; hardness "
+                     f"{e['hardness_mean']:.3f}, safety {e['safety_mean']:.3f}, {e['unsafe_negatives']} of "
+                     f"{e['negatives']} negatives at or above their best positive")
     return "\n".join(lines)

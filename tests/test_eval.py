@@ -53,22 +53,28 @@ def test_holdout_is_seeded_and_keeps_at_least_one_positive(tmp_path):
     assert any(hidden(s) != h for s in range(1, 6))
 
 
-def test_eval_command_on_a_config_writes_json_and_a_table(tmp_path):
+def test_eval_command_on_a_config_writes_json_and_a_table(tmp_path, tiny_bi_encoders):
     shutil.copytree(SAMPLE, tmp_path / "data" / "sample")
     (tmp_path / "configs").mkdir()
     cfg = tmp_path / "configs" / "s.toml"
     cfg.write_text((ROOT / "configs" / "sample-bm25.toml").read_text())
-    result = runner.invoke(app, ["eval", str(cfg), "--holdout-frac", "0.3", "-q"])
+    result = runner.invoke(app, ["eval", str(cfg), "--holdout-frac", "0.3", "-q",
+                                 "--eci-model", str(tiny_bi_encoders[0])])
     assert result.exit_code == 0, result.output
     assert "false negatives:" in result.stdout and "candidate recall:" in result.stdout
+    assert "ECI (" in result.stdout
     out = tmp_path / "out" / "sample-bm25-holdout0.3"
     data = json.loads((out / "eval.json").read_text())
     fn = data["false_negatives"]
     assert fn["false_negatives"] == sum(q["false_negatives"] for q in fn["per_query"])
     assert 0 <= fn["rate_among_negatives_ci95"][0] <= fn["rate_among_negatives"] <= fn["rate_among_negatives_ci95"][1]
+    eci = data["eci"]  # every mined query with a known positive is scored, its negatives all counted
+    assert eci["model"] == str(tiny_bi_encoders[0]) and eci["queries"] + eci["queries_without_scale"] > 0
+    assert 0 <= eci["eci"] <= np.log2(1 + 5)  # at most 5 negatives a query, each worth at most 1
     assert not (tmp_path / "out" / "sample-bm25").exists()  # the holdout run never overwrites the real outputs
-    again = runner.invoke(app, ["eval", str(out), "--qrels", str(SAMPLE / "qrels" / "train.tsv")])
-    assert again.exit_code == 0 and "candidate recall:" in again.stdout
+    again = runner.invoke(app, ["eval", str(out), "--qrels", str(SAMPLE / "qrels" / "train.tsv"), "--no-eci"])
+    assert again.exit_code == 0 and "candidate recall:" in again.stdout and "ECI" not in again.stdout
+    assert "eci" not in json.loads((out / "eval.json").read_text())
     bad = runner.invoke(app, ["eval", str(tmp_path)])
     assert bad.exit_code == 2 and "run.json" in bad.stderr
 
@@ -96,3 +102,34 @@ def test_holdout_eval_is_an_api_function_and_takes_any_output_path(tmp_path):
     assert not out.exists()  # never over the config's own outputs
     assert result["false_negatives"]["held_out_positives"] == 2
     assert json.loads((folder / "provenance.json").read_text())["config"]["sample"]["seed"] == 3
+
+
+def test_eci_of_a_run_matches_the_score_computed_from_its_texts(tmp_path, tiny_bi_encoders):
+    """negmine eval's ECI is eci_from_texts over (query, known positives, sampled negatives) of every mined
+    query, with the same seeded random documents: no query or negative is lost on the way."""
+    from sentence_transformers import SentenceTransformer
+
+    from negmine import tables
+    from negmine.eci import RANDOM_DOCS, eci_from_texts
+    from negmine.evaluate import eci_of_run
+
+    over = [f"input.path='{SAMPLE}'", f"run.cache_dir='{tmp_path / 'c'}'", f"export.dir='{tmp_path / 'o'}'",
+            "export.formats=['ids']", "bm25.stemmer='english'"]
+    r = negmine.mine(None, over)
+    stages = {k: v.path for k, v in r.stages.items()}
+    got = eci_of_run(stages, str(tiny_bi_encoders[0]))
+    ids = pq.read_table(tmp_path / "o" / "ids.parquet").to_pylist()
+    texts = tables.Texts(stages["ingest"])
+    corpus = tables.doc_ids(stages["ingest"]).to_pylist()
+    row = {d: i for i, d in enumerate(corpus)}
+    by_query = tables.positives_by_query(stages["ingest"])
+    negs = {}
+    for rec in ids:
+        negs.setdefault(rec["query_id"], set()).update(rec["negative_ids"])
+    groups = [(texts.queries[q], texts.docs(rows), texts.docs(sorted(row[d] for d in negs.get(q, ()))))
+              for q, (_, rows) in sorted(by_query.items())]
+    rand = sorted(np.random.default_rng(0).choice(len(corpus), size=min(RANDOM_DOCS, len(corpus)),
+                                                  replace=False).tolist())
+    want = eci_from_texts(SentenceTransformer(str(tiny_bi_encoders[0]), device="cpu"), groups, texts.docs(rand))
+    assert got["queries"] + got["queries_without_scale"] == len(by_query)  # every mined query is considered
+    assert {k: v for k, v in got.items() if k != "model"} == want
