@@ -6,6 +6,8 @@ into provenance.json. Writers stream query chunk by query chunk.
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -21,31 +23,102 @@ from negmine.progress import bar
 VERSION = "4"  # bumped when the stage's output changes
 
 
-class Texts:
-    """Document and query texts by position / id, read from the memory-mapped ingest tables."""
+class _ColumnStore:
+    """A string column of the corpus on disk: its UTF-8 bytes in an unlinked temporary file, offsets in memory.
 
-    def __init__(self, ingest_dir: Path, use_title: bool, title_sep: str) -> None:
-        self.corpus = pq.read_table(ingest_dir / "corpus.parquet", columns=["doc_id", "title", "text"],
-                                    memory_map=True)
-        self.use_title, self.title_sep = use_title, title_sep
+    Looking a row up is one `pread` of its bytes: the cost grows with the rows read, not with the corpus (a
+    `take` on the memory-mapped table costs a scan of its chunks per call), and resident memory holds the offsets
+    (8 bytes a row) and what was read, not the column (file pages are the kernel's to evict).
+    """
+
+    def __init__(self, folder: Path) -> None:
+        # O_TMPFILE where the filesystem has it: the file has no name, so even a killed run leaves nothing behind
+        self.fh = tempfile.TemporaryFile(dir=folder)
+        self.starts: list[np.ndarray] = []
+        self.valid: list[np.ndarray] = []
+        self.end = 0
+
+    def append(self, arr: pa.Array) -> None:
+        if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
+            arr = arr.cast(pa.string())
+        width = np.int64 if pa.types.is_large_string(arr.type) else np.int32
+        offsets = np.frombuffer(arr.buffers()[1], dtype=width)[arr.offset:arr.offset + len(arr) + 1]
+        offsets = offsets.astype(np.int64)
+        data = arr.buffers()[2]
+        if data is not None and offsets[-1] > offsets[0]:
+            self.fh.write(memoryview(data)[offsets[0]:offsets[-1]])
+        self.starts.append(offsets[:-1] - offsets[0] + self.end)
+        self.end += int(offsets[-1] - offsets[0])
+        self.valid.append(arr.is_valid().to_numpy(zero_copy_only=False))
+
+    def finish(self) -> None:
+        self.fh.flush()
+        self.offsets = np.concatenate(self.starts + [np.array([self.end], dtype=np.int64)])
+        self.is_valid = np.concatenate(self.valid) if self.valid else np.zeros(0, dtype=bool)
+        self.starts, self.valid = [], []
+        self.fd = self.fh.fileno()
+
+    def get(self, rows: np.ndarray) -> list[str | None]:
+        """Values of `rows` (any order, repeats allowed), read in file order."""
+        out: list[str | None] = [None] * len(rows)
+        offsets, valid, fd = self.offsets, self.is_valid, self.fd
+        for i in np.argsort(rows, kind="stable").tolist():
+            r = int(rows[i])
+            if valid[r]:
+                a = int(offsets[r])
+                out[i] = os.pread(fd, int(offsets[r + 1]) - a, a).decode("utf-8")
+        return out
+
+    def close(self) -> None:
+        self.fh.close()
+
+
+class Texts:
+    """Document and query texts by corpus row / query id.
+
+    The corpus's titles and texts are copied once, streaming, into a store on disk beside the ingest entry
+    (`_ColumnStore`), so a lookup costs the rows it reads and memory does not hold the corpus. `corpus` is the
+    memory-mapped `doc_id` column.
+    """
+
+    def __init__(self, ingest_dir: Path, use_title: bool, title_sep: str, batch: int = 65_536) -> None:
+        path = ingest_dir / "corpus.parquet"
+        self.corpus = pq.read_table(path, columns=["doc_id"], memory_map=True)
+        self.ingest_dir, self.use_title, self.title_sep = ingest_dir, use_title, title_sep
+        self._titles, self._texts = _ColumnStore(ingest_dir.parent), _ColumnStore(ingest_dir.parent)
+        for rb in pq.ParquetFile(path).iter_batches(batch_size=batch, columns=["title", "text"]):
+            self._titles.append(rb.column(0))
+            self._texts.append(rb.column(1))
+        self._titles.finish()
+        self._texts.finish()
         queries = pq.read_table(ingest_dir / "queries.parquet", columns=["query_id", "text"])
         self.queries = dict(zip(queries["query_id"].to_pylist(), queries["text"].to_pylist()))
 
-    def parts(self, idx: list[int]) -> tuple[list[str], list[str]]:
+    def parts(self, idx: list[int] | np.ndarray) -> tuple[list[str], list[str]]:
         """(titles, texts) of corpus rows."""
-        if not idx:
+        if len(idx) == 0:
             return [], []
-        rows = self.corpus.take(pa.array(idx, pa.int64()))
-        return rows["title"].to_pylist(), rows["text"].to_pylist()
+        rows = np.asarray(idx, dtype=np.int64)
+        return self._titles.get(rows), self._texts.get(rows)
 
     def join(self, titles: list[str], texts: list[str]) -> list[str]:
         if not self.use_title:
             return texts
         return [f"{t}{self.title_sep}{x}" if t else x for t, x in zip(titles, texts)]
 
-    def docs(self, idx: list[int]) -> list[str]:
+    def docs(self, idx: list[int] | np.ndarray) -> list[str]:
         """Retrieval texts (title + sep + text when titles are used) of corpus rows."""
         return self.join(*self.parts(idx))
+
+    def close(self) -> None:
+        self._titles.close()
+        self._texts.close()
+
+    def __enter__(self) -> Texts:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 def positives_by_query(ingest_dir: Path, corpus_ids: pa.ChunkedArray, min_positive_score: int
@@ -134,8 +207,15 @@ def export(params: dict[str, Any], num_negatives: int, ingest_dir: Path, negativ
            source_positives: Path | None = None) -> dict[str, Any]:
     """Write every configured format. `teacher_positives` / `source_positives` hold the positives' teacher
     scores and the scores on the filters' scale (teacher's or retriever's; None for fused RRF scores)."""
-    texts = Texts(ingest_dir, use_title, title_sep)
-    positives = positives_by_query(ingest_dir, texts.corpus["doc_id"], min_positive_score)
+    with Texts(ingest_dir, use_title, title_sep) as texts:
+        return _export(texts, params, num_negatives, negatives_path, query_ids, min_positive_score, out_dir,
+                       provenance, teacher_positives, source_positives)
+
+
+def _export(texts: Texts, params: dict[str, Any], num_negatives: int, negatives_path: Path,
+            query_ids: pa.ChunkedArray, min_positive_score: int, out_dir: Path, provenance: dict[str, Any],
+            teacher_positives: Path | None, source_positives: Path | None) -> dict[str, Any]:
+    positives = positives_by_query(texts.ingest_dir, texts.corpus["doc_id"], min_positive_score)
     teacher, source = _scores_by_pair(teacher_positives), _scores_by_pair(source_positives)
     opts = Options(num_negatives, teacher_positives is not None, params["scores"])
     formats = {fmt: FORMATS[fmt] for fmt in params["formats"]}
@@ -148,10 +228,15 @@ def export(params: dict[str, Any], num_negatives: int, ingest_dir: Path, negativ
     seen_pairs: set[tuple[str, str]] = set()
     repeated: dict[str, int] = {}
 
-    def record(qid: str, neg: dict[str, list]) -> QueryRecord:
+    def lookup(groups: list[tuple[str, dict[str, list]]]) -> dict[int, tuple[str, str]]:
+        """(title, text) of every corpus row a chunk's records name, read in one batch."""
+        rows = sorted({i for qid, neg in groups for i in (*positives[qid][1], *neg["doc_idx"])})
+        return dict(zip(rows, zip(*texts.parts(rows)))) if rows else {}
+
+    def record(qid: str, neg: dict[str, list], found: dict[int, tuple[str, str]]) -> QueryRecord:
         pos_ids, pos_idx = positives[qid]
-        pt, pb = texts.parts(pos_idx)
-        nt, nb = texts.parts(neg["doc_idx"])
+        pt, pb = [found[i][0] for i in pos_idx], [found[i][1] for i in pos_idx]
+        nt, nb = [found[i][0] for i in neg["doc_idx"]], [found[i][1] for i in neg["doc_idx"]]
         return QueryRecord(qid, texts.queries[qid], pos_ids, pt, pb, texts.join(pt, pb),
                            [teacher[(qid, d)] for d in pos_ids] if opts.teacher else None,
                            [source[(qid, d)] for d in pos_ids] if source else None,
@@ -160,9 +245,10 @@ def export(params: dict[str, Any], num_negatives: int, ingest_dir: Path, negativ
     try:
         for chunk in bar(_query_groups(negatives_path), desc="export", unit="chunk"):
             batch = {fmt: empty_rows(schemas[fmt]) for fmt in formats}
+            found = lookup(chunk)
             for qid, neg in chunk:
                 written.add(qid)
-                rec = record(qid, neg)
+                rec = record(qid, neg, found)
                 # ids that share a query text are one question (their positives are pooled at exclusion): a
                 # (text, positive) pair already written under another id would only repeat training rows
                 fresh = [i for i, d in enumerate(rec.pos_ids) if (rec.text, d) not in seen_pairs]
@@ -181,9 +267,12 @@ def export(params: dict[str, Any], num_negatives: int, ingest_dir: Path, negativ
         empty = {n: [] for n in ("doc_id", "doc_idx", "rank", "score", "teacher_score", "filter_score",
                                  "retriever")}
         batch = {fmt: empty_rows(schemas[fmt]) for fmt in formats}
-        for qid in query_ids.to_pylist():
-            if qid not in written and qid in positives:
-                rec = record(qid, empty)
+        left = [(qid, empty) for qid in query_ids.to_pylist() if qid not in written and qid in positives]
+        for a in range(0, len(left), 4096):
+            part = left[a:a + 4096]
+            found = lookup(part)
+            for qid, neg in part:
+                rec = record(qid, neg, found)
                 for fmt, (_, rows_fn) in formats.items():
                     if fmt == "ids":
                         rows_fn(rec, opts, batch[fmt], skipped)
