@@ -123,6 +123,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "run": {
         "cache_dir": None,  # default: .negmine/cache beside the config (or the current directory)
         "low_memory": False,  # glibc: fixed 1 MiB mmap threshold; about -30% peak memory, +20-30% encode time
+        # bytes (a number) or a size such as "2GiB" that sizes retrieve's chunks and the BM25 index build;
+        # default: an eighth of the machine's memory, at most 1 GiB. Memory-only: in no cache key
+        "memory_budget": None,
     },
 }
 
@@ -164,6 +167,10 @@ def _coerce(section: str, key: str, value: Any, origin: str) -> Any:
     """Check one value against its default's type; accept an int where a float is expected."""
     default = DEFAULTS[section][key]
     where = f"{origin}: [{section}] {key}"
+    if (section, key) == ("run", "memory_budget"):
+        from negmine.memory import parse_bytes
+
+        return None if value is None or value == "" else parse_bytes(value, where)
     if (section, key) in OPTIONAL_NUMBERS:
         if value is None or value == "":
             return None

@@ -253,7 +253,8 @@ def _index_stages(cfg: dict[str, Any], step: Callable[..., StageResult], ing: Pa
     if "bm25" in cfg["retrieve"]["retrievers"]:
         dirs["index"] = step("index", bm25.VERSION, {**cfg["bm25"], **text}, ["ingest"],
                              lambda out: bm25.build_index(cfg["bm25"], ing / "corpus.parquet", inp["use_title"],
-                                                          inp["title_sep"], out)).path
+                                                          inp["title_sep"], out,
+                                                          memory_budget=cfg["run"]["memory_budget"])).path
     if "dense" in cfg["retrieve"]["retrievers"]:
         from negmine import dense, encode
 
@@ -278,6 +279,7 @@ def _retrieve_stages(cfg: dict[str, Any], step: Callable[..., StageResult], ing:
     """One retriever: its candidates are the stage `retrieve`. Several: each is cached on its own
     (`retrieve-bm25`, `retrieve-dense`), so adding a retriever never recomputes another, then fused."""
     inp, r, d = cfg["input"], cfg["retrieve"], cfg["dense"]
+    r = {**r, "memory_budget": cfg["run"]["memory_budget"]}  # sizes chunks only: keys below name their params
     single = len(retrievers) == 1
     stages: dict[str, StageResult] = {}
     # chunk_size only bounds memory, so it is in no key

@@ -1,9 +1,10 @@
 """Retrieve stage: the top-k candidates of every query that has a positive, written as the candidates table.
 
-Queries are searched `chunk_size` at a time and each chunk becomes one Parquet row group, so memory is bounded by
-chunk_size x top_k rows whatever the number of queries. Rows are grouped by query, in the order of
-`queries_to_mine`, best rank first; later stages rely on that. BM25 documents that share no term with the query
-(score 0) are not candidates: they are not hard, merely arbitrary.
+Queries are searched a chunk at a time and each chunk becomes one Parquet row group. A chunk's size comes from the
+memory budget (`[run] memory_budget`, see `negmine.memory.query_chunk`), at most `[retrieve] chunk_size`, so memory
+is bounded by the budget whatever the number of queries or documents; the chunking never changes an output. Rows
+are grouped by query, in the order of `queries_to_mine`, best rank first; later stages rely on that. BM25 documents
+that share no term with the query (score 0) are not candidates: they are not hard, merely arbitrary.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from negmine import schema
+from negmine.memory import budget_bytes, query_chunk
 from negmine.progress import bar
 
 VERSION = "2"  # bumped when the stage's output changes
@@ -107,15 +109,18 @@ def retrieve_bm25(bm25_params: dict[str, Any], params: dict[str, Any], ingest_di
                   min_positive_score: int, out_dir: Path) -> dict[str, Any]:
     from negmine.bm25 import Searcher
 
-    searcher = Searcher(bm25_params, index_dir)
+    budget = budget_bytes(params.get("memory_budget"))
+    # half the budget for the chunk's candidate rows, half for the sparse products that score it
+    searcher = Searcher(bm25_params, index_dir, max_block_bytes=budget // 2)
     queries = queries_to_mine(ingest_dir, min_positive_score)
+    chunk = query_chunk(budget, params["top_k"], params["chunk_size"])
     stats = write_candidates(queries, ingest_dir, lambda a, b, part: searcher.search(part["text"].to_pylist(),
                                                                                       params["top_k"]),
-                             "bm25", params["chunk_size"], out_dir / "candidates.parquet")
+                             "bm25", chunk, out_dir / "candidates.parquet")
     q, d, rows, qpos = positive_pairs(ingest_dir, queries["query_id"].combine_chunks(), min_positive_score)
     texts = queries["text"].to_pylist()
-    scores = np.concatenate([searcher.score_pairs([texts[i] for i in qpos[a:a + 4096]], rows[a:a + 4096])
-                             for a in range(0, len(rows), 4096)]) if len(rows) else np.zeros(0, np.float32)
+    scores = np.concatenate([searcher.score_pairs([texts[i] for i in qpos[a:a + chunk]], rows[a:a + chunk])
+                             for a in range(0, len(rows), chunk)]) if len(rows) else np.zeros(0, np.float32)
     write_positive_scores(out_dir / "positives.parquet", q, d, rows, scores, "bm25")
     return {**stats, "top_k": params["top_k"], "score_type": "bm25"}
 
@@ -127,9 +132,10 @@ def retrieve_dense(dense_params: dict[str, Any], params: dict[str, Any], ingest_
     searcher = DenseSearcher(dense_params, encode_dir, ann_dir)
     query_vectors = np.load(encode_dir / "queries.npy", mmap_mode="r")
     queries = queries_to_mine(ingest_dir, min_positive_score)
+    chunk = query_chunk(budget_bytes(params.get("memory_budget")), params["top_k"], params["chunk_size"])
     stats = write_candidates(queries, ingest_dir, lambda a, b, part: searcher.search(query_vectors[a:b],
                                                                                       params["top_k"]),
-                             "dense", params["chunk_size"], out_dir / "candidates.parquet")
+                             "dense", chunk, out_dir / "candidates.parquet")
     score_type = "cosine" if dense_params["normalize"] else "dot"
     q, d, rows, qpos = positive_pairs(ingest_dir, queries["query_id"].combine_chunks(), min_positive_score)
     scores = searcher.score_pairs(query_vectors[qpos], rows)
@@ -146,7 +152,7 @@ def fuse_candidates(params: dict[str, Any], ingest_dir: Path, paths: list[Path],
     n_docs = pq.ParquetFile(ingest_dir / "corpus.parquet").metadata.num_rows
     union = params["fusion"] == "union"
     quota = (params["union_quota"] or max(1, params["top_k"] // len(names))) if union else None
-    chunk = params["chunk_size"]
+    chunk = query_chunk(budget_bytes(params.get("memory_budget")), params["top_k"], params["chunk_size"])
     readers = [query_chunks(p, query_ids, chunk) for p in paths]
     rows = 0
     found_by: dict[str, int] = {}
