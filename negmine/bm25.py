@@ -11,6 +11,7 @@ import itertools
 import json
 import logging
 import pickle
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -50,7 +51,7 @@ def make_tokenizer(params: dict[str, Any]):
     return bm25s.tokenization.Tokenizer(lower=params["lowercase"], stopwords=stopwords, stemmer=stemmer)
 
 
-def iter_doc_texts(corpus_path: Path, use_title: bool, title_sep: str, batch: int = 50_000) -> Iterator[str]:
+def iter_doc_texts(corpus_path: Path, use_title: bool, title_sep: str, batch: int = 4096) -> Iterator[str]:
     """Retrieval texts of the corpus in table order, read in batches so texts never all sit in memory."""
     pf = pq.ParquetFile(corpus_path)
     for rb in pf.iter_batches(batch_size=batch, columns=["title", "text"]):
@@ -65,10 +66,12 @@ _TOKENIZED_DOC_BYTES = 16 << 10
 
 
 def index_chunk_docs(memory_budget: int | None) -> int:
-    """Documents tokenized at once: a quarter of the budget for their token lists."""
+    """Documents tokenized at once: a sixteenth of the budget for their token lists (the rest of the budget is
+    the reading, the unique-term sort and the index arrays themselves); past 4,096 documents bigger chunks save
+    no time."""
     from negmine.memory import budget_bytes
 
-    return max(1, min(1 << 16, budget_bytes(memory_budget) // 4 // _TOKENIZED_DOC_BYTES))
+    return max(1, min(4096, budget_bytes(memory_budget) // 16 // _TOKENIZED_DOC_BYTES))
 
 
 def build_index(params: dict[str, Any], corpus_path: Path, use_title: bool, title_sep: str,
@@ -101,17 +104,18 @@ def _build_bm25s(params: dict[str, Any], tok, texts: Iterator[str], n_docs: int,
 
     bm25s' own `index` wants every document's token list at once (Python lists: about 1.8 GB at 300k documents).
     Here each chunk of `chunk_docs` documents is tokenized (the tokenizer's vocabulary grows as it would over the
-    whole corpus), reduced to its (document, term, count) triples (8 bytes a triple kept), and its token lists
-    dropped. Document frequencies and the mean length need the whole corpus, so scores are computed in a second
-    pass over the kept triples, with bm25s' own idf and term-frequency functions, and placed straight into the
-    term-major (CSC) arrays by a counting sort. Peak: the triples and the output arrays, 16 bytes a (document,
-    term) entry, plus one chunk's token lists.
+    whole corpus), reduced to its (term, count) pairs per document, which go to an unnamed temporary file, and its
+    token lists dropped. Document frequencies and the mean length need the whole corpus, so scores are computed in
+    a second pass that reads the chunks back one at a time, with bm25s' own idf and term-frequency functions, and
+    places them straight into the term-major (CSC) arrays by a counting sort. Peak: the output arrays (8 bytes a
+    (document, term) entry: the index's own size) plus one chunk.
     """
     import bm25s
     from bm25s.scoring import _build_idf_array, _build_nonoccurrence_array, _select_idf_scorer, _select_tfc_scorer
 
     retriever = bm25s.BM25(k1=params["k1"], b=params["b"], delta=params["delta"], method=params["method"])
-    chunks: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []  # per chunk: terms, counts, entries per doc
+    spill = tempfile.TemporaryFile(dir=save_dir.parent)  # per chunk: terms, counts, entries per document
+    chunks: list[tuple[int, int]] = []  # (entries, documents) of each chunk, in file order
     doc_len = np.zeros(n_docs, dtype=np.int64)
     df = np.zeros(0, dtype=np.int64)
     done = 0
@@ -129,7 +133,9 @@ def _build_bm25s(params: dict[str, Any], tok, texts: Iterator[str], n_docs: int,
         keys, tf = np.unique(np.repeat(np.arange(len(lens), dtype=np.int64), lens) * width + flat,
                              return_counts=True)
         terms, per_doc = (keys % width).astype(np.int32), np.bincount(keys // width, minlength=len(lens))
-        chunks.append((terms, tf.astype(np.float32), per_doc))
+        for part in (terms, tf.astype(np.float32), per_doc):
+            spill.write(part.tobytes())
+        chunks.append((len(terms), len(per_doc)))
         doc_len[done:done + len(lens)] = lens
         counts = np.bincount(terms, minlength=max(width, len(df)))
         counts[:len(df)] += df
@@ -154,7 +160,11 @@ def _build_bm25s(params: dict[str, Any], tok, texts: Iterator[str], n_docs: int,
     indices = np.empty(int(indptr[-1]), dtype=np.int32)
     heads = indptr[:-1].copy()
     first_doc = 0
-    for i, (terms, tf, per_doc) in enumerate(chunks):
+    spill.seek(0)
+    for n_entries, n_chunk_docs in chunks:
+        terms = np.fromfile(spill, dtype=np.int32, count=n_entries)
+        tf = np.fromfile(spill, dtype=np.float32, count=n_entries)
+        per_doc = np.fromfile(spill, dtype=np.int64, count=n_chunk_docs)
         docs = np.repeat(np.arange(first_doc, first_doc + len(per_doc), dtype=np.int64), per_doc)
         # bm25s' per-document arithmetic, element by element: l_d an integer, l_avg and the tfc in float64
         scores = idf[terms] * tfc_fn(tf_array=tf, l_d=doc_len[docs], l_avg=avg_doc_len, k1=retriever.k1,
@@ -169,7 +179,7 @@ def _build_bm25s(params: dict[str, Any], tok, texts: Iterator[str], n_docs: int,
         indices[at] = docs[order].astype(np.int32)
         heads += np.bincount(terms, minlength=n_vocab)[:n_vocab]
         first_doc += len(per_doc)
-        chunks[i] = None  # type: ignore[call-overload]  # its triples are placed: free them
+    spill.close()
     retriever.scores = {"data": data, "indices": indices, "indptr": indptr, "num_docs": done}
     retriever.nonoccurrence_array = nonoccurrence
     if "" not in vocab:  # as BM25.index(create_empty_token=True) does, on the tokenizer's own dict
