@@ -32,8 +32,12 @@ class _ColumnStore:
     """
 
     def __init__(self, folder: Path) -> None:
-        # O_TMPFILE where the filesystem has it: the file has no name, so even a killed run leaves nothing behind
-        self.fh = tempfile.TemporaryFile(dir=folder)
+        # O_TMPFILE where the filesystem has it: the file has no name, so even a killed run leaves nothing behind;
+        # beside the cache (sized for corpora), else in the system's temporary folder
+        try:
+            self.fh = tempfile.TemporaryFile(dir=folder)
+        except OSError:
+            self.fh = tempfile.TemporaryFile()
         self.starts: list[np.ndarray] = []
         self.valid: list[np.ndarray] = []
         self.end = 0
@@ -76,21 +80,16 @@ class _ColumnStore:
 class Texts:
     """Document and query texts by corpus row / query id.
 
-    The corpus's titles and texts are copied once, streaming, into a store on disk beside the ingest entry
-    (`_ColumnStore`), so a lookup costs the rows it reads and memory does not hold the corpus. `corpus` is the
-    memory-mapped `doc_id` column.
+    On the first lookup, the corpus's titles and texts are copied once, streaming, into a store on disk beside
+    the ingest entry (`_ColumnStore`), so a lookup costs the rows it reads and memory does not hold the corpus.
+    `corpus` is the memory-mapped `doc_id` column.
     """
 
     def __init__(self, ingest_dir: Path, use_title: bool, title_sep: str, batch: int = 65_536) -> None:
-        path = ingest_dir / "corpus.parquet"
-        self.corpus = pq.read_table(path, columns=["doc_id"], memory_map=True)
+        self.corpus = pq.read_table(ingest_dir / "corpus.parquet", columns=["doc_id"], memory_map=True)
         self.ingest_dir, self.use_title, self.title_sep = ingest_dir, use_title, title_sep
-        self._titles, self._texts = _ColumnStore(ingest_dir.parent), _ColumnStore(ingest_dir.parent)
-        for rb in pq.ParquetFile(path).iter_batches(batch_size=batch, columns=["title", "text"]):
-            self._titles.append(rb.column(0))
-            self._texts.append(rb.column(1))
-        self._titles.finish()
-        self._texts.finish()
+        self.batch = batch
+        self._store: tuple[_ColumnStore, _ColumnStore] | None = None
         queries = pq.read_table(ingest_dir / "queries.parquet", columns=["query_id", "text"])
         self.queries = dict(zip(queries["query_id"].to_pylist(), queries["text"].to_pylist()))
 
@@ -99,7 +98,21 @@ class Texts:
         if len(idx) == 0:
             return [], []
         rows = np.asarray(idx, dtype=np.int64)
-        return self._titles.get(rows), self._texts.get(rows)
+        titles, texts = self._stores()
+        return titles.get(rows), texts.get(rows)
+
+    def _stores(self) -> tuple[_ColumnStore, _ColumnStore]:
+        if self._store is None:
+            folder = self.ingest_dir.parent
+            titles, texts = _ColumnStore(folder), _ColumnStore(folder)
+            pf = pq.ParquetFile(self.ingest_dir / "corpus.parquet")
+            for rb in pf.iter_batches(batch_size=self.batch, columns=["title", "text"]):
+                titles.append(rb.column(0))
+                texts.append(rb.column(1))
+            titles.finish()
+            texts.finish()
+            self._store = titles, texts
+        return self._store
 
     def join(self, titles: list[str], texts: list[str]) -> list[str]:
         if not self.use_title:
@@ -111,8 +124,10 @@ class Texts:
         return self.join(*self.parts(idx))
 
     def close(self) -> None:
-        self._titles.close()
-        self._texts.close()
+        if self._store is not None:
+            for store in self._store:
+                store.close()
+            self._store = None
 
     def __enter__(self) -> Texts:
         return self
