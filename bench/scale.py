@@ -79,10 +79,12 @@ def _query(rng: np.random.Generator, sents: list[str]) -> str:
     return " ".join(words)
 
 
-def build_corpus(n_docs: int, out: Path, seed: int = 0, sources: Path = SOURCES) -> Path:
-    """A BEIR folder of `n_docs` recombined documents and n_docs / 10 queries (kept when already built)."""
+def build_corpus(n_docs: int, out: Path, seed: int = 0, sources: Path = SOURCES, every: int = 10) -> Path:
+    """A BEIR folder of `n_docs` recombined documents and a query for every `every`-th document (kept when
+    already built)."""
     done = out / "done.json"
-    if done.is_file() and json.loads(done.read_text()) == {"documents": n_docs, "seed": seed}:
+    spec = {"documents": n_docs, "seed": seed} if every == 10 else {"documents": n_docs, "seed": seed, "every": every}
+    if done.is_file() and json.loads(done.read_text()) == spec:
         return out
     shutil.rmtree(out, ignore_errors=True)
     (out / "qrels").mkdir(parents=True)
@@ -104,11 +106,11 @@ def build_corpus(n_docs: int, out: Path, seed: int = 0, sources: Path = SOURCES)
                 doc_id = f"d{i:0{width}d}"
                 corpus.write(json.dumps({"_id": doc_id, "title": titles[shape[j]], "text": " ".join(sents)},
                                         ensure_ascii=False) + "\n")
-                if i % 10 == 0:
-                    qid = f"q{i // 10:0{width}d}"
+                if i % every == 0:
+                    qid = f"q{i // every:0{width}d}"
                     queries.write(json.dumps({"_id": qid, "text": _query(rng, sents)}, ensure_ascii=False) + "\n")
                     qrels.write(f"{qid}\t{doc_id}\t1\n")
-    done.write_text(json.dumps({"documents": n_docs, "seed": seed}))
+    done.write_text(json.dumps(spec))
     return out
 
 
@@ -208,7 +210,7 @@ def st_worker(args: argparse.Namespace) -> None:
 
     corpus, anchors, positives = read_beir(Path(args.data))
     dataset = Dataset.from_dict({"anchor": anchors, "positive": positives})
-    model = SentenceTransformer(args.model)
+    model = SentenceTransformer(str(args.model))
     t1 = time.perf_counter()
     result = mine_hard_negatives(dataset, model, corpus=corpus, range_min=0, range_max=30, num_negatives=5,
                                  sampling_strategy="top", batch_size=64, use_faiss=args.use_faiss,
@@ -222,8 +224,12 @@ def st_worker(args: argparse.Namespace) -> None:
                       "peak_rss_mib": peak, "rss_source": source}))
 
 
+def _corpus_dir(work: Path, n_docs: int, every: int) -> Path:
+    return work / (f"corpus-{n_docs}" if every == 10 else f"corpus-{n_docs}-q{every}")
+
+
 def run_st(n_docs: int, args: argparse.Namespace, work: Path, use_faiss: bool) -> dict:
-    data = work / f"corpus-{n_docs}"
+    data = _corpus_dir(work, n_docs, args.query_every)
     out = work / f"out-st-{'faiss' if use_faiss else 'default'}-{n_docs}"
     shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True)
@@ -231,13 +237,20 @@ def run_st(n_docs: int, args: argparse.Namespace, work: Path, use_faiss: bool) -
            "--st-worker", "--data", str(data), "--model", str(args.model), "--out", str(out)]
     if use_faiss:
         cmd.append("--use-faiss")
+    cap = args.st_max_gib << 30
+
+    def limit() -> None:  # a shared machine: an address-space cap, so a run that cannot fit fails alone
+        resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, env={**os.environ, "TQDM_DISABLE": "1"}, capture_output=True, text=True,
-                          check=False)
+                          check=False, preexec_fn=limit)
     wall = time.perf_counter() - t0
     name = "sentence-transformers" + (" (use_faiss)" if use_faiss else "")
     if proc.returncode != 0:
         why = "timed out" if proc.returncode == 124 else f"failed (exit {proc.returncode})"
+        if "memory" in proc.stderr.lower() or "alloc" in proc.stderr.lower():
+            why = f"out of memory under a {args.st_max_gib} GiB address-space cap"
         tail = proc.stderr.strip().splitlines()[-1:] or [""]
         print(f"{n_docs:>9,} docs  {name}: {why} after {wall:.0f} s: {tail[0][:200]}", file=sys.stderr)
         return {"status": why, "seconds": round(wall, 1), "error": tail[0][:500]}
@@ -250,8 +263,10 @@ def run_st(n_docs: int, args: argparse.Namespace, work: Path, use_faiss: bool) -
 
 
 def run_size(n_docs: int, args: argparse.Namespace, work: Path) -> dict:
-    data = build_corpus(n_docs, work / f"corpus-{n_docs}", args.seed)
+    data = build_corpus(n_docs, _corpus_dir(work, n_docs, args.query_every), args.seed, every=args.query_every)
     label = args.label or args.retriever
+    if args.query_every != 10:
+        label = f"{label}-q{args.query_every}"
     cache, out = work / f"cache-{label}-{n_docs}", work / f"out-{label}-{n_docs}"
     shutil.rmtree(cache, ignore_errors=True)
     shutil.rmtree(out, ignore_errors=True)
@@ -260,7 +275,7 @@ def run_size(n_docs: int, args: argparse.Namespace, work: Path) -> dict:
         overrides.append(f"dense.model={json.dumps(str(args.model))}")
     env = {**os.environ, "NEGMINE_PROGRESS": "0"}
     env["PYTHONPATH"] = os.pathsep.join([str(args.negmine)] + [p for p in [env.get("PYTHONPATH")] if p])
-    row: dict = {"documents": n_docs, "queries": n_docs // 10, "stages": {}}
+    row: dict = {"documents": n_docs, "queries": -(-n_docs // args.query_every), "stages": {}}
     for until, stage in STAGES[args.retriever]:
         cmd = ["nice", "-n", "10", sys.executable, str(Path(__file__).resolve()), "--worker", "--config",
                str(args.config), "--until", until, "--cache", str(cache), "--overrides", json.dumps(overrides)]
@@ -297,13 +312,16 @@ def main() -> None:
     ap.add_argument("--st", action="store_true", help="dense: also run sentence-transformers' mine_hard_negatives")
     ap.add_argument("--st-timeout", type=int, default=1800, help="seconds before a sentence-transformers run is "
                     "stopped and reported as timed out")
+    ap.add_argument("--st-max-gib", type=int, default=12, help="address-space cap of a sentence-transformers run")
     ap.add_argument("--set", action="append", default=[], help="extra section.key=value overrides")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--query-every", type=int, default=10, help="a query for every N-th document (default 10)")
     ap.add_argument("--work", type=Path, default=Path(os.environ.get("TMPDIR", "/tmp")) / "negmine-scale")
     ap.add_argument("--negmine", type=Path, default=ROOT, help="the negmine source tree to measure")
     ap.add_argument("--label", default="", help="name of this run in the JSON (default: the retriever)")
     ap.add_argument("--json", type=Path, default=RESULTS / "scale.json")
     ap.add_argument("--build-only", action="store_true", help="only generate the corpora")
+    ap.add_argument("--table", action="store_true", help="only print the tables of the results file (--json)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--st-worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--use-faiss", action="store_true", help=argparse.SUPPRESS)
@@ -319,13 +337,16 @@ def main() -> None:
     if args.st_worker:
         st_worker(args)
         return
+    if args.table:
+        print(table(json.loads(args.json.read_text())))
+        return
     args.config = args.config or PRESETS[args.retriever]
     sizes = [int(s) for s in args.sizes.split(",") if s]
     args.work.mkdir(parents=True, exist_ok=True)
     if args.build_only:
         for n in sizes:
             t0 = time.perf_counter()
-            build_corpus(n, args.work / f"corpus-{n}", args.seed)
+            build_corpus(n, _corpus_dir(args.work, n, args.query_every), args.seed, every=args.query_every)
             print(f"{n:,} documents: {time.perf_counter() - t0:.1f} s", file=sys.stderr)
         return
     if args.retriever == "dense" and args.model is None:
@@ -338,6 +359,39 @@ def main() -> None:
     for n in sizes:
         runs[str(n)] = run_size(n, args, args.work)
         _save(results, label, args)  # after every size: a long run keeps what it measured
+
+
+def table(results: dict) -> str:
+    """Markdown tables of every run in a results file: per stage wall seconds / CPU seconds / peak RSS."""
+    lines = []
+    for label, run in results.get("runs", {}).items():
+        sizes = run.get("sizes", {})
+        if not sizes:
+            continue
+        have = next(iter(sizes.values()))["stages"]
+        stages = [st for _, st in STAGES[run.get("retriever", "bm25")] if st in have]
+        lines += [f"**{label}** ({run.get('config', '')})", "",
+                  "| documents | queries | " + " | ".join(stages) + " | total | export share | peak RSS | disk |",
+                  "|---:" * (len(stages) + 6) + "|"]
+        for n, row in sorted(sizes.items(), key=lambda kv: int(kv[0])):
+            cells = []
+            for st in stages:
+                v = row["stages"][st]
+                cpu = v.get("process_cpu_seconds")
+                cells.append(f"{v['seconds']:.1f} s" + (f" ({cpu:.1f})" if cpu is not None else "")
+                             + f", {v['peak_rss_mib']:.0f} MiB")
+            disk = sum(v["disk_mib"] for v in row["stages"].values()) + row.get("output_disk_mib", 0)
+            lines.append(f"| {int(n):,} | {row['queries']:,} | " + " | ".join(cells)
+                         + f" | {row['total_seconds']:.1f} s | {100 * row['export_share']:.0f}% | "
+                         f"{row['peak_rss_mib']:.0f} MiB | {disk:,.0f} MiB |")
+            for name, st in row.get("sentence_transformers", {}).items():
+                if st["status"] == "finished":
+                    lines.append(f"| {int(n):,} | sentence-transformers, {name} search: {st['seconds']['total']:.1f} s "
+                                 f"(mine {st['seconds']['mine']:.1f} s), peak {st['peak_rss_mib']:.0f} MiB |")
+                else:
+                    lines.append(f"| {int(n):,} | sentence-transformers, {name} search: {st['status']} |")
+        lines.append("")
+    return "\n".join(lines)
 
 
 def _save(results: dict, label: str, args: argparse.Namespace) -> None:
