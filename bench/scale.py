@@ -277,6 +277,8 @@ def run_size(n_docs: int, args: argparse.Namespace, work: Path) -> dict:
     env["PYTHONPATH"] = os.pathsep.join([str(args.negmine)] + [p for p in [env.get("PYTHONPATH")] if p])
     row: dict = {"documents": n_docs, "queries": -(-n_docs // args.query_every), "stages": {}}
     for until, stage in STAGES[args.retriever]:
+        if args.skip and stage in args.skip.split(","):
+            continue
         cmd = ["nice", "-n", "10", sys.executable, str(Path(__file__).resolve()), "--worker", "--config",
                str(args.config), "--until", until, "--cache", str(cache), "--overrides", json.dumps(overrides)]
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
@@ -295,7 +297,8 @@ def run_size(n_docs: int, args: argparse.Namespace, work: Path) -> dict:
     row["total_seconds"] = round(sum(s["seconds"] for s in row["stages"].values()), 2)
     row["peak_rss_mib"] = max(s["peak_rss_mib"] for s in row["stages"].values())
     row["output_disk_mib"] = round(_du(out) / (1 << 20), 1)
-    row["export_share"] = round(row["stages"]["export"]["seconds"] / row["total_seconds"], 3)
+    if "export" in row["stages"]:
+        row["export_share"] = round(row["stages"]["export"]["seconds"] / row["total_seconds"], 3)
     if args.retriever == "dense" and args.st:
         row["sentence_transformers"] = {"default": run_st(n_docs, args, work, False),
                                         "use_faiss": run_st(n_docs, args, work, True)}
@@ -321,6 +324,8 @@ def main() -> None:
     ap.add_argument("--label", default="", help="name of this run in the JSON (default: the retriever)")
     ap.add_argument("--json", type=Path, default=RESULTS / "scale.json")
     ap.add_argument("--build-only", action="store_true", help="only generate the corpora")
+    ap.add_argument("--skip", default="", help="stages not to measure, comma-separated (e.g. export: too slow "
+                    "in an old tree); the stages after them still run")
     ap.add_argument("--table", action="store_true", help="only print the tables of the results file (--json)")
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--st-worker", action="store_true", help=argparse.SUPPRESS)
@@ -382,7 +387,7 @@ def table(results: dict) -> str:
                              + f", {v['peak_rss_mib']:.0f} MiB")
             disk = sum(v["disk_mib"] for v in row["stages"].values()) + row.get("output_disk_mib", 0)
             lines.append(f"| {int(n):,} | {row['queries']:,} | " + " | ".join(cells)
-                         + f" | {row['total_seconds']:.1f} s | {100 * row['export_share']:.0f}% | "
+                         + f" | {row['total_seconds']:.1f} s | {100 * row.get('export_share', 0):.0f}% | "
                          f"{row['peak_rss_mib']:.0f} MiB | {disk:,.0f} MiB |")
             for name, st in row.get("sentence_transformers", {}).items():
                 if st["status"] == "finished":

@@ -165,6 +165,10 @@ def _query_groups(negatives_path: Path) -> Iterator[list[tuple[str, dict[str, li
         yield [(str(qids[a]), {n: v[a:b] for n, v in cols.items()}) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
+# json.dumps(..., ensure_ascii=False) builds a new encoder per call; one encoder writes the same bytes
+_JSON = json.JSONEncoder(ensure_ascii=False)
+
+
 class _Sink:
     """One output file (Parquet or JSONL) of one format, written under a temporary name."""
 
@@ -185,9 +189,8 @@ class _Sink:
         if self.parquet:
             self.writer.write_table(pa.table(rows, schema=self.schema))
         else:
-            names = list(rows)
-            for values in zip(*(rows[k] for k in names)):
-                self.fh.write(json.dumps(dict(zip(names, values)), ensure_ascii=False) + "\n")
+            names, encode = list(rows), _JSON.encode
+            self.fh.writelines(encode(dict(zip(names, values))) + "\n" for values in zip(*(rows[k] for k in names)))
 
     def close(self) -> None:
         if self.parquet:
