@@ -209,11 +209,12 @@ def top_k_indices(values: np.ndarray, k: int, ids: np.ndarray | None = None) -> 
 class Searcher:
     """Top-k search over a saved index, one chunk of queries at a time.
 
-    For bm25s, a chunk of queries is scored in one sparse product (queries x terms) @ (terms x documents) on
+    For bm25s, a chunk of queries is scored in sparse products (queries x terms) @ (terms x documents) on
     bm25s' precomputed score matrix: the same sums bm25s computes query by query. The product is sparse, holding
     only the documents that share a term with each query, so the top-k cut reads those alone and no dense
-    queries x corpus block is made. (bm25l and bm25+ give every document a score; there, dense rows are made at
-    most `max_block_bytes` of scores at a time, which with argpartition's work arrays peaks near 4x that.)
+    queries x corpus block is made. Products are made for as many queries at a time as fit `max_block_bytes` in
+    the worst case, a dense product (the retrieve stage gives half its memory budget). (bm25l and bm25+ give every
+    document a score; there dense rows are made, a quarter as many, for argpartition's work arrays.)
     Ties at the top-k cut keep the lower document index, as does the final order.
     """
 
