@@ -387,7 +387,8 @@ def table(results: dict) -> str:
                              + f", {v['peak_rss_mib']:.0f} MiB")
             disk = sum(v["disk_mib"] for v in row["stages"].values()) + row.get("output_disk_mib", 0)
             lines.append(f"| {int(n):,} | {row['queries']:,} | " + " | ".join(cells)
-                         + f" | {row['total_seconds']:.1f} s | {100 * row.get('export_share', 0):.0f}% | "
+                         + f" | {row['total_seconds']:.1f} s | "
+                         + (f"{100 * row['export_share']:.0f}%" if "export_share" in row else "-") + " | "
                          f"{row['peak_rss_mib']:.0f} MiB | {disk:,.0f} MiB |")
             for name, st in row.get("sentence_transformers", {}).items():
                 if st["status"] == "finished":
