@@ -123,6 +123,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
     "run": {
         "cache_dir": None,  # default: .negmine/cache beside the config (or the current directory)
         "low_memory": False,  # glibc: fixed 1 MiB mmap threshold; about -30% peak memory, +20-30% encode time
+        # bytes (a number) or a size such as "2GiB" that sizes retrieve's chunks and the BM25 index build;
+        # default: an eighth of the machine's memory, at most 1 GiB. Memory-only: in no cache key
+        "memory_budget": None,
     },
 }
 
@@ -300,6 +303,10 @@ def _coerce(section: str, key: str, value: Any, origin: str, known: dict[str, di
     where = f"{origin}: [{section}] {key}"
     if (section, key) in PATH_KEYS and default is not None and isinstance(value, str) and not value.strip():
         raise ConfigError(f"{where} is empty; give a folder (an empty path would mean the current directory)")
+    if (section, key) == ("run", "memory_budget"):
+        from negmine.memory import parse_bytes
+
+        return None if value is None or value == "" else parse_bytes(value, where)
     if (section, key) in OPTIONAL_NUMBERS:
         if value is None or value == "":
             return None

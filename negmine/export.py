@@ -36,6 +36,10 @@ def _query_groups(negatives_path: Path) -> Iterator[list[tuple[str, dict[str, li
         yield [(str(qids[a]), {n: v[a:b] for n, v in cols.items()}) for a, b in zip(bounds[:-1], bounds[1:])]
 
 
+# json.dumps(..., ensure_ascii=False) builds a new encoder per call; one encoder writes the same bytes
+_JSON = json.JSONEncoder(ensure_ascii=False)
+
+
 class _Sink:
     """One output file (Parquet or JSONL) of one format, written under a temporary name."""
 
@@ -56,9 +60,8 @@ class _Sink:
         if self.parquet:
             self.writer.write_table(pa.table(rows, schema=self.schema))
         else:
-            names = list(rows)
-            for values in zip(*(rows[k] for k in names)):
-                self.fh.write(json.dumps(dict(zip(names, values)), ensure_ascii=False) + "\n")
+            names, encode = list(rows), _JSON.encode
+            self.fh.writelines(encode(dict(zip(names, values))) + "\n" for values in zip(*(rows[k] for k in names)))
 
     def close(self) -> None:
         if self.parquet:
@@ -92,7 +95,14 @@ def export(params: Mapping[str, Any], ingest_dir: Path, negatives_path: Path, pr
            ) -> dict[str, Any]:
     """Write every configured format. `teacher_positives` / `source_positives` hold the positives' teacher
     scores and the scores on the filters' scale (teacher's or retriever's; None for fused RRF scores)."""
-    texts = tables.Texts(ingest_dir)
+    with tables.Texts(ingest_dir) as texts:
+        return _export(texts, params, ingest_dir, negatives_path, provenance, out_dir, teacher_positives,
+                       source_positives)
+
+
+def _export(texts: tables.Texts, params: Mapping[str, Any], ingest_dir: Path, negatives_path: Path,
+            provenance: dict[str, Any], out_dir: Path, teacher_positives: Path | None,
+            source_positives: Path | None) -> dict[str, Any]:
     positives = tables.positives_by_query(ingest_dir)
     query_ids = tables.mined_query_ids(ingest_dir)
     teacher, source = _scores_by_pair(teacher_positives), _scores_by_pair(source_positives)
@@ -107,10 +117,16 @@ def export(params: Mapping[str, Any], ingest_dir: Path, negatives_path: Path, pr
     seen_pairs: set[tuple[str, str]] = set()
     repeated: dict[str, int] = {}
 
-    def record(qid: str, neg: dict[str, list]) -> QueryRecord:
+    def lookup(groups: list[tuple[str, dict[str, list]]]) -> dict[int, tuple[str, str]]:
+        """(title, text) of every corpus row a chunk's records name, read in one batch: export costs grow with
+        the rows written, not with queries x corpus."""
+        rows = sorted({i for qid, neg in groups for i in (*positives[qid][1], *neg["doc_idx"])})
+        return dict(zip(rows, zip(*texts.parts(rows)))) if rows else {}
+
+    def record(qid: str, neg: dict[str, list], found: dict[int, tuple[str, str]]) -> QueryRecord:
         pos_ids, pos_idx = positives[qid]
-        pt, pb = texts.parts(pos_idx)
-        nt, nb = texts.parts(neg["doc_idx"])
+        pt, pb = [found[i][0] for i in pos_idx], [found[i][1] for i in pos_idx]
+        nt, nb = [found[i][0] for i in neg["doc_idx"]], [found[i][1] for i in neg["doc_idx"]]
         return QueryRecord(qid, texts.queries[qid], pos_ids, pt, pb, texts.join(pt, pb),
                            [teacher[(qid, d)] for d in pos_ids] if opts.teacher else None,
                            [source[(qid, d)] for d in pos_ids] if source else None,
@@ -119,9 +135,10 @@ def export(params: Mapping[str, Any], ingest_dir: Path, negatives_path: Path, pr
     try:
         for chunk in bar(_query_groups(negatives_path), desc="export", unit="chunk"):
             batch = {fmt: empty_rows(schemas[fmt]) for fmt in formats}
+            found = lookup(chunk)
             for qid, neg in chunk:
                 written.add(qid)
-                rec = record(qid, neg)
+                rec = record(qid, neg, found)
                 # ids that share a query text are one question (their positives are pooled at exclusion): a
                 # (text, positive) pair already written under another id would only repeat training rows
                 fresh = [i for i, d in enumerate(rec.pos_ids) if (rec.text, d) not in seen_pairs]
@@ -140,9 +157,12 @@ def export(params: Mapping[str, Any], ingest_dir: Path, negatives_path: Path, pr
         empty = {n: [] for n in ("doc_id", "doc_idx", "rank", "score", "teacher_score", "filter_score",
                                  "retriever")}
         batch = {fmt: empty_rows(schemas[fmt]) for fmt in formats}
-        for qid in query_ids.to_pylist():
-            if qid not in written and qid in positives:
-                rec = record(qid, empty)
+        left = [(qid, empty) for qid in query_ids.to_pylist() if qid not in written and qid in positives]
+        for a in range(0, len(left), 4096):
+            part = left[a:a + 4096]
+            found = lookup(part)
+            for qid, neg in part:
+                rec = record(qid, neg, found)
                 for fmt, f in formats.items():
                     if f.every_query:
                         f.rows(rec, opts, batch[fmt], skipped)

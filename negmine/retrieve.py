@@ -1,9 +1,10 @@
 """The candidates table that every retriever writes: the top-k candidates of every mined query, and their fusion.
 
-Queries are searched `chunk_size` at a time and each chunk becomes one Parquet row group, so memory is bounded by
-chunk_size x top_k rows whatever the number of queries. Rows are grouped by query, in the order of
-`tables.mined_queries`, best rank first; later stages rely on that. BM25 documents that share no term with the query
-(score 0) are not candidates: they are not hard, merely arbitrary.
+Queries are searched a chunk at a time and each chunk becomes one Parquet row group. A chunk's size comes from the
+memory budget (`[run] memory_budget`, see `negmine.memory.query_chunk`), at most `[retrieve] chunk_size`, so memory
+is bounded by the budget whatever the number of queries or documents; the chunking never changes an output. Rows
+are grouped by query, in the order of `tables.mined_queries`, best rank first; later stages rely on that. BM25 documents
+that share no term with the query (score 0) are not candidates: they are not hard, merely arbitrary.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from negmine import schema, tables
+from negmine.memory import budget_bytes, query_chunk
 from negmine.progress import bar
 
 VERSION = "2"  # bumped when the stage's output changes
@@ -95,7 +97,7 @@ def fuse_candidates(params: Mapping[str, Any], ingest_dir: Path, paths: list[Pat
     n_docs = tables.num_docs(ingest_dir)
     union = params["fusion"] == "union"
     quota = (params["union_quota"] or max(1, params["top_k"] // len(names))) if union else None
-    chunk = params["chunk_size"]
+    chunk = query_chunk(budget_bytes(params["memory_budget"]), params["top_k"], params["chunk_size"])
     readers = [query_chunks(p, query_ids, chunk) for p in paths]
     rows = 0
     found_by: dict[str, int] = {}

@@ -8,6 +8,8 @@ positives pooled from queries that share its normalised text), and membership te
 from __future__ import annotations
 
 import json
+import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -132,28 +134,116 @@ def positive_pairs(ingest_dir: Path, query_ids: pa.Array) -> tuple[list[str], li
     return q_out, d_out, np.asarray(rows, dtype=np.int64), np.asarray(qpos, dtype=np.int64)
 
 
-class Texts:
-    """Document and query texts by position / id, read from the memory-mapped ingest tables."""
+class _ColumnStore:
+    """A string column of the corpus on disk: its UTF-8 bytes in an unlinked temporary file, offsets in memory.
 
-    def __init__(self, ingest_dir: Path) -> None:
-        self.corpus = pq.read_table(ingest_dir / CORPUS, columns=["doc_id", "title", "text"], memory_map=True)
+    Looking a row up is one `pread` of its bytes: the cost grows with the rows read, not with the corpus (a
+    `take` on the memory-mapped table costs a scan of its chunks per call), and resident memory holds the offsets
+    (8 bytes a row) and what was read, not the column (file pages are the kernel's to evict).
+    """
+
+    def __init__(self, folder: Path) -> None:
+        # an unnamed file where the filesystem allows it, so even a killed run leaves nothing behind; beside the
+        # cache (sized for corpora), else in the system's temporary folder
+        try:
+            self.fh = tempfile.TemporaryFile(dir=folder)
+        except OSError:
+            self.fh = tempfile.TemporaryFile()
+        self.starts: list[np.ndarray] = []
+        self.valid: list[np.ndarray] = []
+        self.end = 0
+
+    def append(self, arr: pa.Array) -> None:
+        if not (pa.types.is_string(arr.type) or pa.types.is_large_string(arr.type)):
+            arr = arr.cast(pa.string())
+        width = np.int64 if pa.types.is_large_string(arr.type) else np.int32
+        offsets = np.frombuffer(arr.buffers()[1], dtype=width)[arr.offset:arr.offset + len(arr) + 1]
+        offsets = offsets.astype(np.int64)
+        data = arr.buffers()[2]
+        if data is not None and offsets[-1] > offsets[0]:
+            self.fh.write(memoryview(data)[offsets[0]:offsets[-1]])
+        self.starts.append(offsets[:-1] - offsets[0] + self.end)
+        self.end += int(offsets[-1] - offsets[0])
+        self.valid.append(arr.is_valid().to_numpy(zero_copy_only=False))
+
+    def finish(self) -> None:
+        self.fh.flush()
+        self.offsets = np.concatenate(self.starts + [np.array([self.end], dtype=np.int64)])
+        self.is_valid = np.concatenate(self.valid) if self.valid else np.zeros(0, dtype=bool)
+        self.starts, self.valid = [], []
+        self.fd = self.fh.fileno()
+
+    def get(self, rows: np.ndarray) -> list[str | None]:
+        """Values of `rows` (any order, repeats allowed), read in file order."""
+        out: list[str | None] = [None] * len(rows)
+        offsets, valid, fd = self.offsets, self.is_valid, self.fd
+        for i in np.argsort(rows, kind="stable").tolist():
+            r = int(rows[i])
+            if valid[r]:
+                a = int(offsets[r])
+                out[i] = os.pread(fd, int(offsets[r + 1]) - a, a).decode("utf-8")
+        return out
+
+    def close(self) -> None:
+        self.fh.close()
+
+
+class Texts:
+    """Document and query texts by corpus row / query id.
+
+    On the first document lookup the corpus's titles and texts are copied once, streaming, into a store on disk
+    beside the ingest entry (`_ColumnStore`), so a lookup costs the rows it reads and memory does not hold the
+    corpus. `corpus` is the memory-mapped `doc_id` column. Use it as a context manager (or `close()`) to drop
+    the store.
+    """
+
+    def __init__(self, ingest_dir: Path, batch: int = 65_536) -> None:
+        self.ingest_dir, self.batch = ingest_dir, batch
+        self.corpus = pq.read_table(ingest_dir / CORPUS, columns=["doc_id"], memory_map=True)
         self.use_title, self.title_sep = text_settings(ingest_dir)
+        self._store: tuple[_ColumnStore, _ColumnStore] | None = None
         queries = pq.read_table(ingest_dir / QUERIES, columns=["query_id", "text"])
         self.queries = dict(zip(queries["query_id"].to_pylist(), queries["text"].to_pylist()))
 
-    def parts(self, idx: list[int]) -> tuple[list[str], list[str]]:
+    def parts(self, idx: list[int] | np.ndarray) -> tuple[list[str], list[str]]:
         """(titles, texts) of corpus rows."""
-        if not idx:
+        if len(idx) == 0:
             return [], []
-        rows = self.corpus.take(pa.array(idx, pa.int64()))
-        return rows["title"].to_pylist(), rows["text"].to_pylist()
+        rows = np.asarray(idx, dtype=np.int64)
+        titles, texts = self._stores()
+        return titles.get(rows), texts.get(rows)
+
+    def _stores(self) -> tuple[_ColumnStore, _ColumnStore]:
+        if self._store is None:
+            folder = self.ingest_dir.parent
+            titles, texts = _ColumnStore(folder), _ColumnStore(folder)
+            pf = pq.ParquetFile(self.ingest_dir / CORPUS)
+            for rb in pf.iter_batches(batch_size=self.batch, columns=["title", "text"]):
+                titles.append(rb.column(0))
+                texts.append(rb.column(1))
+            titles.finish()
+            texts.finish()
+            self._store = titles, texts
+        return self._store
 
     def join(self, titles: list[str], texts: list[str]) -> list[str]:
         return [join_title(t, x, self.use_title, self.title_sep) for t, x in zip(titles, texts)]
 
-    def docs(self, idx: list[int]) -> list[str]:
+    def docs(self, idx: list[int] | np.ndarray) -> list[str]:
         """Retrieval texts (title + sep + text when titles are used) of corpus rows."""
         return self.join(*self.parts(idx))
+
+    def close(self) -> None:
+        if self._store is not None:
+            for store in self._store:
+                store.close()
+            self._store = None
+
+    def __enter__(self) -> "Texts":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
 
 _MIX = np.uint64(0x9E3779B97F4A7C15)  # golden-ratio multiplier: spreads query indices over 64 bits

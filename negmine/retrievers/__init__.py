@@ -16,7 +16,8 @@ from typing import Any
 from negmine import schema
 from negmine.stage import Config, Context, Inputs, Params, Stage
 
-MEMORY_ONLY = {"chunk_size": "queries a chunk: bounds memory, not the candidates"}
+MEMORY_ONLY = {"chunk_size": "queries a chunk: bounds memory, not the candidates",
+               "memory_budget": "sizes the query chunks and product blocks: bounds memory, not the candidates"}
 
 
 @dataclass(frozen=True)

@@ -7,10 +7,12 @@ as .npy files, which `load_index` memory-maps; rank-bm25 is pickled.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import pickle
-from collections.abc import Mapping
+import tempfile
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -51,23 +53,31 @@ def make_tokenizer(params: Mapping[str, Any]):
     return bm25s.tokenization.Tokenizer(lower=params["lowercase"], stopwords=stopwords, stemmer=stemmer)
 
 
+# Python objects of one document's token list while a corpus chunk is tokenized (a list of ints: 8 bytes a slot
+# and 28 an int beyond the small-int cache, ~150 tokens a document), rounded up: sizes the chunk from the budget
+_TOKENIZED_DOC_BYTES = 16 << 10
+
+
+def index_chunk_docs(memory_budget: int | None) -> int:
+    """Documents tokenized at once: a sixteenth of the budget for their token lists (the rest of the budget is
+    the reading, the unique-term sort and the index arrays themselves); past 4,096 documents bigger chunks save
+    no time."""
+    from negmine.memory import budget_bytes
+
+    return max(1, min(4096, budget_bytes(memory_budget) // 16 // _TOKENIZED_DOC_BYTES))
+
+
 def build_index(params: Mapping[str, Any], ingest_dir: Path, out_dir: Path) -> dict[str, Any]:
     n_docs = tables.num_docs(ingest_dir)
+    memory_budget = params["memory_budget"]
     tok = make_tokenizer(params)
-    texts = bar(tables.iter_doc_texts(ingest_dir), total=n_docs, desc="bm25: tokenize", unit="doc")
+    texts = bar(tables.iter_doc_texts(ingest_dir, batch=4096), total=n_docs, desc="bm25: tokenize", unit="doc")
     if params["backend"] == "bm25s":
-        import bm25s
-
-        tokens = tok.tokenize(texts, update_vocab=True, return_as="tuple", length=n_docs, show_progress=False)
-        retriever = bm25s.BM25(k1=params["k1"], b=params["b"], delta=params["delta"], method=params["method"])
-        retriever.index(tokens, show_progress=False)
-        retriever.save(str(out_dir / "bm25s"), show_progress=False)
-        tok.save_vocab(str(out_dir / "bm25s"))
-        tok.save_stopwords(str(out_dir / "bm25s"))
-        vocab = len(tokens.vocab)
+        vocab = _build_bm25s(params, tok, texts, n_docs, index_chunk_docs(memory_budget), out_dir / "bm25s")
     else:
         import rank_bm25
 
+        # the reference backend keeps every token list (rank-bm25 needs them all): small corpora only
         tokens = tok.tokenize(texts, update_vocab=True, return_as="string", length=n_docs, show_progress=False)
         cls = getattr(rank_bm25, _RANK_BM25_CLASSES.get(params["method"], "BM25Okapi"))
         kwargs = {"k1": params["k1"], "b": params["b"]}
@@ -79,6 +89,100 @@ def build_index(params: Mapping[str, Any], ingest_dir: Path, out_dir: Path) -> d
         vocab = len(model.idf)
     (out_dir / "index.json").write_text(json.dumps({"backend": params["backend"], "documents": n_docs}))
     return {"documents": n_docs, "vocabulary": vocab, "backend": params["backend"]}
+
+
+def _build_bm25s(params: dict[str, Any], tok, texts: Iterator[str], n_docs: int, chunk_docs: int,
+                 save_dir: Path) -> int:
+    """bm25s' index, built from corpus chunks: the files `BM25.index` + `save` write, byte for byte.
+
+    bm25s' own `index` wants every document's token list at once (Python lists: about 1.8 GB at 300k documents).
+    Here each chunk of `chunk_docs` documents is tokenized (the tokenizer's vocabulary grows as it would over the
+    whole corpus), reduced to its (term, count) pairs per document, which go to an unnamed temporary file, and its
+    token lists dropped. Document frequencies and the mean length need the whole corpus, so scores are computed in
+    a second pass that reads the chunks back one at a time, with bm25s' own idf and term-frequency functions, and
+    places them straight into the term-major (CSC) arrays by a counting sort. Peak: the output arrays (8 bytes a
+    (document, term) entry: the index's own size) plus one chunk.
+    """
+    import bm25s
+    from bm25s.scoring import _build_idf_array, _build_nonoccurrence_array, _select_idf_scorer, _select_tfc_scorer
+
+    retriever = bm25s.BM25(k1=params["k1"], b=params["b"], delta=params["delta"], method=params["method"])
+    spill = tempfile.TemporaryFile(dir=save_dir.parent)  # per chunk: terms, counts, entries per document
+    chunks: list[tuple[int, int]] = []  # (entries, documents) of each chunk, in file order
+    doc_len = np.zeros(n_docs, dtype=np.int64)
+    df = np.zeros(0, dtype=np.int64)
+    done = 0
+    texts = iter(texts)  # one iterator: a progress bar's __iter__ would start a new generator per islice
+    while True:
+        batch = list(itertools.islice(texts, chunk_docs))
+        if not batch:
+            break
+        ids = tok.tokenize(batch, update_vocab=True, return_as="ids", show_progress=False)
+        lens = np.fromiter((len(d) for d in ids), dtype=np.int64, count=len(ids))
+        flat = np.fromiter(itertools.chain.from_iterable(ids), dtype=np.int64, count=int(lens.sum()))
+        del ids, batch
+        width = int(flat.max()) + 1 if len(flat) else 1
+        # one key per (document, term): unique() sorts them by document, then term, and counts repeats
+        keys, tf = np.unique(np.repeat(np.arange(len(lens), dtype=np.int64), lens) * width + flat,
+                             return_counts=True)
+        terms, per_doc = (keys % width).astype(np.int32), np.bincount(keys // width, minlength=len(lens))
+        for part in (terms, tf.astype(np.float32), per_doc):
+            spill.write(part.tobytes())
+        chunks.append((len(terms), len(per_doc)))
+        doc_len[done:done + len(lens)] = lens
+        counts = np.bincount(terms, minlength=max(width, len(df)))
+        counts[:len(df)] += df
+        df = counts
+        done += len(lens)
+    vocab = tok.get_vocab_dict()
+    unique_ids = set(vocab.values())
+    n_vocab = len(unique_ids)
+    df = np.concatenate([df, np.zeros(max(0, n_vocab - len(df)), dtype=np.int64)])
+    frequencies = {t: int(df[t]) for t in unique_ids}
+    avg_doc_len = doc_len.mean()  # the same reduction over the same array as bm25s' mean
+    idf_fn, tfc_fn = _select_idf_scorer(retriever.idf_method), _select_tfc_scorer(retriever.method)
+    nonoccurrence = None
+    if retriever.method in retriever.methods_requiring_nonoccurrence:
+        nonoccurrence = _build_nonoccurrence_array(frequencies, done, idf_fn, tfc_fn, l_d=avg_doc_len,
+                                                   l_avg=avg_doc_len, k1=retriever.k1, b=retriever.b,
+                                                   delta=retriever.delta, dtype=retriever.dtype)
+    idf = _build_idf_array(frequencies, done, idf_fn, dtype=retriever.dtype)
+    indptr = np.zeros(n_vocab + 1, dtype=np.int64)
+    np.cumsum(df[:n_vocab], out=indptr[1:])
+    data = np.empty(int(indptr[-1]), dtype=np.float32)
+    indices = np.empty(int(indptr[-1]), dtype=np.int32)
+    heads = indptr[:-1].copy()
+    first_doc = 0
+    spill.seek(0)
+    for n_entries, n_chunk_docs in chunks:
+        terms = np.fromfile(spill, dtype=np.int32, count=n_entries)
+        tf = np.fromfile(spill, dtype=np.float32, count=n_entries)
+        per_doc = np.fromfile(spill, dtype=np.int64, count=n_chunk_docs)
+        docs = np.repeat(np.arange(first_doc, first_doc + len(per_doc), dtype=np.int64), per_doc)
+        # bm25s' per-document arithmetic, element by element: l_d an integer, l_avg and the tfc in float64
+        scores = idf[terms] * tfc_fn(tf_array=tf, l_d=doc_len[docs], l_avg=avg_doc_len, k1=retriever.k1,
+                                     b=retriever.b, delta=retriever.delta)
+        if nonoccurrence is not None:
+            scores -= nonoccurrence[terms]
+        order = np.argsort(terms, kind="stable")  # by term; within a term, documents stay ascending
+        t = terms[order]
+        rank = np.arange(len(t)) - np.searchsorted(t, t, side="left")
+        at = heads[t] + rank
+        data[at] = scores[order].astype(np.float32)
+        indices[at] = docs[order].astype(np.int32)
+        heads += np.bincount(terms, minlength=n_vocab)[:n_vocab]
+        first_doc += len(per_doc)
+    spill.close()
+    retriever.scores = {"data": data, "indices": indices, "indptr": indptr, "num_docs": done}
+    retriever.nonoccurrence_array = nonoccurrence
+    if "" not in vocab:  # as BM25.index(create_empty_token=True) does, on the tokenizer's own dict
+        vocab[""] = max(vocab.values()) + 1
+    retriever.vocab_dict = vocab
+    retriever.unique_token_ids_set = set(vocab.values())
+    retriever.save(str(save_dir), show_progress=False)
+    tok.save_vocab(str(save_dir))
+    tok.save_stopwords(str(save_dir))
+    return len(vocab)
 
 
 def top_k_indices(values: np.ndarray, k: int, ids: np.ndarray | None = None) -> np.ndarray:
@@ -98,11 +202,12 @@ def top_k_indices(values: np.ndarray, k: int, ids: np.ndarray | None = None) -> 
 class Searcher:
     """Top-k search over a saved index, one chunk of queries at a time.
 
-    For bm25s, a chunk of queries is scored in one sparse product (queries x terms) @ (terms x documents) on
+    For bm25s, a chunk of queries is scored in sparse products (queries x terms) @ (terms x documents) on
     bm25s' precomputed score matrix: the same sums bm25s computes query by query. The product is sparse, holding
     only the documents that share a term with each query, so the top-k cut reads those alone and no dense
-    queries x corpus block is made. (bm25l and bm25+ give every document a score; there, dense rows are made at
-    most `max_block_bytes` of scores at a time, which with argpartition's work arrays peaks near 4x that.)
+    queries x corpus block is made. Products are made for as many queries at a time as fit `max_block_bytes` in
+    the worst case, a dense product (the retrieve stage gives half its memory budget). (bm25l and bm25+ give every
+    document a score; there dense rows are made, a quarter as many, for argpartition's work arrays.)
     Ties at the top-k cut keep the lower document index, as does the final order.
     """
 
@@ -147,13 +252,49 @@ class Searcher:
         """BM25 score of each (query text, corpus row) pair, retrieved or not (used for positives)."""
         if self.backend == "bm25s":
             q = self._query_matrix(texts)
-            out = np.asarray((q @ self.term_doc)[np.arange(len(texts)), doc_idx], dtype=np.float32).reshape(-1)
+            out = self._pair_sums(q, np.asarray(doc_idx, dtype=np.int64))
             if self.nonoccurrence is not None:
                 out += (q @ self.nonoccurrence).astype(np.float32)
             return out
         tokens = self.tok.tokenize(texts, update_vocab=True, return_as="string", show_progress=False)
         return np.array([self.model.get_batch_scores(t, [int(d)])[0] for t, d in zip(tokens, doc_idx)],
                         dtype=np.float32)
+
+    def _pair_sums(self, q, docs: np.ndarray) -> np.ndarray:
+        """Row i of `q @ term_doc` at column docs[i], without the product's row (which holds every document
+        sharing a term with the query: memory and time growing with the corpus).
+
+        Each (query term, document) score is found by binary search in the term's sorted document list, and the
+        terms are summed in float32 in q's stored order, as scipy's product does, so the value is the same.
+        """
+        td = self.term_doc
+        counts = np.diff(q.indptr)
+        n = len(q.data)
+        out = np.zeros(len(docs), dtype=np.float32)
+        if n == 0 or td.nnz == 0:
+            return out
+        terms = q.indices.astype(np.int64)
+        want = np.repeat(docs, counts)
+        lo, end = td.indptr[terms].astype(np.int64), td.indptr[terms + 1].astype(np.int64)
+        hi = end.copy()
+        last = td.nnz - 1
+        while True:
+            active = lo < hi
+            if not active.any():
+                break
+            mid = (lo + hi) // 2
+            right = active & (td.indices[np.minimum(mid, last)] < want)
+            lo = np.where(right, mid + 1, lo)
+            hi = np.where(active & ~right, mid, hi)
+        at = np.minimum(lo, last)
+        found = (lo < end) & (td.indices[at] == want)
+        values = np.where(found, td.data[at], np.float32(0)).astype(np.float32)
+        products = (q.data.astype(np.float32) * values).astype(np.float32)
+        starts = q.indptr[:-1]
+        for j in range(int(counts.max())):
+            rows = np.flatnonzero(counts > j)
+            out[rows] += products[starts[rows] + j]  # float32, term by term: scipy's order of summation
+        return out
 
     def search(self, texts: list[str], k: int) -> tuple[np.ndarray, np.ndarray]:
         """(doc indices, scores), each (len(texts), k), sorted by score then doc index (a defined tie order).
@@ -168,8 +309,10 @@ class Searcher:
             scores.fill(-np.inf)  # rows with fewer than k matching documents are padded; callers drop the padding
             q = self._query_matrix(texts)
             extra = q @ self.nonoccurrence if self.nonoccurrence is not None else None
-            # worst case a block's product is dense: bound it by max_block_bytes (value + index per entry)
-            step = max(1, self.max_block_bytes // (8 * self.n_docs))
+            # worst case a block's product is dense: bound it by max_block_bytes (value + index per entry; with
+            # the dense rows and argpartition's work arrays of bm25l / bm25+, about 4x that)
+            per_entry = 32 if extra is not None else 8
+            step = max(1, self.max_block_bytes // (per_entry * self.n_docs))
             for a in range(0, len(texts), step):
                 block = q[a:a + step] @ self.term_doc
                 if extra is not None:
@@ -200,28 +343,36 @@ def retrieve_bm25(inputs: Inputs, params: Params, out_dir: Path) -> dict[str, An
     """Top-k candidates of every mined query, and the BM25 score of every positive (retrieved or not)."""
     from negmine.retrieve import write_candidates, write_positive_scores
 
+    from negmine.memory import budget_bytes, query_chunk
+
     ingest_dir = inputs["ingest"]
-    searcher = Searcher(params, inputs["index"])
+    budget = budget_bytes(params["memory_budget"])
+    # half the budget for the chunk's candidate rows, half for the sparse products that score it
+    searcher = Searcher(params, inputs["index"], max_block_bytes=budget // 2)
     queries = tables.mined_queries(ingest_dir)
+    chunk = query_chunk(budget, params["top_k"], params["chunk_size"])
     stats = write_candidates(queries, ingest_dir, lambda a, b, part: searcher.search(part["text"].to_pylist(),
                                                                                       params["top_k"]),
-                             "bm25", params["chunk_size"], out_dir / schema.CANDIDATES_FILE)
+                             "bm25", chunk, out_dir / schema.CANDIDATES_FILE)
     q, d, rows, qpos = tables.positive_pairs(ingest_dir, queries["query_id"].combine_chunks())
     texts = queries["text"].to_pylist()
-    scores = np.concatenate([searcher.score_pairs([texts[i] for i in qpos[a:a + 4096]], rows[a:a + 4096])
-                             for a in range(0, len(rows), 4096)]) if len(rows) else np.zeros(0, np.float32)
+    scores = np.concatenate([searcher.score_pairs([texts[i] for i in qpos[a:a + chunk]], rows[a:a + chunk])
+                             for a in range(0, len(rows), chunk)]) if len(rows) else np.zeros(0, np.float32)
     write_positive_scores(out_dir / schema.POSITIVE_SCORES_FILE, q, d, rows, scores, "bm25")
     return {**stats, "top_k": params["top_k"], "score_type": "bm25"}
 
 
 INDEX = Stage(name="index", version=VERSION, command="index", reads=reads("ingest"), section="bm25",
-              params=lambda cfg, ctx: cfg["bm25"], outputs=(),  # its files depend on the backend: the folder is it
+              params=lambda cfg, ctx: {**cfg["bm25"], "memory_budget": cfg["run"]["memory_budget"]},
+              outputs=(),  # its files depend on the backend: the folder is it
               run=lambda inputs, params, out: build_index(params, inputs["ingest"], out),
+              unkeyed={"memory_budget": "sizes the corpus chunks tokenized at once: the index is the same"},
               enabled=lambda cfg: "bm25" in cfg["retrieve"]["retrievers"])
 
 register(Retriever(
     name="bm25", section="bm25", stages=(INDEX,), score_type=lambda cfg: "bm25", help="lexical (bm25s or rank-bm25)",
     search=search_stage("bm25", "3", reads("ingest", "index"),
                         lambda cfg, ctx: {"top_k": cfg["retrieve"]["top_k"],
-                                          "chunk_size": cfg["retrieve"]["chunk_size"], **cfg["bm25"]},
+                                          "chunk_size": cfg["retrieve"]["chunk_size"],
+                                          "memory_budget": cfg["run"]["memory_budget"], **cfg["bm25"]},
                         retrieve_bm25)))

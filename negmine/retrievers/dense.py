@@ -115,15 +115,17 @@ class DenseSearcher:
 
 def retrieve_dense(inputs: Inputs, params: Params, out_dir: Path) -> dict[str, Any]:
     """Top-k candidates of every mined query, and the inner product of every positive (retrieved or not)."""
+    from negmine.memory import budget_bytes, query_chunk
     from negmine.retrieve import write_candidates, write_positive_scores
 
     ingest_dir, encode_dir = inputs["ingest"], inputs["encode"]
     searcher = DenseSearcher(params, encode_dir, inputs["ann"] if params["index"] != "flat" else None)
     query_vectors = np.load(encode_dir / "queries.npy", mmap_mode="r")
     queries = tables.mined_queries(ingest_dir)
+    chunk = query_chunk(budget_bytes(params["memory_budget"]), params["top_k"], params["chunk_size"])
     stats = write_candidates(queries, ingest_dir, lambda a, b, part: searcher.search(query_vectors[a:b],
                                                                                       params["top_k"]),
-                             "dense", params["chunk_size"], out_dir / schema.CANDIDATES_FILE)
+                             "dense", chunk, out_dir / schema.CANDIDATES_FILE)
     stype = "cosine" if params["normalize"] else "dot"
     q, d, rows, qpos = tables.positive_pairs(ingest_dir, queries["query_id"].combine_chunks())
     scores = searcher.score_pairs(query_vectors[qpos], rows)
@@ -140,7 +142,8 @@ def _encode_params(cfg: Config, ctx: Context) -> dict[str, Any]:
 
 def _search_params(cfg: Config, ctx: Context) -> dict[str, Any]:
     d, r = cfg["dense"], cfg["retrieve"]
-    p = {"top_k": r["top_k"], "chunk_size": r["chunk_size"], "index": d["index"], "normalize": d["normalize"]}
+    p = {"top_k": r["top_k"], "chunk_size": r["chunk_size"], "memory_budget": cfg["run"]["memory_budget"],
+         "index": d["index"], "normalize": d["normalize"]}
     if d["index"] == "hnsw":
         p["hnsw_ef_search"] = d["hnsw_ef_search"]
     elif d["index"] == "ivf":

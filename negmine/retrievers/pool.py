@@ -26,7 +26,7 @@ def _pool_params(cfg: Config, ctx: Context) -> dict[str, Any]:
         return {"retriever": one.name, "retriever_version": one.search.version, **one.search.params(cfg, ctx)}
     r = cfg["retrieve"]
     p = {"retrievers": r["retrievers"], "fusion": r["fusion"], "rrf_k": r["rrf_k"], "top_k": r["top_k"],
-         "chunk_size": r["chunk_size"]}
+         "chunk_size": r["chunk_size"], "memory_budget": cfg["run"]["memory_budget"]}
     if r["fusion"] == "union":
         p["union_quota"] = r["union_quota"]
     return p
