@@ -42,7 +42,11 @@ def _provenance(cfg: dict[str, Any], inputs: dict[str, str], keys: dict[str, str
     """What made these files: no timestamps or output paths, so equal runs give byte-equal files."""
     config = {s: dict(v) for s, v in cfg.items() if s != "run"}
     config["export"].pop("dir", None)
-    return {"negmine_version": __version__, "config": config, "inputs": inputs, "stage_keys": keys}
+    prov = {"negmine_version": __version__, "config": config, "inputs": inputs, "stage_keys": keys}
+    from negmine.precision import resolved_settings
+
+    prov.update(resolved_settings(cfg))  # what "auto" meant on the machine that made these files
+    return prov
 
 
 def mine(config: str | Path | dict[str, Any] | None = None, overrides: list[str] | dict[str, Any] | None = None,
@@ -112,7 +116,7 @@ def _run(cfg: dict[str, Any], cache: StageCache, until: str,
         sc = cfg["score"]
         teacher_path = _resolve_teacher(sc["teacher"])
         teacher_fp = _model_fingerprint(teacher_path, memo)
-        params = {"teacher": teacher_fp, **{k: sc[k] for k in score.KEY_SETTINGS}}
+        params = {"teacher": teacher_fp, **score.key_settings(sc)}  # precision as resolved on this machine
         store = score.store_dir(cache.root, teacher_fp, sc)
         r_cand = step("score", score.VERSION, params, ["ingest", "retrieve"],
                       lambda out: score.score(sc, teacher_path, store, ing, r_ret.path / "candidates.parquet",
@@ -259,7 +263,8 @@ def _index_stages(cfg: dict[str, Any], step: Callable[..., StageResult], ing: Pa
 
         d = cfg["dense"]
         model_path = encode.resolve_model(d["model"])
-        params = {"model": _model_fingerprint(model_path, memo), **{k: d[k] for k in encode.KEY_SETTINGS}, **text}
+        # precision as resolved on this machine: "auto" never enters a key
+        params = {"model": _model_fingerprint(model_path, memo), **encode.key_settings(d), **text}
         query_texts = retrieve.queries_to_mine(ing, inp["min_positive_score"])["text"].to_pylist()
         dirs["encode"] = step("encode", encode.VERSION, params, ["ingest"],
                               lambda out: encode.encode(d, model_path, ing, query_texts, inp["use_title"],
