@@ -61,9 +61,12 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "doc_prompt": "",
         "max_seq_length": 0,  # 0 = the model's own
         "normalize": True,  # unit vectors: inner product = cosine
-        "precision": "fp32",  # fp32 | bf16
+        "precision": "auto",  # auto (by the hardware: bf16 on AVX512-BF16/AMX CPUs and Ampere+ GPUs, fp16 on older
+        # GPUs, else fp32) | fp32 | bf16 | fp16; 16-bit = autocast, fp32 weights; keyed as resolved
         "backend": "torch",  # torch | onnx (sentence-transformers' ONNX backend)
-        "batch_size": 64,
+        "batch_size": 64,  # texts a batch when batch_tokens = 0
+        "batch_tokens": 8192,  # token budget a batch (rows x longest text); 0 = fixed batches of batch_size;
+        # speed and memory only (not keyed)
         "device": "",  # "" = sentence-transformers' choice (cuda when present)
         "shard_size": 4096,  # unique documents an embedding shard: the unit of resume
         "index": "flat",  # flat (exact inner product) | hnsw | ivf
@@ -81,6 +84,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "max_length": 0,  # 0 = the model's own
         "query_prompt": "",
         "doc_prompt": "",
+        "precision": "auto",  # as [dense] precision: auto | fp32 | bf16 | fp16, keyed as resolved
         "batch_size": 32,
         "device": "",
         "flush_pairs": 8192,  # pairs a store part: the most a killed run loses
@@ -137,7 +141,8 @@ CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("retrieve", "fusion"): ("rrf", "union"),
     ("score", "kind"): ("cross-encoder", "bi-encoder"),
     ("score", "activation"): ("probability", "logit"),
-    ("dense", "precision"): ("fp32", "bf16"),
+    ("dense", "precision"): ("auto", "fp32", "bf16", "fp16"),
+    ("score", "precision"): ("auto", "fp32", "bf16", "fp16"),
     ("dense", "backend"): ("torch", "onnx"),
     ("dense", "index"): ("flat", "hnsw", "ivf"),
     ("sample", "shortage"): ("keep-fewer", "drop", "pad-random", "relax"),
@@ -209,6 +214,7 @@ RANGES: dict[tuple[str, str], tuple[float, float, bool, bool]] = {
     ("retrieve", "union_quota"): (0, _INF, False, True),
     ("dense", "max_seq_length"): (0, _INF, False, True),
     ("dense", "batch_size"): (1, _INF, False, True),
+    ("dense", "batch_tokens"): (0, _INF, False, True),
     ("dense", "shard_size"): (1, _INF, False, True),
     ("dense", "hnsw_m"): (1, _INF, False, True),
     ("dense", "hnsw_ef_construction"): (1, _INF, False, True),
@@ -453,6 +459,9 @@ def _check_consistency(cfg: dict[str, Any]) -> None:
     for key in ("batch_size", "shard_size", "hnsw_m", "hnsw_ef_construction", "hnsw_ef_search", "ivf_nprobe"):
         if d[key] < 1:
             raise ConfigError(f"[dense] {key} is {d[key]}; it must be at least 1")
+    if d["batch_tokens"] < 0:
+        raise ConfigError(f"[dense] batch_tokens is {d['batch_tokens']}; give a token budget a batch (for example "
+                          "8192), or 0 for fixed batches of batch_size")
     f = cfg["filter"]
     if s["shortage"] == "relax" and (f["method"] == "none" or f["relax_steps"] < 1):
         raise ConfigError("[sample] shortage \"relax\" loosens the [filter] method step by step: set [filter] "

@@ -4,8 +4,15 @@ Documents are deduplicated by exact text first (identical texts are encoded once
 `shard_size` unique texts. Each shard is saved atomically as soon as it is done, into a work folder that survives
 a crash; a rerun with the same key encodes only the shards that are missing. The key covers a fingerprint of the
 model's files (weights, tokenizer, pooling and configs) and every setting that changes a vector (prompts, max
-length, normalisation, precision, backend), so two different local models never share embeddings. Batch size only
-changes speed and is not part of the key.
+length, normalisation, precision, backend), so two different local models never share embeddings. The precision is
+keyed as resolved on this machine (`negmine.precision`): "auto" never enters a key, so vectors of two precisions
+never share an entry. Batch size and the token budget only change speed (within float rounding) and are not part
+of the key.
+
+Batches are filled by tokens, not by count (`[dense] batch_tokens`): texts are sorted by their token length and a
+batch takes as many as fit `rows x longest <= batch_tokens`, so short texts (queries, titles) travel in large
+batches and long ones in small, padding is near zero, and the activation buffers (which grow with
+rows x length, and attention's with rows x length^2) are bounded by the budget whatever the texts.
 """
 from __future__ import annotations
 
@@ -18,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from negmine import precision as precision_mod
 from negmine import tables
 from negmine.errors import ConfigError
 from negmine.hashing import FingerprintMemo, key64
@@ -27,8 +35,26 @@ from negmine.progress import bar
 
 VERSION = "1"
 log = logging.getLogger("negmine.encode")
-# Settings that change the vectors; batch_size and device do not.
+# Settings that change the vectors; batch_size, batch_tokens and device do not.
 KEY_SETTINGS = ("query_prompt", "doc_prompt", "max_seq_length", "normalize", "precision", "backend", "shard_size")
+
+
+def resolved_precision(params: dict[str, Any]) -> str:
+    """What [dense] precision means on this machine ("auto" resolved by the hardware)."""
+    return precision_mod.resolve(params["precision"], params["device"], params["backend"])
+
+
+def key_settings(params: dict[str, Any]) -> dict[str, Any]:
+    """The settings that enter the encode stage's key, with the precision as resolved here.
+
+    16-bit precisions run under autocast (fp32 weights); "bf16" used to mean bf16 weights, which gives other
+    vectors, so the mode is keyed too. fp32 keys are unchanged, so fp32 caches stay valid.
+    """
+    out = {k: params[k] for k in KEY_SETTINGS}
+    out["precision"] = resolved_precision(params)
+    if out["precision"] != "fp32":
+        out["precision_mode"] = "autocast"
+    return out
 
 
 def resolve_model(name: str, key: str = "[dense] model") -> Path:
@@ -86,18 +112,18 @@ def quiet_hf() -> None:
 
 
 def load_model(params: dict[str, Any], path: Path):
-    """A SentenceTransformer from a local folder, with the configured backend, precision and max length."""
+    """A SentenceTransformer from a local folder, with the configured backend and max length.
+
+    The weights stay in fp32 whatever the precision: 16-bit precisions are applied by `encode_texts` (autocast).
+    """
     quiet_hf()
+    if params["backend"] != "torch" and resolved_precision(params) != "fp32":
+        raise ConfigError(f"[dense] precision {params['precision']} needs backend torch; use precision fp32 or "
+                          "auto with another backend")
     from sentence_transformers import SentenceTransformer
 
     kwargs: dict[str, Any] = {"device": params["device"] or None, "backend": params["backend"],
                               "local_files_only": True}
-    if params["precision"] == "bf16":
-        import torch
-
-        if params["backend"] != "torch":
-            raise ConfigError("[dense] precision bf16 needs backend torch")
-        kwargs["model_kwargs"] = {"torch_dtype": torch.bfloat16}
     try:
         model = SentenceTransformer(str(path), **kwargs)
     except ImportError as exc:
@@ -110,10 +136,49 @@ def load_model(params: dict[str, Any], path: Path):
     return model
 
 
+def token_lengths(model, texts: list[str], prompt: str = "") -> np.ndarray:
+    """Each text's length in the model's tokens (prompt and special tokens included, truncated as encode does)."""
+    limit = model.max_seq_length
+    ids = model.tokenizer([prompt + t for t in texts] if prompt else texts, add_special_tokens=True,
+                          truncation=bool(limit), max_length=limit or None)["input_ids"]
+    return np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(texts))
+
+
+def token_batches(lengths: np.ndarray, budget: int) -> list[np.ndarray]:
+    """Indices of `lengths` in batches of `rows x longest <= budget` tokens (at least one row a batch).
+
+    Longest first (so the largest buffers are met at the start, not after the heap has fragmented), ties in input
+    order, so the batches are a pure function of the lengths.
+    """
+    order = np.argsort(-lengths, kind="stable")
+    batches, start = [], 0
+    while start < len(order):
+        rows = max(1, budget // max(int(lengths[order[start]]), 1))
+        batches.append(order[start:start + rows])
+        start += rows
+    return batches
+
+
 def encode_texts(model, texts: list[str], params: dict[str, Any], prompt: str) -> np.ndarray:
-    emb = model.encode(texts, batch_size=params["batch_size"], prompt=prompt or None,
-                       normalize_embeddings=params["normalize"], convert_to_tensor=True, show_progress_bar=False)
-    return emb.float().cpu().numpy()  # bf16 has no numpy type; vectors are stored as float32
+    """float32 vectors of `texts`, in order: batched by token budget (or by count), in the resolved precision."""
+    if not texts:
+        return np.zeros((0, model.get_sentence_embedding_dimension() or 0), dtype=np.float32)
+    kwargs = {"prompt": prompt or None, "normalize_embeddings": params["normalize"], "convert_to_tensor": True,
+              "show_progress_bar": False}
+    budget = params["batch_tokens"]
+    if budget:
+        batches = token_batches(token_lengths(model, texts, prompt), budget)
+    else:
+        batches = [np.arange(a, min(a + params["batch_size"], len(texts)))
+                   for a in range(0, len(texts), params["batch_size"])]
+    out: np.ndarray | None = None
+    with precision_mod.autocast(resolved_precision(params), model.device.type):
+        for idx in batches:
+            emb = model.encode([texts[i] for i in idx], batch_size=len(idx), **kwargs)
+            if out is None:
+                out = np.empty((len(texts), emb.shape[1]), dtype=np.float32)
+            out[idx] = emb.float().cpu().numpy()  # 16-bit types have no numpy twin; vectors are stored as float32
+    return out
 
 
 def _content_keys(texts: list[str]) -> np.ndarray:
@@ -161,6 +226,7 @@ def encode(params: dict[str, Any], model_path: Path, ingest_dir: Path, work_dir:
     np.save(work_dir / "doc_to_unique.npy", doc_to_unique)
     dim = int(np.load(work_dir / "docs-00000.npy", mmap_mode="r").shape[1])
     info = {"documents": n_docs, "unique_texts": int(len(unique_docs)), "shards": n_shards, "dim": dim,
+            "precision": resolved_precision(params),
             "queries": len(query_texts), "score_type": "cosine" if params["normalize"] else "dot",
             "encoded_shards_this_run": len(todo)}
     (work_dir / "encode.json").write_text(json.dumps(info))

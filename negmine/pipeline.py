@@ -63,7 +63,10 @@ def _provenance(cfg: dict[str, Any], inputs: dict[str, str]) -> dict[str, Any]:
         for name in stage.unkeyed:
             if stage.section and name in config.get(stage.section, {}):
                 config[stage.section].pop(name)
-    return {"negmine_version": __version__, "config": config, "inputs": inputs}
+    from negmine.precision import resolved_settings
+
+    # what "auto" meant on the machine that made these files
+    return {"negmine_version": __version__, "config": config, "inputs": inputs, **resolved_settings(cfg)}
 
 
 def mine(config: str | Path | dict[str, Any] | None = None, overrides: list[str] | dict[str, Any] | None = None,

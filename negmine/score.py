@@ -35,6 +35,25 @@ from negmine.stage import Config, Context, Stage, reads
 VERSION = "2"  # 2: reads the ingest tables' positives; writes positive_scores.parquet
 log = logging.getLogger("negmine.score")
 KEY_SETTINGS = ("kind", "activation", "max_length", "query_prompt", "doc_prompt", "normalize")
+
+
+def resolved_precision(params: Mapping[str, Any]) -> str:
+    """What [score] precision means on this machine ("auto" resolved by the hardware: `negmine.precision`)."""
+    from negmine.precision import resolve
+
+    return resolve(params["precision"], params["device"])
+
+
+def key_settings(params: Mapping[str, Any]) -> dict[str, Any]:
+    """The settings that change a score, the precision as resolved here. fp32 adds nothing, so the keys (and
+    pair stores) of fp32 teachers are what they were before precision was a setting."""
+    out = {k: params[k] for k in KEY_SETTINGS}
+    prec = resolved_precision(params)
+    if prec != "fp32":
+        out["precision"] = prec
+    return out
+
+
 PAIRS = pa.schema([("qkey", pa.int64()), ("dkey", pa.int64()), ("score", pa.float32())])
 
 
@@ -64,29 +83,38 @@ class Teacher:
             if getattr(self.model, "num_labels", 1) != 1:
                 raise ConfigError(f"[score] cross-encoder {self.model_path} has {self.model.num_labels} labels; "
                                   "a relevance teacher has one output")
+            if resolved_precision(p) != "fp32":
+                from negmine.precision import fp32_head
+
+                fp32_head(self.model, 1)  # a 16-bit logit would tie nearby scores
         else:
             from negmine.encode import load_model
 
-            self.model = load_model({"device": p["device"], "backend": "torch", "precision": "fp32",
+            self.model = load_model({"device": p["device"], "backend": "torch", "precision": p["precision"],
                                      "max_seq_length": p["max_length"]}, self.model_path)
 
     def __call__(self, queries: list[str], docs: list[str]) -> np.ndarray:
+        from negmine.precision import autocast
+
         if self.model is None:
             self._load()
         p = self.params
-        if p["kind"] == "cross-encoder":
-            pairs = [(f"{p['query_prompt']}{q}", f"{p['doc_prompt']}{d}") for q, d in zip(queries, docs)]
-            return np.asarray(self.model.predict(pairs, batch_size=p["batch_size"], show_progress_bar=False),
-                              dtype=np.float32).reshape(-1)
-        enc = {"batch_size": p["batch_size"], "normalize_embeddings": p["normalize"], "convert_to_numpy": True,
-               "show_progress_bar": False}
-        q = self.model.encode(queries, prompt=p["query_prompt"] or None, **enc)
-        d = self.model.encode(docs, prompt=p["doc_prompt"] or None, **enc)
-        return np.einsum("ij,ij->i", q, d).astype(np.float32)
+        # 16-bit precisions: fp32 weights, matrix products under autocast (as the dense encoder)
+        with autocast(resolved_precision(p), self.model.device.type):
+            if p["kind"] == "cross-encoder":
+                pairs = [(f"{p['query_prompt']}{q}", f"{p['doc_prompt']}{d}") for q, d in zip(queries, docs)]
+                scores = self.model.predict(pairs, batch_size=p["batch_size"], show_progress_bar=False,
+                                            convert_to_tensor=True)
+                return scores.float().cpu().numpy().reshape(-1)
+            enc = {"batch_size": p["batch_size"], "normalize_embeddings": p["normalize"], "convert_to_tensor": True,
+                   "show_progress_bar": False}
+            q = self.model.encode(queries, prompt=p["query_prompt"] or None, **enc).float()
+            d = self.model.encode(docs, prompt=p["doc_prompt"] or None, **enc).float()
+        return (q * d).sum(dim=1).cpu().numpy().astype(np.float32)
 
 
 def store_dir(cache_root: Path, model_fp: str, params: Mapping[str, Any]) -> Path:
-    settings = {k: params[k] for k in KEY_SETTINGS}
+    settings = key_settings(params)
     digest = hashlib.sha256(json.dumps({"model": model_fp, **settings}, sort_keys=True).encode()).hexdigest()
     return cache_root / "pairs" / digest[:32]
 
@@ -221,7 +249,9 @@ def _params(cfg: Config, ctx: Context) -> dict[str, Any]:
     sc = cfg["score"]
     path = resolve_model(sc["teacher"], "[score] teacher")
     fp = ctx.fingerprint(path)
-    return {"teacher": fp, **{k: sc[k] for k in KEY_SETTINGS}, "teacher_path": str(path),
+    # the precision as resolved on this machine: "auto" never enters a key
+    return {"teacher": fp, **{k: sc[k] for k in KEY_SETTINGS}, "precision": resolved_precision(sc),
+            "teacher_path": str(path),
             "store": str(store_dir(ctx.cache_root, fp, sc)), "batch_size": sc["batch_size"], "device": sc["device"],
             "flush_pairs": sc["flush_pairs"]}
 

@@ -136,8 +136,9 @@ def retrieve_dense(inputs: Inputs, params: Params, out_dir: Path) -> dict[str, A
 def _encode_params(cfg: Config, ctx: Context) -> dict[str, Any]:
     d = cfg["dense"]
     path = encode.resolve_model(d["model"])
+    # the precision as resolved on this machine: "auto" never enters a key
     return {"model": ctx.fingerprint(path), "model_path": str(path), "batch_size": d["batch_size"],
-            "device": d["device"], **{k: d[k] for k in encode.KEY_SETTINGS}}
+            "batch_tokens": d["batch_tokens"], "device": d["device"], **encode.key_settings(d)}
 
 
 def _search_params(cfg: Config, ctx: Context) -> dict[str, Any]:
@@ -161,7 +162,8 @@ ENCODE = Stage(
     run=lambda inputs, params, out: encode.encode(params, Path(params["model_path"]), inputs["ingest"], out),
     enabled=_uses_dense, resumable=True,
     unkeyed={"model_path": "where the model is; its files enter the key by their content (model)",
-             "batch_size": "speed only", "device": "speed only"})
+             "batch_size": "speed only", "batch_tokens": "speed and memory only (vectors equal within float rounding)",
+             "device": "speed only"})
 
 ANN = Stage(
     name="ann", version=VERSION, command="index", reads=reads("encode"), section="dense",

@@ -1,0 +1,178 @@
+"""Precision ("auto" chosen by the hardware, 16-bit autocast) and token-budget batches.
+
+Tolerances (measured with the packaged MiniLM on the bundled sample, stated here so a regression shows): bf16 and
+fp16 autocast keep every vector at cosine >= 0.999 to fp32 (0.9999 seen); token-budget batches give the fixed
+batches' vectors within 1e-5 per component (only padding and matrix shapes differ).
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+import negmine
+from negmine import encode as encode_mod
+from negmine import precision
+from negmine.cli import app
+from conftest import SAMPLE
+
+N_DOCS = 48  # enough texts of varied length for several batches, few enough to encode fast
+
+
+def _sample_texts(n: int = N_DOCS) -> list[str]:
+    texts = []
+    with open(SAMPLE / "corpus.jsonl", encoding="utf-8") as fh:
+        for line in fh:
+            d = json.loads(line)
+            texts.append(f"{d.get('title', '')} {d['text']}".strip())
+            if len(texts) == n:
+                break
+    return texts
+
+
+def _params(**over) -> dict:
+    p = {"device": "cpu", "backend": "torch", "precision": "fp32", "max_seq_length": 0, "normalize": True,
+         "batch_size": 16, "batch_tokens": 0}
+    return {**p, **over}
+
+
+@pytest.fixture(scope="module")
+def minilm():
+    path = encode_mod.resolve_model("")
+    return encode_mod.load_model(_params(), path)
+
+
+@pytest.mark.parametrize("flags,expected", [({"avx512f", "avx512_bf16"}, "bf16"), ({"amx_tile", "amx_bf16"}, "bf16"),
+                                            ({"avx512f", "avx512_vnni", "avx2"}, "fp32"), (set(), "fp32")])
+def test_auto_precision_on_cpu_follows_the_bf16_flags(flags, expected):
+    assert precision.resolve("auto", "cpu", flags=flags) == expected
+    # no GPU visible: "" means the CPU
+    assert precision.resolve("auto", "", flags=flags, capability=None) == expected
+
+
+def test_auto_precision_on_cuda_follows_the_compute_capability():
+    assert precision.resolve("auto", "", capability=(9, 0), flags=set()) == "bf16"
+    assert precision.resolve("auto", "cuda:0", capability=(8, 0)) == "bf16"
+    assert precision.resolve("auto", "cuda", capability=(7, 5)) == "fp16"
+    # a GPU is there but the device asked for is the CPU: the CPU's flags decide
+    assert precision.resolve("auto", "cpu", capability=(9, 0), flags=set()) == "fp32"
+
+
+def test_auto_precision_is_fp32_off_torch_and_on_other_devices():
+    assert precision.resolve("auto", "cpu", backend="onnx", flags={"avx512_bf16"}) == "fp32"
+    assert precision.resolve("auto", "mps", flags={"avx512_bf16"}) == "fp32"
+
+
+def test_an_explicit_precision_is_kept_whatever_the_hardware():
+    for p in ("fp32", "bf16", "fp16"):
+        assert precision.resolve(p, "cpu", flags=set(), capability=None) == p
+
+
+def test_reading_the_cpu_flags_needs_no_torch():
+    flags = precision.cpu_flags()
+    assert isinstance(flags, frozenset)
+    if Path("/proc/cpuinfo").is_file():
+        assert flags, "a Linux CPU lists its flags in /proc/cpuinfo"
+
+
+@pytest.mark.parametrize("prec", ["bf16", "fp16"])
+def test_a_16_bit_precision_encodes_the_sample_within_tolerance_of_fp32(minilm, prec):
+    texts = _sample_texts()
+    ref = encode_mod.encode_texts(minilm, texts, _params(), "")
+    got = encode_mod.encode_texts(minilm, texts, _params(precision=prec), "")
+    assert got.dtype == np.float32 and got.shape == ref.shape
+    cos = np.einsum("ij,ij->i", got, ref)
+    assert cos.min() >= 0.999, cos.min()
+    assert not np.array_equal(got, ref)  # it did run in 16 bits
+    # the weights stay fp32: a 16-bit run leaves the model as it found it
+    assert next(minilm.parameters()).dtype.is_floating_point and str(next(minilm.parameters()).dtype) == "torch.float32"
+
+
+def test_token_budget_batches_give_the_fixed_batches_vectors(minilm):
+    texts = _sample_texts() + ["short query", "another one"]
+    fixed = encode_mod.encode_texts(minilm, texts, _params(), "")
+    budget = encode_mod.encode_texts(minilm, texts, _params(batch_tokens=1024), "")
+    np.testing.assert_allclose(budget, fixed, atol=1e-5)
+
+
+def test_token_batches_respect_the_budget_and_cover_every_text_once():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(3, 257, size=500)
+    batches = encode_mod.token_batches(lengths, 2048)
+    seen = np.concatenate(batches)
+    assert sorted(seen.tolist()) == list(range(500))
+    for b in batches:
+        assert len(b) == 1 or len(b) * lengths[b].max() <= 2048
+    # short texts travel in larger batches than long ones
+    assert len(batches[-1]) > len(batches[0])
+    # a text longer than the budget still gets a batch of its own
+    assert [len(b) for b in encode_mod.token_batches(np.array([300] + [10] * 12), 100)] == [1, 10, 2]
+
+
+def _dense_over(tmp_path: Path, *extra: str) -> list[str]:
+    return [f"input.path='{SAMPLE}'", f"run.cache_dir='{tmp_path / 'cache'}'", f"export.dir='{tmp_path / 'out'}'",
+            "retrieve.retrievers=['dense']", "retrieve.top_k=10", "export.formats=['ids']",
+            "export.file_types=['parquet']", *extra]
+
+
+def test_auto_is_keyed_as_resolved_so_the_cache_never_mixes_precisions(tmp_path, tiny_bi_encoders, monkeypatch):
+    from conftest import write_beir
+
+    data = write_beir(tmp_path / "data", [{"_id": f"d{i}", "title": "", "text": f"text number {i} about wings"}
+                                          for i in range(12)],
+                      [{"_id": "q1", "text": "wings"}], [("q1", "d3", 1)])
+    over = _dense_over(tmp_path, f"input.path='{data}'", f"dense.model='{tiny_bi_encoders[0]}'", "dense.device='cpu'")
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx512f"}))
+    plain = negmine.mine(None, over)
+    monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16"}))
+    bf16 = negmine.mine(None, over)
+    prov = json.loads((tmp_path / "out" / "provenance.json").read_text())
+    assert prov["config"]["dense"]["precision"] == "auto" and prov["resolved"] == {"dense.precision": "bf16"}
+    explicit = negmine.mine(None, over + ["dense.precision='bf16'"])
+    assert plain.stages["encode"].stats["precision"] == "fp32"
+    assert bf16.stages["encode"].status == "computed"  # not the fp32 vectors under another name
+    assert bf16.stages["encode"].key != plain.stages["encode"].key
+    assert explicit.stages["encode"].key == bf16.stages["encode"].key  # auto on this CPU is bf16
+    assert explicit.stages["encode"].status == "cached"
+    fp32 = negmine.mine(None, over + ["dense.precision='fp32'"])
+    assert fp32.stages["encode"].key == plain.stages["encode"].key
+
+
+def test_batch_tokens_is_not_keyed(tmp_path, tiny_bi_encoders):
+    over = _dense_over(tmp_path, f"dense.model='{tiny_bi_encoders[0]}'", "dense.precision='fp32'")
+    a = negmine.mine(None, over, until="index")
+    b = negmine.mine(None, over + ["dense.batch_tokens=0"], until="index")
+    assert b.stages["encode"].key == a.stages["encode"].key and b.stages["encode"].status == "cached"
+
+
+def test_cross_encoder_teacher_in_bf16_scores_within_tolerance_of_fp32_without_ties(tiny_cross_encoder):
+    from negmine.score import Teacher
+
+    base = {"kind": "cross-encoder", "activation": "logit", "normalize": True, "max_length": 0, "query_prompt": "",
+            "doc_prompt": "", "batch_size": 8, "device": "cpu"}
+    texts = _sample_texts(24)
+    queries = [t[:40] for t in texts[::-1]]
+    ref = Teacher({**base, "precision": "fp32"}, tiny_cross_encoder)(queries, texts)
+    got = Teacher({**base, "precision": "bf16"}, tiny_cross_encoder)(queries, texts)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got, ref, atol=0.05 * max(1.0, float(np.abs(ref).max())))
+    # the score head runs in fp32: scores are not rounded to bf16's 8-bit mantissa (which ties nearby scores)
+    import torch
+
+    on_bf16_grid = torch.from_numpy(got).bfloat16().float().numpy() == got
+    assert on_bf16_grid.sum() < len(got) // 2
+
+
+@pytest.mark.parametrize("setting,fragment", [("dense.batch_tokens=-1", "batch_tokens"),
+                                              ("dense.batch_tokens=1.5", "batch_tokens"),
+                                              ("dense.precision='fp8'", "precision"),
+                                              ("score.precision='half'", "precision")])
+def test_bad_precision_or_token_budget_is_one_line_and_exit_2(tmp_path, setting, fragment):
+    res = CliRunner().invoke(app, ["run", "-i", str(SAMPLE), "--set", "retrieve.retrievers=['dense']", "--set",
+                                   setting, "-o", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache")])
+    assert res.exit_code == 2, res.output
+    assert fragment in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
