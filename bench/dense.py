@@ -497,8 +497,12 @@ def encode_only(args: argparse.Namespace) -> None:
     variants: dict[str, Any] = {
         "st-fp32": lambda: model.encode(texts, batch_size=args.batch_size, normalize_embeddings=True,
                                         convert_to_numpy=True, show_progress_bar=False)}
+    budgets = [int(b) for b in args.batch_tokens.split(",")] if args.batch_tokens else [base["batch_tokens"]]
     for prec in precisions:
-        variants[f"negmine-{prec}"] = (lambda p=prec: encode_texts(model, texts, {**base, "precision": p}, ""))
+        for budget in budgets:
+            name = f"negmine-{prec}" + (f"@{budget}" if len(budgets) > 1 else "")
+            variants[name] = (lambda p=prec, b=budget: encode_texts(model, texts,
+                                                                    {**base, "precision": p, "batch_tokens": b}, ""))
     times: dict[str, list[float]] = {k: [] for k in variants}
     vectors: dict[str, Any] = {}
     names = list(variants)
@@ -537,9 +541,9 @@ def encode_only(args: argparse.Namespace) -> None:
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"encoder alone: {len(texts)} documents, {n_tokens:,} tokens; auto = {report['auto_resolves_to']}; "
           f"{report['statistic']}")
-    print(f"{'variant':<16}{'docs/s':>9}{'tokens/s':>10}{'vs ST':>8}{'min cos':>10}{'top-10':>8}")
+    print(f"{'variant':<22}{'docs/s':>9}{'tokens/s':>10}{'vs ST':>8}{'min cos':>10}{'top-10':>8}")
     for name, r in rows.items():
-        print(f"{name:<16}{r['docs_per_s']:>9.1f}{r['tokens_per_s']:>10.0f}{r['speedup_vs_st_fp32']:>7.2f}x"
+        print(f"{name:<22}{r['docs_per_s']:>9.1f}{r['tokens_per_s']:>10.0f}{r['speedup_vs_st_fp32']:>7.2f}x"
               f"{r['min_cosine_to_fp32']:>10.6f}{r['top10_overlap_with_fp32']:>8.4f}")
     print(f"backends: {backends}\nwritten: {out}")
 
@@ -697,6 +701,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="the encoder microbenchmark (docs/s, tokens/s, agreement with fp32) instead of mining")
     ap.add_argument("--precisions", default="fp32,bf16",
                     help="--encode-only: negmine precisions to measure (default: %(default)s)")
+    ap.add_argument("--batch-tokens", default="",
+                    help="--encode-only: token budgets to measure, comma-separated (default: negmine's default; "
+                         "0 = fixed batches of --batch-size)")
     ap.add_argument("--keep-work", action="store_true", help="do not delete the temporary work folder")
     # internal: the measured ST process, and the one-off cross-encoder build
     ap.add_argument("--worker", choices=("st", "build-ce"), help=argparse.SUPPRESS)

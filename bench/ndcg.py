@@ -7,6 +7,11 @@ compare with fp32 (cosine of each vector to its fp32 twin, overlap of each query
 0.6451. Vectors are kept in the work folder, so a rerun only encodes what is missing.
 
     .venv/bin/python bench/ndcg.py [--precisions fp32,auto] [--data PATH] [--json bench/results/precision-ndcg.json]
+    .venv/bin/python bench/ndcg.py --negatives [--docs 1000]
+
+`--negatives` mines SciFact train with negmine itself (configs/dense.toml and configs/recommended.toml), once
+with every model in fp32 and once at the default precision, on a corpus slice of `--docs` documents (the train
+positives included; 0 = all), and reports per query the Jaccard of the two runs' negative sets.
 """
 from __future__ import annotations
 
@@ -57,6 +62,53 @@ def metrics(top: np.ndarray, ids: list[str], qids: list[str], qrels: dict[str, s
     return {"ndcg@10": float(np.mean(ndcg)), "recall@100": float(np.mean(recall))}
 
 
+def negatives(args: argparse.Namespace) -> dict:
+    """Jaccard of each query's negative set, fp32 against the default precision, mined by negmine itself."""
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    sys.path.insert(0, str(REPO / "bench"))
+    from dense import write_slice
+
+    from negmine import mine
+    from negmine.precision import resolve
+
+    work = args.work / "negatives"
+    data = args.data
+    if args.docs:
+        data = work / "data"
+        if not (data / "corpus.jsonl").is_file():
+            write_slice(args.data, data, None, args.docs)
+    report = {"data": f"{args.data.name} train" + (f", corpus slice of {args.docs} documents" if args.docs else ""),
+              "auto_resolves_to": resolve("auto", "")}
+    # "fp32-fixed": fp32 in fixed batches of 64 (no token budget), the float-noise floor: two fp32 runs whose
+    # vectors differ only in the last bits
+    arms = {"fp32": ["dense.precision='fp32'"], "auto": ["dense.precision='auto'"],
+            "fp32-fixed": ["dense.precision='fp32'", "dense.batch_tokens=0"]}
+    for preset in ("dense", "recommended"):
+        sets = {}
+        for arm in ("fp32", "auto") + (("fp32-fixed",) if args.noise_floor else ()):
+            out = work / f"out-{preset}-{arm}"
+            shutil.rmtree(out, ignore_errors=True)
+            mine(REPO / "configs" / f"{preset}.toml",
+                 [f"input.path={json.dumps(str(data))}", "input.split='train'", *arms[arm],
+                  f"export.dir={json.dumps(str(out))}", "export.formats=['ids']", "export.file_types=['parquet']"],
+                 cache_dir=work / "cache")
+            t = pq.read_table(out / "ids.parquet").to_pylist()
+            sets[arm] = {r["query_id"]: set(r["negative_ids"]) for r in t}
+        for arm in [a for a in sets if a != "fp32"]:
+            qs = sorted(set(sets["fp32"]) | set(sets[arm]))
+            jac = [len(sets["fp32"].get(q, set()) & sets[arm].get(q, set())) /
+                   max(1, len(sets["fp32"].get(q, set()) | sets[arm].get(q, set()))) for q in qs]
+            name = preset if arm == "auto" else f"{preset} ({arm} vs fp32)"
+            report[name] = {"queries": len(qs), "identical": int(sum(j == 1.0 for j in jac)),
+                            "identical_share": float(np.mean([j == 1.0 for j in jac])),
+                            "mean_jaccard": float(np.mean(jac))}
+            print(f"{name}: {report[name]}", file=sys.stderr, flush=True)
+    return report
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", type=Path, default=DEFAULT_DATA)
@@ -65,7 +117,17 @@ def main() -> None:
     ap.add_argument("--batch-tokens", type=int, default=None, help="default: negmine's [dense] batch_tokens")
     ap.add_argument("--work", type=Path, default=REPO / "bench" / ".work" / "ndcg")
     ap.add_argument("--json", type=Path, default=REPO / "bench" / "results" / "precision-ndcg.json")
+    ap.add_argument("--negatives", action="store_true", help="negative-set agreement instead of nDCG@10")
+    ap.add_argument("--docs", type=int, default=1000, help="--negatives: corpus slice (0 = whole corpus)")
+    ap.add_argument("--noise-floor", action="store_true",
+                    help="--negatives: also compare fp32 with fp32 in fixed batches (no token budget)")
     args = ap.parse_args()
+    if args.negatives:
+        rep = negatives(args)
+        f = args.json.with_name("precision-negatives.json") if args.json.name == "precision-ndcg.json" else args.json
+        f.write_text(json.dumps({**rep, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}, indent=2) + "\n")
+        print(json.dumps(rep, indent=2))
+        return
     from negmine.config import DEFAULTS
     from negmine.encode import encode_texts, load_model, resolve_model, resolved_precision
 

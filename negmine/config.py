@@ -459,6 +459,9 @@ def _check_consistency(cfg: dict[str, Any]) -> None:
     for key in ("batch_size", "shard_size", "hnsw_m", "hnsw_ef_construction", "hnsw_ef_search", "ivf_nprobe"):
         if d[key] < 1:
             raise ConfigError(f"[dense] {key} is {d[key]}; it must be at least 1")
+    if d["backend"] != "torch" and d["precision"] in ("bf16", "fp16"):
+        raise ConfigError(f"[dense] precision {d['precision']} runs under torch autocast, so it needs backend torch; "
+                          f"use precision \"auto\" or \"fp32\" with backend {d['backend']}")
     if d["batch_tokens"] < 0:
         raise ConfigError(f"[dense] batch_tokens is {d['batch_tokens']}; give a token budget a batch (for example "
                           "8192), or 0 for fixed batches of batch_size")

@@ -166,19 +166,16 @@ def encode_texts(model, texts: list[str], params: dict[str, Any], prompt: str) -
     kwargs = {"prompt": prompt or None, "normalize_embeddings": params["normalize"], "convert_to_tensor": True,
               "show_progress_bar": False}
     budget = params["batch_tokens"]
-    if budget:
-        batches = token_batches(token_lengths(model, texts, prompt), budget)
-    else:
-        batches = [np.arange(a, min(a + params["batch_size"], len(texts)))
-                   for a in range(0, len(texts), params["batch_size"])]
-    out: np.ndarray | None = None
     with precision_mod.autocast(resolved_precision(params), model.device.type):
-        for idx in batches:
+        if not budget:  # fixed batches of batch_size, length-sorted by sentence-transformers: its exact vectors
+            return model.encode(texts, batch_size=params["batch_size"], **kwargs).float().cpu().numpy()
+        out: np.ndarray | None = None
+        for idx in token_batches(token_lengths(model, texts, prompt), budget):
             emb = model.encode([texts[i] for i in idx], batch_size=len(idx), **kwargs)
             if out is None:
                 out = np.empty((len(texts), emb.shape[1]), dtype=np.float32)
             out[idx] = emb.float().cpu().numpy()  # 16-bit types have no numpy twin; vectors are stored as float32
-    return out
+        return out
 
 
 def _content_keys(texts: list[str]) -> np.ndarray:

@@ -6,6 +6,11 @@
 What is hashed is the data, not the bytes of the file: a Parquet file's rows and column types (its metadata holds
 provenance with stage keys, which change whenever a stage's code version does), a JSONL file's bytes. Provenance,
 report and run.json files are left out: they describe the run, they are not mined data.
+
+A case that runs a model (dense retrieval, a teacher) mines other vectors and scores in another precision, and
+`precision = "auto"` depends on the machine, so its hashes are kept per precision: `<case>@fp32` (every model
+forced to fp32, checkable anywhere) and `<case>@<what auto resolved to>` on the recording machine (bf16 on a CPU
+with AVX512-BF16 or AMX). A machine whose "auto" has no recorded hashes checks the fp32 ones only.
 """
 from __future__ import annotations
 
@@ -47,15 +52,32 @@ def cases() -> list[tuple[str, Path, Path]]:
     return out
 
 
-def mine_case(name: str, config: Path, data: Path, work: Path, teacher: Path | None) -> dict[str, str]:
-    from negmine import mine
-
-    out = work / "out" / name.replace("/", "-")
-    overrides = [f"input.path={json.dumps(str(data))}", f"export.dir={json.dumps(str(out))}"]
+def _overrides(name: str, config: Path, data: Path, work: Path, teacher: Path | None, precision: str) -> list[str]:
+    out = work / "out" / f"{name.replace('/', '-')}-{precision}"
+    overrides = [f"input.path={json.dumps(str(data))}", f"export.dir={json.dumps(str(out))}",
+                 f"dense.precision={json.dumps(precision)}", f"score.precision={json.dumps(precision)}"]
     if config.stem in TEACHER_PRESETS:
         overrides.append(f"score.teacher={json.dumps(str(teacher))}")
+    return overrides
+
+
+def case_key(name: str, config: Path, data: Path, work: Path, teacher: Path | None, precision: str) -> str:
+    """`name` for a case without models, else `name@<precision its models run in here>`."""
+    from negmine.config import load_config
+    from negmine.precision import resolved_settings
+
+    resolved = resolved_settings(load_config(config, _overrides(name, config, data, work, teacher, precision)))
+    values = sorted(set(resolved.get("resolved", {}).values()))
+    return f"{name}@{'+'.join(values)}" if values else name
+
+
+def mine_case(name: str, config: Path, data: Path, work: Path, teacher: Path | None,
+              precision: str = "auto") -> dict[str, str]:
+    from negmine import mine
+
+    overrides = _overrides(name, config, data, work, teacher, precision)
     mine(config, overrides, cache_dir=work / "cache")
-    return output_hashes(out)
+    return output_hashes(Path(json.loads(overrides[1].split("=", 1)[1])))
 
 
 def record(work: Path) -> dict[str, dict[str, str]]:
@@ -63,7 +85,13 @@ def record(work: Path) -> dict[str, dict[str, str]]:
     from conftest import _tiny_bert
 
     teacher = _tiny_bert(work / "teacher", 3, head=True)
-    return {name: mine_case(name, config, data, work, teacher) for name, config, data in cases()}
+    out = {}
+    for name, config, data in cases():
+        for precision in ("fp32", "auto"):
+            key = case_key(name, config, data, work, teacher, precision)
+            if key not in out:
+                out[key] = mine_case(name, config, data, work, teacher, precision)
+    return out
 
 
 if __name__ == "__main__":

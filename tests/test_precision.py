@@ -169,10 +169,12 @@ def test_cross_encoder_teacher_in_bf16_scores_within_tolerance_of_fp32_without_t
 @pytest.mark.parametrize("setting,fragment", [("dense.batch_tokens=-1", "batch_tokens"),
                                               ("dense.batch_tokens=1.5", "batch_tokens"),
                                               ("dense.precision='fp8'", "precision"),
-                                              ("score.precision='half'", "precision")])
+                                              ("score.precision='half'", "precision"),
+                                              ("dense.backend='onnx' --set dense.precision='bf16'", "backend torch")])
 def test_bad_precision_or_token_budget_is_one_line_and_exit_2(tmp_path, setting, fragment):
-    res = CliRunner().invoke(app, ["run", "-i", str(SAMPLE), "--set", "retrieve.retrievers=['dense']", "--set",
-                                   setting, "-o", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache")])
+    sets = [a for s in setting.split(" --set ") for a in ("--set", s)]
+    res = CliRunner().invoke(app, ["run", "-i", str(SAMPLE), "--set", "retrieve.retrievers=['dense']", *sets,
+                                   "-o", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache")])
     assert res.exit_code == 2, res.output
     assert fragment in res.output and "Traceback" not in res.output
     assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
