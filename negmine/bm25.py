@@ -53,7 +53,8 @@ def make_tokenizer(params: dict[str, Any]):
 
 def iter_doc_texts(corpus_path: Path, use_title: bool, title_sep: str, batch: int = 4096) -> Iterator[str]:
     """Retrieval texts of the corpus in table order, read in batches so texts never all sit in memory."""
-    pf = pq.ParquetFile(corpus_path)
+    # pre_buffer would keep every row group's bytes until the file is closed: the whole corpus, at the end
+    pf = pq.ParquetFile(corpus_path, pre_buffer=False)
     for rb in pf.iter_batches(batch_size=batch, columns=["title", "text"]):
         titles, texts = rb.column(0).to_pylist(), rb.column(1).to_pylist()
         for title, text in zip(titles, texts):

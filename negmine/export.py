@@ -105,7 +105,8 @@ class Texts:
         if self._store is None:
             folder = self.ingest_dir.parent
             titles, texts = _ColumnStore(folder), _ColumnStore(folder)
-            pf = pq.ParquetFile(self.ingest_dir / "corpus.parquet")
+            # pre_buffer would keep every row group's bytes until the file is closed: the whole corpus
+            pf = pq.ParquetFile(self.ingest_dir / "corpus.parquet", pre_buffer=False)
             for rb in pf.iter_batches(batch_size=self.batch, columns=["title", "text"]):
                 titles.append(rb.column(0))
                 texts.append(rb.column(1))
