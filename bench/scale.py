@@ -359,6 +359,8 @@ def main() -> None:
         args.model = distill_static(args.work / f"minilm-static-{STATIC_DIMS}")
         print(f"static model: {args.model} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
     label = args.label or args.retriever
+    if args.query_every != 10:
+        label = f"{label}-q{args.query_every}"
     results = json.loads(args.json.read_text()) if args.json.is_file() else {}
     runs = results.setdefault("runs", {}).setdefault(label, {}).setdefault("sizes", {})
     for n in sizes:
