@@ -261,7 +261,13 @@ def report_eci(args, order: list[str], work: Path, pairs: list[tuple[str, str]],
     for name in order:
         if name == "zero-shot":
             continue
-        path = None if ROWS[name] is None else mine_rows(name, ROWS[name], work, args.docs or None)
+        path = None
+        if ROWS[name] is not None:
+            path = work / f"mined-{name}" / "triplet.parquet"
+            if args.eci_mined_only and not path.is_file():
+                continue
+            if not args.eci_mined_only:
+                path = mine_rows(name, ROWS[name], work, args.docs or None)
         sha = rows_fingerprint(path, pairs)
         if eci.get(name, {}).get("rows_sha") != sha:
             eci[name] = {"rows_sha": sha, **eci_of_rows(path, train_groups, corpus)}
@@ -317,6 +323,9 @@ def main() -> None:
                     help="compute the training-free ECI score of each row's training rows (no training) into "
                          "--eci-json, then print how well it ranks the rows measured in --json")
     ap.add_argument("--eci-json", type=Path, default=ROOT / "bench" / "results" / "downstream-eci.json")
+    ap.add_argument("--eci-mined-only", action="store_true",
+                    help="with --eci: score only rows already mined in --work (no mining: a training run may be "
+                         "using that cache)")
     args = ap.parse_args()
     order = args.rows.split(",")
     unknown = [r for r in order if r not in ROWS]

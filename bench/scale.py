@@ -288,6 +288,7 @@ def run_size(n_docs: int, args: argparse.Namespace, work: Path) -> dict:
         st = rep["stages"][stage]
         if st["status"] != "computed":
             raise SystemExit(f"{stage} at {n_docs} documents was {st['status']}, not computed")
+        row["negmine"] = rep["negmine"]  # the source tree the workers imported
         row["stages"][stage] = {"seconds": round(st["seconds"], 2), "peak_rss_mib": round(rep["peak_rss_mib"], 1),
                                 "disk_mib": round(st["disk_bytes"] / (1 << 20), 1),
                                 "process_seconds": round(rep["process_seconds"], 2),
@@ -359,6 +360,8 @@ def main() -> None:
         args.model = distill_static(args.work / f"minilm-static-{STATIC_DIMS}")
         print(f"static model: {args.model} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
     label = args.label or args.retriever
+    if args.query_every != 10:
+        label = f"{label}-q{args.query_every}"
     results = json.loads(args.json.read_text()) if args.json.is_file() else {}
     runs = results.setdefault("runs", {}).setdefault(label, {}).setdefault("sizes", {})
     for n in sizes:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from negmine.cache import read_meta
 from negmine.errors import ConfigError, NegmineError, resource_error
+from negmine.io import umask
 
 log = logging.getLogger("negmine.publish")
 MANIFEST = ".negmine-outputs.json"
@@ -30,12 +31,6 @@ _START = time.time()
 
 class DamagedEntryError(NegmineError):
     """An export entry's file no longer matches its checksum while it is being published."""
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 def check_output_dir(out_dir: Path) -> None:
@@ -109,7 +104,7 @@ def publish(entry: Path, out_dir: Path, extra: dict[str, str | None] | None = No
                 before = set(json.loads((out_dir / MANIFEST).read_text()))
             except (OSError, ValueError, TypeError):
                 before = set()
-            mode = 0o666 & ~_umask()
+            mode = 0o666 & ~umask()
             names = sorted(records) + sorted(n for n, t in extra.items() if t is not None)
             for name in names:
                 dest = out_dir / name

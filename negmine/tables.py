@@ -56,7 +56,8 @@ def doc_ids(ingest_dir: Path) -> pa.ChunkedArray:
 def iter_doc_texts(ingest_dir: Path, batch: int = 50_000) -> Iterator[str]:
     """Retrieval texts of the corpus in table order, read in batches so texts never all sit in memory."""
     use_title, sep = text_settings(ingest_dir)
-    pf = pq.ParquetFile(ingest_dir / CORPUS)
+    # pre_buffer would keep every row group's bytes until the file is closed: the whole corpus, at the end
+    pf = pq.ParquetFile(ingest_dir / CORPUS, pre_buffer=False)
     for rb in pf.iter_batches(batch_size=batch, columns=["title", "text"]):
         for title, text in zip(rb.column(0).to_pylist(), rb.column(1).to_pylist()):
             yield join_title(title, text, use_title, sep)
@@ -217,7 +218,8 @@ class Texts:
         if self._store is None:
             folder = self.ingest_dir.parent
             titles, texts = _ColumnStore(folder), _ColumnStore(folder)
-            pf = pq.ParquetFile(self.ingest_dir / CORPUS)
+            # pre_buffer would keep every row group's bytes until the file is closed: the whole corpus
+            pf = pq.ParquetFile(self.ingest_dir / CORPUS, pre_buffer=False)
             for rb in pf.iter_batches(batch_size=self.batch, columns=["title", "text"]):
                 titles.append(rb.column(0))
                 texts.append(rb.column(1))
