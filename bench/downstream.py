@@ -112,6 +112,10 @@ def mine_rows(name: str, overrides: list[str], work: Path, docs: int | None) -> 
     cmd = [sys.executable, "-m", "negmine", "run", *([str(config)] if config else []), "-i", str(data),
            "--set", "input.split='train'", *sum((["--set", e] for e in extra), []),
            "--set", "export.formats=['triplet']", "--set", "export.file_types=['parquet']",
+           # mined in fp32 with sentence-transformers' own batches, as the table's first rows were: the sampled
+           # presets re-draw when a near-tie swaps under another precision, which would change a row's training
+           # rows (and so rerun it) for a reason that has nothing to do with the mining method
+           "--set", "dense.precision='fp32'", "--set", "dense.batch_tokens=0",
            "-o", str(out), "--cache-dir", str(work / "cache"), "-q"]
     subprocess.run(cmd, check=True, env={**os.environ, "NEGMINE_PROGRESS": "0"})
     return out / "triplet.parquet"
