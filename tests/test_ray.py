@@ -3,6 +3,7 @@ outputs under the same cache keys as the local engine. One local 2-CPU cluster i
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -100,6 +101,106 @@ def test_ray_engine_raises_a_workers_config_error_as_itself(cluster, tmp_path: P
 
     with pytest.raises(ConfigError, match="bad model"):
         list(RayEngine("", tmp_path).map(_Failing, range(3), workers=1))
+
+
+def test_ray_engine_refuses_a_relative_cache_on_a_cluster_of_several_nodes(cluster, tmp_path: Path,
+                                                                           monkeypatch) -> None:
+    """Joining a cluster whose nodes each resolve a relative path in their own folder: refused before any work;
+    an absolute path on shared storage is accepted."""
+    from negmine.engine.ray import RayEngine
+
+    nodes = [{"Alive": True, "NodeID": "a"}, {"Alive": True, "NodeID": "b"}, {"Alive": False, "NodeID": "c"}]
+    monkeypatch.setattr(cluster, "nodes", lambda: nodes)
+    with pytest.raises(ConfigError, match="relative, but the Ray cluster has 2 nodes"):
+        RayEngine("auto", Path(".negmine/cache"))
+    RayEngine("auto", tmp_path / "cache").close()
+    nodes[1]["Alive"] = False
+    RayEngine("auto", Path(".negmine/cache")).close()  # one node alive: its folder is the driver's
+
+
+class _KillingEncoder:
+    """The encoder of the run, but its process dies by SIGKILL on the third shard, once (a marker file)."""
+
+    MARKER = ""
+
+    def __init__(self, *args) -> None:
+        from negmine.encode import ShardEncoder
+
+        self.inner = ShardEncoder(*args)
+
+    def __call__(self, item):
+        if item[0] == "docs-00002.npy" and not Path(self.MARKER).exists():
+            Path(self.MARKER).touch()
+            os.kill(os.getpid(), signal.SIGKILL)
+        return self.inner(item)
+
+
+@pytest.mark.slow
+def test_ray_worker_killed_mid_encode_ends_in_the_uninterrupted_outputs(
+        cluster, tmp_path: Path, tiny_bi_encoders: list[Path], monkeypatch) -> None:
+    """A SIGKILLed encoder actor is restarted and its shard encoded again: the run completes with the same
+    embeddings and exports as an uninterrupted local run."""
+    import negmine.encode
+
+    sets = ["retrieve.chunk_size=16", "dense.shard_size=128", "dense.workers=2",
+            f"dense.model='{tiny_bi_encoders[0]}'"]
+    local = mine(load_config(CONFIGS / "dense.toml", sets + [f"export.dir='{tmp_path / 'local'}'",
+                                                             f"run.cache_dir='{tmp_path / 'cache-local'}'"]))
+    monkeypatch.setattr(_KillingEncoder, "MARKER", str(tmp_path / "killed"))
+    monkeypatch.setattr(negmine.encode, "ShardEncoder", _KillingEncoder)
+    ray_run = mine(load_config(CONFIGS / "dense.toml", sets + ["run.engine='ray'", f"export.dir='{tmp_path / 'ray'}'",
+                                                               f"run.cache_dir='{tmp_path / 'cache-ray'}'"]))
+    assert (tmp_path / "killed").exists()  # the worker did die mid-encode
+    assert ray_run.stages["encode"].key == local.stages["encode"].key
+    shards = sorted(p.name for p in local.stages["encode"].path.glob("docs-*.npy"))
+    assert len(shards) == 4
+    for name in shards:
+        assert (ray_run.stages["encode"].path / name).read_bytes() == \
+            (local.stages["encode"].path / name).read_bytes()
+    assert _outputs(tmp_path / "ray") == _outputs(tmp_path / "local")
+
+
+_KILL_DRIVER = """
+import os, sys
+from pathlib import Path
+from negmine import tables
+from negmine.config import load_config
+from negmine.pipeline import mine
+
+docs, cache = tables.Texts.docs, Path(sys.argv[1])
+
+
+def docs_then_die(self, rows):  # the driver dies (SIGKILL) once a worker has written a shard
+    if any(cache.rglob(".partial-*/docs-*.npy")):
+        os.kill(os.getpid(), 9)
+    return docs(self, rows)
+
+
+tables.Texts.docs = docs_then_die
+mine(load_config(sys.argv[2], sys.argv[3:]))
+"""
+
+
+@pytest.mark.slow
+def test_ray_driver_killed_mid_encode_resumes_to_the_uninterrupted_outputs(
+        cluster, tmp_path: Path, tiny_bi_encoders: list[Path]) -> None:
+    """A driver SIGKILLed mid-encode leaves its finished shards in the partial entry; a rerun on Ray encodes only
+    the rest and ends in the exports of an uninterrupted local run."""
+    sets = ["dense.shard_size=64", "dense.workers=2", f"dense.model='{tiny_bi_encoders[0]}'"]
+    cache = tmp_path / "cache-ray"
+    ray_sets = sets + ["run.engine='ray'", f"run.ray_address='{cluster.get_runtime_context().gcs_address}'",
+                       f"run.cache_dir='{cache}'", f"export.dir='{tmp_path / 'ray'}'"]
+    proc = subprocess.run([sys.executable, "-c", _KILL_DRIVER, str(cache), str(CONFIGS / "dense.toml"), *ray_sets],
+                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)}, timeout=600)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr
+    assert not (tmp_path / "ray").exists()
+    rerun = mine(load_config(CONFIGS / "dense.toml", ray_sets))
+    encoded = rerun.stages["encode"].stats
+    assert 0 < encoded["encoded_shards_this_run"] < encoded["shards"] == 8  # resumed, not restarted
+    local = mine(load_config(CONFIGS / "dense.toml", sets + [f"export.dir='{tmp_path / 'local'}'",
+                                                             f"run.cache_dir='{tmp_path / 'cache-local'}'"]))
+    assert rerun.stages["encode"].key == local.stages["encode"].key
+    assert _outputs(tmp_path / "ray") == _outputs(tmp_path / "local")
 
 
 class _PidWorker:
