@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "device": "",  # "" = sentence-transformers' choice (cuda when present)
         "shard_size": 4096,  # unique documents an embedding shard: the unit of resume
         "workers": 2,  # [run] engine = "ray" without GPUs: encoder actors (CPU); speed only
+        "devices": [],  # local engine: encode on several devices at once, one process each ("cuda:0", "cpu", ...)
         "index": "flat",  # flat (exact inner product) | hnsw | ivf
         "hnsw_m": 32,
         "hnsw_ef_construction": 200,
@@ -197,7 +199,8 @@ OPTIONAL_NUMBERS = {("filter", k) for k in ("min_score", "max_score", "ce_max_pr
 # Settings that change only speed or memory: part of no cache key, so neither of provenance (a cached export
 # would record another run's value).
 SPEED_ONLY = {("retrieve", "chunk_size"), ("dense", "batch_size"), ("dense", "device"), ("score", "batch_size"),
-              ("score", "device"), ("score", "flush_pairs"), ("dense", "workers"), ("score", "workers")}
+              ("score", "device"), ("score", "flush_pairs"), ("dense", "workers"), ("score", "workers"),
+              ("dense", "devices")}
 
 _INF = math.inf
 # The range of every numeric setting: (low, high, low_open, high_open); NaN and infinities are refused for all.
@@ -460,6 +463,10 @@ def _check_consistency(cfg: dict[str, Any]) -> None:
     for key in ("batch_size", "shard_size", "hnsw_m", "hnsw_ef_construction", "hnsw_ef_search", "ivf_nprobe"):
         if d[key] < 1:
             raise ConfigError(f"[dense] {key} is {d[key]}; it must be at least 1")
+    for device in d["devices"]:
+        if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", device):
+            raise ConfigError(f"[dense] devices has {device!r}; give devices such as \"cuda:0\", \"cuda:1\" or "
+                              "\"cpu\" (an empty list encodes in this process on [dense] device)")
     f = cfg["filter"]
     if s["shortage"] == "relax" and (f["method"] == "none" or f["relax_steps"] < 1):
         raise ConfigError("[sample] shortage \"relax\" loosens the [filter] method step by step: set [filter] "

@@ -14,7 +14,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -146,13 +146,11 @@ def encode(params: dict[str, Any], model_path: Path, ingest_dir: Path, work_dir:
         if query_texts and not (work_dir / "queries.npy").is_file():
             yield "queries.npy", query_texts, params["query_prompt"]
 
-    from negmine import engine
-
     worker = functools.partial(ShardEncoder, params, Path(model_path).resolve(), Path(work_dir).resolve())
     with bar(total=len(unique_docs), initial=(n_shards - len(todo)) * size if todo else len(unique_docs),
              desc="encode documents", unit="doc") as progress:
         # the local engine encodes here, one shard after another; others spread the shards over their workers
-        for name, n in engine.current().map(worker, items(), workers=params["workers"], gpu=True):
+        for name, n in _map(worker, items(), params):
             if name != "queries.npy":
                 progress.update(n)
                 log.debug("%s written", name)
@@ -168,6 +166,24 @@ def encode(params: dict[str, Any], model_path: Path, ingest_dir: Path, work_dir:
             "encoded_shards_this_run": len(todo)}
     (work_dir / "encode.json").write_text(json.dumps(info))
     return info
+
+
+def _map(worker: functools.partial, items: Iterator[Any], params: Mapping[str, Any]) -> Iterator[Any]:
+    """The current engine's map; on the local engine with several `[dense] devices`, one process a device."""
+    from negmine import engine
+
+    devices = list(params["devices"])
+    if devices and engine.current().name == "local":
+        from negmine.stage import Params
+
+        factories = [functools.partial(worker.func, Params({**worker.args[0], "device": d}, "encode"),
+                                       *worker.args[1:]) for d in devices]
+        if len(devices) == 1:
+            return engine.current().map(factories[0], items)
+        from negmine.engine.processes import map_on_devices
+
+        return map_on_devices(factories, devices, items)
+    return engine.current().map(worker, items, workers=params["workers"], gpu=True)
 
 
 class ShardEncoder:

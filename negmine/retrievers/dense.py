@@ -153,7 +153,7 @@ def _encode_params(cfg: Config, ctx: Context) -> dict[str, Any]:
     d = cfg["dense"]
     path = encode.resolve_model(d["model"])
     return {"model": ctx.fingerprint(path), "model_path": str(path), "batch_size": d["batch_size"],
-            "device": d["device"], "workers": d["workers"], **{k: d[k] for k in encode.KEY_SETTINGS}}
+            "device": d["device"], "workers": d["workers"], "devices": d["devices"], **{k: d[k] for k in encode.KEY_SETTINGS}}
 
 
 def _search_params(cfg: Config, ctx: Context) -> dict[str, Any]:
@@ -178,7 +178,8 @@ ENCODE = Stage(
     enabled=_uses_dense, resumable=True,
     unkeyed={"model_path": "where the model is; its files enter the key by their content (model)",
              "batch_size": "speed only", "device": "speed only",
-             "workers": "speed only: encoder actors on the Ray engine"})
+             "workers": "speed only: encoder actors on the Ray engine",
+             "devices": "speed only: one encoder process a device on the local engine"})
 
 ANN = Stage(
     name="ann", version=VERSION, command="index", reads=reads("encode"), section="dense",
