@@ -41,6 +41,15 @@ def test_engine_settings_refuse_bad_values(override: str, problem: str) -> None:
         load_config(None, [override])
 
 
+def test_engine_options_set_the_run_section() -> None:
+    """--engine and --ray-address are the [run] settings, for `negmine run` and every per-stage command."""
+    from negmine.cli.common import overrides
+
+    cfg = load_config(None, overrides(None, engine="ray", ray_address="auto"))
+    assert (cfg["run"]["engine"], cfg["run"]["ray_address"]) == ("ray", "auto")
+    assert load_config(None, [])["run"]["engine"] == "local"
+
+
 def test_missing_ray_is_one_line_and_exit_2(tmp_path: Path) -> None:
     """Ray hidden from the interpreter: the run stops before any work, with one line naming the extra."""
     code = ("import sys; sys.modules['ray'] = None; from negmine.cli import main; "
@@ -86,7 +95,7 @@ def test_ray_engine_maps_items_in_worker_processes_in_order(cluster, tmp_path: P
     from negmine.engine.ray import RayEngine
 
     eng = RayEngine("", tmp_path)
-    out = list(eng.map(_PidWorker, range(9), workers=2))
+    out = list(eng.map(_PidWorker, range(9), workers=5))  # capped at the cluster's 2 CPUs, not left waiting
     assert [i for i, _ in out] == list(range(9))
     pids = {pid for _, pid in out}
     assert os.getpid() not in pids and len(pids) == 2

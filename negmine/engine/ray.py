@@ -90,8 +90,9 @@ class RayEngine:
         gpus = int(res.get("GPU", 0)) if gpu else 0
         if gpus:
             n, options = gpus, {"num_gpus": 1, "num_cpus": 1}
-        else:
-            n, options = max(1, workers or int(res.get("CPU", 1))), {"num_cpus": 1}
+        else:  # an actor holds its CPU while it lives: more actors than CPUs would wait forever for one
+            cpus = max(1, int(res.get("CPU", 1)))
+            n, options = min(workers or cpus, cpus), {"num_cpus": 1}
         actor_cls = ray.remote(_Worker).options(max_restarts=-1, max_task_retries=-1, **options)
         actors = [actor_cls.remote(factory) for _ in range(n)]
         pending: deque = deque()
