@@ -63,8 +63,13 @@ class RayEngine:
         ray = self.ray
         if not ray.is_initialized():  # a caller (a test, a notebook) may have started Ray already
             verbose = logging.getLogger("negmine").isEnabledFor(logging.DEBUG)
-            ray.init(address=self.address or None, include_dashboard=False, log_to_driver=verbose,
-                     logging_level=logging.INFO if verbose else logging.ERROR, configure_logging=True)
+            try:
+                ray.init(address=self.address or None, include_dashboard=False, log_to_driver=verbose,
+                         logging_level=logging.INFO if verbose else logging.ERROR, configure_logging=True)
+            except (ConnectionError, ValueError) as exc:
+                raise ConfigError(f"[run] ray_address {self.address!r}: cannot join a Ray cluster there ("
+                                  f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); start one with "
+                                  "`ray start --head`, or leave ray_address empty to start a local one") from None
             self.started = True
             log.debug("ray: %s", ray.cluster_resources())
         alive = [n for n in ray.nodes() if n.get("Alive")]
