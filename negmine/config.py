@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import math
+import re
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -69,6 +70,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         # speed and memory only (not keyed)
         "device": "",  # "" = sentence-transformers' choice (cuda when present)
         "shard_size": 4096,  # unique documents an embedding shard: the unit of resume
+        "workers": 2,  # [run] engine = "ray" without GPUs: encoder actors (CPU); speed only
+        "devices": [],  # local engine: encode on several devices at once, one process each ("cuda:0", "cpu", ...)
         "index": "flat",  # flat (exact inner product) | hnsw | ivf
         "hnsw_m": 32,
         "hnsw_ef_construction": 200,
@@ -88,6 +91,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "batch_size": 32,
         "device": "",
         "flush_pairs": 8192,  # pairs a store part: the most a killed run loses
+        "workers": 2,  # [run] engine = "ray" without GPUs: teacher actors (CPU); speed only
     },
     "exclude": {
         "query_text": True,  # drop documents whose text is the query's own text
@@ -130,6 +134,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         # bytes (a number) or a size such as "2GiB" that sizes retrieve's chunks and the BM25 index build;
         # default: an eighth of the machine's memory, at most 1 GiB. Memory-only: in no cache key
         "memory_budget": None,
+        "engine": "local",  # local (this process) | ray (heavy stages on a Ray cluster; pip install 'negmine[ray]')
+        "ray_address": "",  # engine ray: "" starts a local cluster, "auto" joins the running one, or host:port
     },
 }
 
@@ -145,6 +151,7 @@ CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("score", "precision"): ("auto", "fp32", "bf16", "fp16"),
     ("dense", "backend"): ("torch", "onnx"),
     ("dense", "index"): ("flat", "hnsw", "ivf"),
+    ("run", "engine"): ("local", "ray"),
     ("sample", "shortage"): ("keep-fewer", "drop", "pad-random", "relax"),
     ("filter", "positive_score"): ("min", "mean", "max"),
     ("filter", "score_source"): ("auto", "teacher", "retriever"),
@@ -197,7 +204,8 @@ OPTIONAL_NUMBERS = {("filter", k) for k in ("min_score", "max_score", "ce_max_pr
 # Settings that change only speed or memory: part of no cache key, so neither of provenance (a cached export
 # would record another run's value).
 SPEED_ONLY = {("retrieve", "chunk_size"), ("dense", "batch_size"), ("dense", "device"), ("score", "batch_size"),
-              ("score", "device"), ("score", "flush_pairs")}
+              ("score", "device"), ("score", "flush_pairs"), ("dense", "workers"), ("score", "workers"),
+              ("dense", "devices")}
 
 _INF = math.inf
 # The range of every numeric setting: (low, high, low_open, high_open); NaN and infinities are refused for all.
@@ -216,6 +224,7 @@ RANGES: dict[tuple[str, str], tuple[float, float, bool, bool]] = {
     ("dense", "batch_size"): (1, _INF, False, True),
     ("dense", "batch_tokens"): (0, _INF, False, True),
     ("dense", "shard_size"): (1, _INF, False, True),
+    ("dense", "workers"): (1, 4096, False, False),
     ("dense", "hnsw_m"): (1, _INF, False, True),
     ("dense", "hnsw_ef_construction"): (1, _INF, False, True),
     ("dense", "hnsw_ef_search"): (1, _INF, False, True),
@@ -224,6 +233,7 @@ RANGES: dict[tuple[str, str], tuple[float, float, bool, bool]] = {
     ("score", "max_length"): (0, _INF, False, True),
     ("score", "batch_size"): (1, _INF, False, True),
     ("score", "flush_pairs"): (1, _INF, False, True),
+    ("score", "workers"): (1, 4096, False, False),
     ("filter", "tau"): (-_INF, _INF, True, True),
     ("filter", "margin"): (0.0, _INF, False, True),
     ("filter", "alpha"): (0.0, 1.0, False, False),
@@ -465,6 +475,10 @@ def _check_consistency(cfg: dict[str, Any]) -> None:
     if d["batch_tokens"] < 0:
         raise ConfigError(f"[dense] batch_tokens is {d['batch_tokens']}; give a token budget a batch (for example "
                           "8192), or 0 for fixed batches of batch_size")
+    for device in d["devices"]:
+        if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", device):
+            raise ConfigError(f"[dense] devices has {device!r}; give devices such as \"cuda:0\", \"cuda:1\" or "
+                              "\"cpu\" (an empty list encodes in this process on [dense] device)")
     f = cfg["filter"]
     if s["shortage"] == "relax" and (f["method"] == "none" or f["relax_steps"] < 1):
         raise ConfigError("[sample] shortage \"relax\" loosens the [filter] method step by step: set [filter] "

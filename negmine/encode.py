@@ -16,10 +16,12 @@ rows x length, and attention's with rows x length^2) are bounded by the budget w
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
 import os
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -197,28 +199,27 @@ def encode(params: dict[str, Any], model_path: Path, ingest_dir: Path, work_dir:
     size = params["shard_size"]
     n_shards = (len(unique_docs) + size - 1) // size
     todo = [i for i in range(n_shards) if not (work_dir / f"docs-{i:05d}.npy").is_file()]
-    model = None
-    if todo or not (work_dir / "queries.npy").is_file():
-        release_memory()
-        model = load_model(params, model_path)
     texts_of = tables.Texts(ingest_dir)
+
+    def items():  # (file, texts, prompt): every missing shard, then the queries; texts read as the work goes
+        for i in todo:
+            yield f"docs-{i:05d}.npy", texts_of.docs(unique_docs[i * size:(i + 1) * size].tolist()), \
+                params["doc_prompt"]
+        if query_texts and not (work_dir / "queries.npy").is_file():
+            yield "queries.npy", query_texts, params["query_prompt"]
+
+    worker = functools.partial(ShardEncoder, params, Path(model_path).resolve(), Path(work_dir).resolve())
     with bar(total=len(unique_docs), initial=(n_shards - len(todo)) * size if todo else len(unique_docs),
              desc="encode documents", unit="doc") as progress:
-        for i in todo:
-            rows = unique_docs[i * size:(i + 1) * size]
-            texts = texts_of.docs(rows.tolist())
-            emb = encode_texts(model, texts, params, params["doc_prompt"])
-            with atomic_path(work_dir / f"docs-{i:05d}.npy") as tmp:
-                with open(tmp, "wb") as fh:
-                    np.save(fh, emb.astype(np.float32))
-            progress.update(len(rows))
-            log.debug("shard %d/%d written", i + 1, n_shards)
-    if not (work_dir / "queries.npy").is_file():
-        emb = encode_texts(model, query_texts, params, params["query_prompt"]) if query_texts else \
-            np.zeros((0, 1), dtype=np.float32)
+        # the local engine encodes here, one shard after another; others spread the shards over their workers
+        for name, n in _map(worker, items(), params):
+            if name != "queries.npy":
+                progress.update(n)
+                log.debug("%s written", name)
+    if not (work_dir / "queries.npy").is_file():  # no mined queries
         with atomic_path(work_dir / "queries.npy") as tmp:
             with open(tmp, "wb") as fh:
-                np.save(fh, emb.astype(np.float32))
+                np.save(fh, np.zeros((0, 1), dtype=np.float32))
     np.save(work_dir / "unique_docs.npy", unique_docs)
     np.save(work_dir / "doc_to_unique.npy", doc_to_unique)
     dim = int(np.load(work_dir / "docs-00000.npy", mmap_mode="r").shape[1])
@@ -228,6 +229,42 @@ def encode(params: dict[str, Any], model_path: Path, ingest_dir: Path, work_dir:
             "encoded_shards_this_run": len(todo)}
     (work_dir / "encode.json").write_text(json.dumps(info))
     return info
+
+
+def _map(worker: functools.partial, items: Iterator[Any], params: Mapping[str, Any]) -> Iterator[Any]:
+    """The current engine's map; on the local engine with several `[dense] devices`, one process a device."""
+    from negmine import engine
+
+    devices = list(params["devices"])
+    if devices and engine.current().name == "local":
+        from negmine.stage import Params
+
+        factories = [functools.partial(worker.func, Params({**worker.args[0], "device": d}, "encode"),
+                                       *worker.args[1:]) for d in devices]
+        if len(devices) == 1:
+            return engine.current().map(factories[0], items)
+        from negmine.engine.processes import map_on_devices
+
+        return map_on_devices(factories, devices, items)
+    return engine.current().map(worker, items, workers=params["workers"], gpu=True)
+
+
+class ShardEncoder:
+    """One worker's model (loaded once): encodes a shard's texts and writes the shard atomically into the encode
+    stage's work folder as soon as it is done, so a killed run, or a killed worker, loses at most that shard."""
+
+    def __init__(self, params: Mapping[str, Any], model_path: Path, work_dir: Path) -> None:
+        release_memory()
+        self.params, self.work_dir = params, work_dir
+        self.model = load_model(params, model_path)
+
+    def __call__(self, item: tuple[str, list[str], str]) -> tuple[str, int]:
+        name, texts, prompt = item
+        emb = encode_texts(self.model, texts, self.params, prompt)
+        with atomic_path(self.work_dir / name) as tmp:
+            with open(tmp, "wb") as fh:
+                np.save(fh, emb.astype(np.float32))
+        return name, len(texts)
 
 
 def doc_shards(entry: Path) -> list[Path]:

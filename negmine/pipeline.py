@@ -85,8 +85,11 @@ def mine(config: str | Path | dict[str, Any] | None = None, overrides: list[str]
     validate(cfg)  # a config built by hand is checked too, before any work
     tmp_root = tempfile.mkdtemp(prefix="negmine-nocache-") if no_cache else None
     root = Path(tmp_root or cache_dir or cfg["run"]["cache_dir"])
+    from negmine import engine
+
     try:
-        return _run(cfg, StageCache(root, force=force, persistent=not no_cache), until, on_stage)
+        with engine.use(cfg["run"], root):  # [run] engine: where heavy stages run (in no key: same entries)
+            return _run(cfg, StageCache(root, force=force, persistent=not no_cache), until, on_stage)
     finally:
         if tmp_root:
             shutil.rmtree(tmp_root, ignore_errors=True)

@@ -50,6 +50,26 @@ def candidate_table(query_ids: pa.Array | pa.ChunkedArray, doc_ids: pa.ChunkedAr
     }, schema=schema.CANDIDATES)
 
 
+def engine_search(worker: Callable[[], Callable[[Any], tuple[int, int, np.ndarray, np.ndarray]]],
+                  queries: pa.Table, chunk: int, with_texts: bool) -> Search:
+    """A `Search` for `write_candidates` whose chunks the current engine computes with `worker()`s, ahead of the
+    writer and in order: items are (start, stop) query positions, and the chunk's texts `with_texts`."""
+    from negmine import engine
+
+    n = queries.num_rows
+    items = ((a, min(a + chunk, n), *((queries["text"].slice(a, chunk).to_pylist(),) if with_texts else ()))
+             for a in range(0, n, chunk))
+    results = engine.current().map(worker, items)
+
+    def search(start: int, stop: int, part: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+        a, b, docs, scores = next(results)
+        if (a, b) != (start, stop):  # write_candidates asks for the chunks in the same order
+            raise RuntimeError(f"engine returned query chunk {a}:{b} where {start}:{stop} was expected")
+        return docs, scores
+
+    return search
+
+
 def write_candidates(queries: pa.Table, ingest_dir: Path, search: Search, name: str, chunk: int,
                      out_path: Path) -> dict[str, Any]:
     """Run `search(start, stop, query_chunk)` chunk by chunk and write one row group per chunk."""

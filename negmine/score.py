@@ -10,6 +10,7 @@ thresholds meant for another type.
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -113,6 +114,12 @@ class Teacher:
         return (q * d).sum(dim=1).cpu().numpy().astype(np.float32)
 
 
+def teacher_worker(params: Mapping[str, Any], model_path: Path):
+    """A worker for `engine.map`: (query texts, document texts) -> the teacher's scores."""
+    teacher = Teacher(params, model_path)
+    return lambda batch: teacher(*batch)
+
+
 def store_dir(cache_root: Path, model_fp: str, params: Mapping[str, Any]) -> Path:
     settings = key_settings(params)
     digest = hashlib.sha256(json.dumps({"model": model_fp, **settings}, sort_keys=True).encode()).hexdigest()
@@ -175,17 +182,20 @@ def _fill_store(store: Path, need: pa.Table, all_q: pa.Array, all_i: np.ndarray,
         rows = todo["row_min"].to_numpy()
         qids = all_q.take(pa.array(rows)).to_pylist()
         didx = all_i[rows]
-        teacher = Teacher(params, model_path)
+        from negmine import engine
+
         step = params["flush_pairs"]
+        batches = (([texts.queries[q] for q in qids[a:a + step]], texts.docs(didx[a:a + step].tolist()))
+                   for a in range(0, new, step))
+        # the teacher runs here (local engine) or in a pool of actors; this process stays the store's one writer
+        scored = engine.current().map(functools.partial(teacher_worker, params, model_path), batches,
+                                      workers=params["workers"], gpu=True)
         with bar(total=new, desc="score pairs", unit="pair") as progress:
-            for a in range(0, new, step):
-                qs = [texts.queries[q] for q in qids[a:a + step]]
-                ds = texts.docs(didx[a:a + step].tolist())
-                s = teacher(qs, ds)
+            for a, s in zip(range(0, new, step), scored):
                 part = pa.table({"qkey": todo["qkey"].slice(a, step), "dkey": todo["dkey"].slice(a, step),
                                  "score": pa.array(s, pa.float32())}, schema=PAIRS)
                 _write_part(store, part)
-                progress.update(len(qs))
+                progress.update(len(s))
         have = _load_store(store)
     return have, new
 
@@ -253,7 +263,7 @@ def _params(cfg: Config, ctx: Context) -> dict[str, Any]:
     return {"teacher": fp, **{k: sc[k] for k in KEY_SETTINGS}, "precision": resolved_precision(sc),
             "teacher_path": str(path),
             "store": str(store_dir(ctx.cache_root, fp, sc)), "batch_size": sc["batch_size"], "device": sc["device"],
-            "flush_pairs": sc["flush_pairs"]}
+            "flush_pairs": sc["flush_pairs"], "workers": sc["workers"]}
 
 
 STAGE = Stage(
@@ -265,4 +275,5 @@ STAGE = Stage(
     unkeyed={"teacher_path": "where the model is; its files enter the key by their content (teacher)",
              "store": "the pair store shared by runs of this teacher and settings (keyed by both)",
              "batch_size": "speed only", "device": "speed only",
-             "flush_pairs": "how much a killed run loses, not the scores"})
+             "flush_pairs": "how much a killed run loses, not the scores",
+             "workers": "speed only: teacher actors on the Ray engine"})

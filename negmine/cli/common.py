@@ -26,6 +26,11 @@ CacheOpt = Annotated[Optional[Path], typer.Option("--cache-dir", help="Stage cac
                                                   "[default: .negmine/cache beside the config].")]
 ForceOpt = Annotated[bool, typer.Option("--force", help="Recompute every stage, replacing cached entries.")]
 NoCacheOpt = Annotated[bool, typer.Option("--no-cache", help="Compute in a throwaway cache; keep nothing.")]
+EngineOpt = Annotated[Optional[str], typer.Option("--engine", help="Where heavy stages run: local or ray "
+                                                  "(same as --set run.engine=).", show_default=False)]
+RayAddressOpt = Annotated[Optional[str], typer.Option("--ray-address", help="Ray cluster to join: \"auto\", host:port, "
+                                                      "or \"\" to start a local one (same as --set run.ray_address=).",
+                                                      show_default=False)]
 VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Log details; show tracebacks on errors.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars or stage lines.")]
 
@@ -43,8 +48,12 @@ def setup(verbose: bool, quiet: bool) -> None:
 
 
 def overrides(sets: list[str] | None, input_path: Path | None = None, out: Path | None = None,
-              skip_invalid: bool = False) -> list[str]:
+              skip_invalid: bool = False, engine: str | None = None, ray_address: str | None = None) -> list[str]:
     items = list(sets or [])
+    if engine is not None:
+        items.append(f"run.engine={_toml_str(engine)}")
+    if ray_address is not None:
+        items.append(f"run.ray_address={_toml_str(ray_address)}")
     if input_path is not None:
         items.append(f"input.path={_toml_str(str(input_path))}")
     if out is not None:

@@ -8,8 +8,8 @@ import typer
 from negmine.cli import app
 from negmine.errors import NegmineError
 from negmine.pipeline import STAGES
-from negmine.cli.common import (CacheOpt, ConfigArg, ForceOpt, InputOpt, NoCacheOpt, OutOpt, QuietOpt, SetOpt,
-                                RegistryHelp, SkipOpt, VerboseOpt, guarded, overrides, setup)
+from negmine.cli.common import (CacheOpt, ConfigArg, EngineOpt, ForceOpt, InputOpt, NoCacheOpt, OutOpt, QuietOpt,
+                                RayAddressOpt, RegistryHelp, SetOpt, SkipOpt, VerboseOpt, guarded, overrides, setup)
 
 _HELP = {
     "ingest": "Read and validate the input into corpus, queries and qrels tables.",
@@ -24,14 +24,14 @@ _HELP = {
 
 def _execute(until: str, config: Path | None, sets: list[str] | None, input_path: Path | None, out: Path | None,
              skip_invalid: bool, cache_dir: Path | None, force: bool, no_cache: bool, verbose: bool,
-             quiet: bool) -> None:
+             quiet: bool, engine: str | None = None, ray_address: str | None = None) -> None:
     setup(verbose, quiet)
 
     def go() -> None:
         from negmine.config import load_config
         from negmine.pipeline import mine
 
-        cfg = load_config(config, overrides(sets, input_path, out, skip_invalid))
+        cfg = load_config(config, overrides(sets, input_path, out, skip_invalid, engine, ray_address))
         report = (lambda r: None) if quiet else (lambda r: typer.echo(r.message(), err=True))
         result = mine(cfg, until=until, force=force, no_cache=no_cache, cache_dir=cache_dir, on_stage=report)
         for stage in result.stages.values():
@@ -58,15 +58,19 @@ def _execute(until: str, config: Path | None, sets: list[str] | None, input_path
              cls=RegistryHelp)
 def run_cmd(config: ConfigArg = None, sets: SetOpt = None, input_path: InputOpt = None, out: OutOpt = None,
             skip_invalid: SkipOpt = False, cache_dir: CacheOpt = None, force: ForceOpt = False,
-            no_cache: NoCacheOpt = False, verbose: VerboseOpt = False, quiet: QuietOpt = False) -> None:
-    _execute("export", config, sets, input_path, out, skip_invalid, cache_dir, force, no_cache, verbose, quiet)
+            no_cache: NoCacheOpt = False, verbose: VerboseOpt = False, quiet: QuietOpt = False,
+            engine: EngineOpt = None, ray_address: RayAddressOpt = None) -> None:
+    _execute("export", config, sets, input_path, out, skip_invalid, cache_dir, force, no_cache, verbose, quiet,
+             engine, ray_address)
 
 
 def _stage_command(stage: str) -> None:
     def cmd(config: ConfigArg = None, sets: SetOpt = None, input_path: InputOpt = None, out: OutOpt = None,
             skip_invalid: SkipOpt = False, cache_dir: CacheOpt = None, force: ForceOpt = False,
-            no_cache: NoCacheOpt = False, verbose: VerboseOpt = False, quiet: QuietOpt = False) -> None:
-        _execute(stage, config, sets, input_path, out, skip_invalid, cache_dir, force, no_cache, verbose, quiet)
+            no_cache: NoCacheOpt = False, verbose: VerboseOpt = False, quiet: QuietOpt = False,
+            engine: EngineOpt = None, ray_address: RayAddressOpt = None) -> None:
+        _execute(stage, config, sets, input_path, out, skip_invalid, cache_dir, force, no_cache, verbose, quiet,
+                 engine, ray_address)
 
     cmd.__doc__ = _HELP[stage] + " Earlier stages come from the cache; prints the path of the stage's output."
     app.command(stage, help=cmd.__doc__, short_help=_HELP[stage], cls=RegistryHelp)(cmd)

@@ -7,6 +7,7 @@ as .npy files, which `load_index` memory-maps; rank-bm25 is pickled.
 """
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import logging
@@ -339,21 +340,33 @@ class Searcher:
         return np.take_along_axis(docs, order, -1), np.take_along_axis(scores, order, -1)
 
 
+class BM25Chunks:
+    """A worker for `engine.map`: the top-k of a chunk of query texts against the memory-mapped index."""
+
+    def __init__(self, params: Mapping[str, Any], index_dir: Path, max_block_bytes: int) -> None:
+        self.k = params["top_k"]
+        self.searcher = Searcher(params, index_dir, max_block_bytes=max_block_bytes)
+
+    def __call__(self, item: tuple[int, int, list[str]]) -> tuple[int, int, np.ndarray, np.ndarray]:
+        a, b, texts = item
+        return (a, b, *self.searcher.search(texts, self.k))
+
+
 def retrieve_bm25(inputs: Inputs, params: Params, out_dir: Path) -> dict[str, Any]:
     """Top-k candidates of every mined query, and the BM25 score of every positive (retrieved or not)."""
-    from negmine.retrieve import write_candidates, write_positive_scores
+    from negmine.retrieve import engine_search, write_candidates, write_positive_scores
 
     from negmine.memory import budget_bytes, query_chunk
 
     ingest_dir = inputs["ingest"]
     budget = budget_bytes(params["memory_budget"])
     # half the budget for the chunk's candidate rows, half for the sparse products that score it
-    searcher = Searcher(params, inputs["index"], max_block_bytes=budget // 2)
     queries = tables.mined_queries(ingest_dir)
     chunk = query_chunk(budget, params["top_k"], params["chunk_size"])
-    stats = write_candidates(queries, ingest_dir, lambda a, b, part: searcher.search(part["text"].to_pylist(),
-                                                                                      params["top_k"]),
+    worker = functools.partial(BM25Chunks, params, inputs["index"].resolve(), budget // 2)
+    stats = write_candidates(queries, ingest_dir, engine_search(worker, queries, chunk, with_texts=True),
                              "bm25", chunk, out_dir / schema.CANDIDATES_FILE)
+    searcher = Searcher(params, inputs["index"], max_block_bytes=budget // 2)  # after the workers' (above)
     q, d, rows, qpos = tables.positive_pairs(ingest_dir, queries["query_id"].combine_chunks())
     texts = queries["text"].to_pylist()
     scores = np.concatenate([searcher.score_pairs([texts[i] for i in qpos[a:a + chunk]], rows[a:a + chunk])

@@ -12,6 +12,7 @@ whatever the number of documents or queries. Approximate indexes (HNSW: Malkov &
 """
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 from collections.abc import Mapping
@@ -113,19 +114,34 @@ class DenseSearcher:
         return np.take_along_axis(rows, order, -1), np.take_along_axis(scores, order, -1)
 
 
+class DenseChunks:
+    """A worker for `engine.map`: the top-k of a chunk of query positions (start, stop), searcher loaded once."""
+
+    def __init__(self, params: Mapping[str, Any], encode_dir: Path, ann_dir: Path | None) -> None:
+        self.k = params["top_k"]
+        self.searcher = DenseSearcher(params, encode_dir, ann_dir)
+        self.query_vectors = np.load(encode_dir / "queries.npy", mmap_mode="r")
+
+    def __call__(self, item: tuple[int, int]) -> tuple[int, int, np.ndarray, np.ndarray]:
+        a, b = item
+        return (a, b, *self.searcher.search(self.query_vectors[a:b], self.k))
+
+
 def retrieve_dense(inputs: Inputs, params: Params, out_dir: Path) -> dict[str, Any]:
     """Top-k candidates of every mined query, and the inner product of every positive (retrieved or not)."""
     from negmine.memory import budget_bytes, query_chunk
-    from negmine.retrieve import write_candidates, write_positive_scores
+    from negmine.retrieve import engine_search, write_candidates, write_positive_scores
 
     ingest_dir, encode_dir = inputs["ingest"], inputs["encode"]
-    searcher = DenseSearcher(params, encode_dir, inputs["ann"] if params["index"] != "flat" else None)
-    query_vectors = np.load(encode_dir / "queries.npy", mmap_mode="r")
+    ann_dir = inputs["ann"] if params["index"] != "flat" else None
     queries = tables.mined_queries(ingest_dir)
     chunk = query_chunk(budget_bytes(params["memory_budget"]), params["top_k"], params["chunk_size"])
-    stats = write_candidates(queries, ingest_dir, lambda a, b, part: searcher.search(query_vectors[a:b],
-                                                                                      params["top_k"]),
+    worker = functools.partial(DenseChunks, params, encode_dir.resolve(), ann_dir.resolve() if ann_dir else None)
+    stats = write_candidates(queries, ingest_dir, engine_search(worker, queries, chunk, with_texts=False),
                              "dense", chunk, out_dir / schema.CANDIDATES_FILE)
+    # built after the search's own (in the engine's workers): one index in memory at a time
+    searcher = DenseSearcher(params, encode_dir, ann_dir)
+    query_vectors = np.load(encode_dir / "queries.npy", mmap_mode="r")
     stype = "cosine" if params["normalize"] else "dot"
     q, d, rows, qpos = tables.positive_pairs(ingest_dir, queries["query_id"].combine_chunks())
     scores = searcher.score_pairs(query_vectors[qpos], rows)
@@ -138,7 +154,8 @@ def _encode_params(cfg: Config, ctx: Context) -> dict[str, Any]:
     path = encode.resolve_model(d["model"])
     # the precision as resolved on this machine: "auto" never enters a key
     return {"model": ctx.fingerprint(path), "model_path": str(path), "batch_size": d["batch_size"],
-            "batch_tokens": d["batch_tokens"], "device": d["device"], **encode.key_settings(d)}
+            "batch_tokens": d["batch_tokens"], "device": d["device"], "workers": d["workers"], "devices": d["devices"],
+            **encode.key_settings(d)}
 
 
 def _search_params(cfg: Config, ctx: Context) -> dict[str, Any]:
@@ -163,7 +180,8 @@ ENCODE = Stage(
     enabled=_uses_dense, resumable=True,
     unkeyed={"model_path": "where the model is; its files enter the key by their content (model)",
              "batch_size": "speed only", "batch_tokens": "speed and memory only (vectors equal within float rounding)",
-             "device": "speed only"})
+             "device": "speed only", "workers": "speed only: encoder actors on the Ray engine",
+             "devices": "speed only: one encoder process a device on the local engine"})
 
 ANN = Stage(
     name="ann", version=VERSION, command="index", reads=reads("encode"), section="dense",
