@@ -26,3 +26,18 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def ndcg_recall(top, ids: list[str], qids: list[str], qrels: dict[str, set[str]]) -> dict[str, float]:
+    """nDCG@10 and recall@(len of each ranking) of rankings `top` (rows of indices into `ids`), binary relevance."""
+    import numpy as np
+
+    ndcg, recall = [], []
+    for i, q in enumerate(qids):
+        rel = qrels[q]
+        ranked = [ids[j] for j in top[i]]
+        dcg = sum(1 / np.log2(r + 2) for r, d in enumerate(ranked[:10]) if d in rel)
+        idcg = sum(1 / np.log2(r + 2) for r in range(min(10, len(rel))))
+        ndcg.append(dcg / idcg)
+        recall.append(len(rel & set(ranked)) / len(rel))
+    return {"ndcg@10": float(np.mean(ndcg)), "recall@100": float(np.mean(recall))}

@@ -25,6 +25,9 @@ from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import ndcg_recall  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "scifact"
 # row name -> negmine overrides (None: a baseline without mined negatives)
@@ -76,16 +79,7 @@ def evaluate(model_dir: str, corpus: dict[str, str], queries: dict[str, str], qr
     qv = model.encode([queries[q] for q in qids], batch_size=batch, normalize_embeddings=True,
                       convert_to_numpy=True, show_progress_bar=False)
     scores = qv @ docs.T
-    top = np.argsort(-scores, axis=1)[:, :100]
-    ndcg, recall = [], []
-    for i, q in enumerate(qids):
-        rel = qrels[q]
-        ranked = [ids[j] for j in top[i]]
-        dcg = sum(1 / np.log2(r + 2) for r, d in enumerate(ranked[:10]) if d in rel)
-        idcg = sum(1 / np.log2(r + 2) for r in range(min(10, len(rel))))
-        ndcg.append(dcg / idcg)
-        recall.append(len(rel & set(ranked)) / len(rel))
-    return {"ndcg@10": float(np.mean(ndcg)), "recall@100": float(np.mean(recall))}
+    return ndcg_recall(np.argsort(-scores, axis=1)[:, :100], ids, qids, qrels)
 
 
 def mine_rows(name: str, overrides: list[str], work: Path, docs: int | None) -> Path:

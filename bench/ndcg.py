@@ -25,6 +25,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))
+from _common import ndcg_recall  # noqa: E402
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "scifact"
 MTEB_FP32 = 0.6451
 
@@ -48,18 +50,6 @@ def load(data: Path, split: str) -> tuple[list[str], list[str], list[str], list[
             qrels.setdefault(q, set()).add(d)
     qids = [q for q in qrels if q in queries]
     return ids, docs, qids, [queries[q] for q in qids], qrels
-
-
-def metrics(top: np.ndarray, ids: list[str], qids: list[str], qrels: dict[str, set[str]]) -> dict[str, float]:
-    ndcg, recall = [], []
-    for i, q in enumerate(qids):
-        rel = qrels[q]
-        ranked = [ids[j] for j in top[i]]
-        dcg = sum(1 / np.log2(r + 2) for r, d in enumerate(ranked[:10]) if d in rel)
-        idcg = sum(1 / np.log2(r + 2) for r in range(min(10, len(rel))))
-        ndcg.append(dcg / idcg)
-        recall.append(len(rel & set(ranked)) / len(rel))
-    return {"ndcg@10": float(np.mean(ndcg)), "recall@100": float(np.mean(recall))}
 
 
 def negatives(args: argparse.Namespace) -> dict:
@@ -155,7 +145,7 @@ def main() -> None:
             del model
         top = np.argsort(-(q @ d.T), axis=1, kind="stable")[:, :100]
         vecs[prec] = (d, q, top)
-        results[prec] = {"resolved": resolved, **metrics(top, ids, qids, qrels), "encode_s": t}
+        results[prec] = {"resolved": resolved, **ndcg_recall(top, ids, qids, qrels), "encode_s": t}
         print(f"{prec} ({resolved}): nDCG@10 {results[prec]['ndcg@10']:.4f}, recall@100 "
               f"{results[prec]['recall@100']:.4f}", file=sys.stderr, flush=True)
     if "fp32" in vecs:
