@@ -262,6 +262,8 @@ def save(path: Path, args, runs: dict[str, dict]) -> None:
 def report_eci(args, order: list[str], work: Path, pairs: list[tuple[str, str]], corpus: dict[str, str],
                runs: dict[str, dict]) -> None:
     """ECI for each row (kept per rows_sha in --eci-json), then its rank correlation with the measured nDCG@10."""
+    from negmine.eci import fmt
+
     eci = json.loads(args.eci_json.read_text()) if args.eci_json.exists() else {}
     train_groups: dict[str, list[str]] = {}
     for q, p in pairs:
@@ -284,7 +286,7 @@ def report_eci(args, order: list[str], work: Path, pairs: list[tuple[str, str]],
             tmp.write_text(json.dumps(eci, indent=2, sort_keys=True) + "\n")
             os.replace(tmp, args.eci_json)
         e = eci[name]
-        print(f"{name}: ECI {e['eci']:.4f} (hardness {e['hardness_mean']:.3f}, safety {e['safety_mean']:.3f}, "
+        print(f"{name}: ECI {fmt(e['eci'], 4)} (hardness {fmt(e['hardness_mean'])}, safety {fmt(e['safety_mean'])}, "
               f"unsafe {e['unsafe_negatives']} of {e['negatives']})", file=sys.stderr, flush=True)
     summary = summarise(runs, list(ROWS))
     # only rows whose measured runs trained on the very rows the ECI was computed from
@@ -295,7 +297,7 @@ def report_eci(args, order: list[str], work: Path, pairs: list[tuple[str, str]],
         if n in eci:
             e, s = eci[n], summary.get(n)
             nd = f"{s['ndcg@10']['mean']:.4f} ({s['seeds']})" if s else "-"
-            lines.append(f"| {n} | {e['eci']:.4f} | {e['hardness_mean']:.3f} | {e['safety_mean']:.3f} | "
+            lines.append(f"| {n} | {fmt(e['eci'], 4)} | {fmt(e['hardness_mean'])} | {fmt(e['safety_mean'])} | "
                          f"{e['unsafe_negatives']} of {e['negatives']} | {nd} |")
     print("\n".join(lines))
     if len(both) >= 3:

@@ -51,11 +51,17 @@ def eci_scores(s_pos: np.ndarray, s_rand: np.ndarray, s_negs: Sequence[np.ndarra
         unsafe += int((sn >= sp).sum())
     h_all = np.concatenate(hard) if hard else np.zeros(0)
     m_all = np.concatenate(safe) if safe else np.zeros(0)
-    return {"eci": float(np.mean(per_query)) if per_query else float("nan"), "queries": len(per_query),
+    # None where there is nothing to average (JSON has no NaN)
+    return {"eci": float(np.mean(per_query)) if per_query else None, "queries": len(per_query),
             "queries_without_scale": scaleless, "negatives": int(len(h_all)),
-            "hardness_mean": float(h_all.mean()) if len(h_all) else float("nan"),
-            "safety_mean": float(m_all.mean()) if len(m_all) else float("nan"),
+            "hardness_mean": float(h_all.mean()) if len(h_all) else None,
+            "safety_mean": float(m_all.mean()) if len(m_all) else None,
             "unsafe_negatives": unsafe, "margin": margin}
+
+
+def fmt(value: float | None, digits: int = 3) -> str:
+    """A score for a table: "-" where there was nothing to average."""
+    return "-" if value is None else f"{value:.{digits}f}"
 
 
 def eci_from_texts(model: Any, groups: Sequence[tuple[str, Sequence[str], Sequence[str]]],

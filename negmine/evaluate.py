@@ -215,7 +215,9 @@ def table(result: dict[str, Any]) -> str:
                          f"mean {d['mean']:.4g}, median {d['median']:.4g}, p10 {d['p10']:.4g}, p90 {d['p90']:.4g}")
     e = result.get("eci")
     if e:
-        lines.append(f"ECI ({e['model']}, frozen): {e['eci']:.4f} over {e['queries']} queries; hardness "
-                     f"{e['hardness_mean']:.3f}, safety {e['safety_mean']:.3f}, {e['unsafe_negatives']} of "
+        from negmine.eci import fmt
+
+        lines.append(f"ECI ({e['model']}, frozen): {fmt(e['eci'], 4)} over {e['queries']} queries; hardness "
+                     f"{fmt(e['hardness_mean'])}, safety {fmt(e['safety_mean'])}, {e['unsafe_negatives']} of "
                      f"{e['negatives']} negatives at or above their best positive")
     return "\n".join(lines)
