@@ -73,7 +73,7 @@ def cluster():
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
-             configure_logging=True, _node_ip_address="127.0.0.1")  # loopback only
+             configure_logging=True)
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import the tests folder
     yield ray
     ray.shutdown()

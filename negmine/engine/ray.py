@@ -65,11 +65,9 @@ class RayEngine:
         if not ray.is_initialized():  # a caller (a test, a notebook) may have started Ray already
             verbose = logging.getLogger("negmine").isEnabledFor(logging.DEBUG)
             os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # a run reports nothing anywhere
-            # a cluster started here listens on loopback only; joining one uses the cluster's own addresses
-            local = {} if self.address else {"_node_ip_address": "127.0.0.1"}
             try:
                 ray.init(address=self.address or None, include_dashboard=False, log_to_driver=verbose,
-                         logging_level=logging.INFO if verbose else logging.ERROR, configure_logging=True, **local)
+                         logging_level=logging.INFO if verbose else logging.ERROR, configure_logging=True)
             except (ConnectionError, ValueError) as exc:
                 raise ConfigError(f"[run] ray_address {self.address!r}: cannot join a Ray cluster there ("
                                   f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); start one with "
