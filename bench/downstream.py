@@ -56,6 +56,8 @@ ROWS: dict[str, list[str] | None] = {
     # the positive-aware margin against the best positive, searching deeper so that (almost) every query keeps
     # a negative: perc-pos-top drops the queries whose top 30 all sit within the margin
     "perc-pos-top100": ["@configs/perc-pos-top.toml", "sample.num_negatives=1", "sample.rank_max=100"],
+    # the same negatives, three a query as separate triplet rows (what sentence-transformers' num_negatives=3 writes)
+    "perc-pos-top100-3triplet": ["@configs/perc-pos-top.toml", "sample.num_negatives=3", "sample.rank_max=100"],
     "nv-retriever": ["@configs/nv-retriever.toml", "sample.num_negatives=1"],
     "simans": ["@configs/simans.toml", "sample.num_negatives=1"],
     "perc-pos-top": ["@configs/perc-pos-top.toml", "sample.num_negatives=1"],  # the recommended default until 11/2026
@@ -328,7 +330,7 @@ def report_eci(args, order: list[str], work: Path, pairs: list[tuple[str, str]],
             continue
         path = None
         if ROWS[name] is not None:
-            path = work / f"mined-{name}" / "triplet.parquet"
+            path = rows_file(name, ROWS[name], work)
             if args.eci_mined_only and not path.is_file():
                 continue
             if not args.eci_mined_only:
