@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 
 from negmine import schema, tables
 from negmine.errors import InputError, NegmineError
+from negmine.judge import negatives_entry
 
 
 def read_qrels(path: Path, min_score: int) -> dict[str, set[str]]:
@@ -66,7 +67,7 @@ def eci_of_run(stages: dict[str, Path], model: str = "", seed: int = 0) -> dict[
     path = resolve_model(model, "--eci-model")
     ing = stages["ingest"]
     texts = tables.Texts(ing)
-    neg = pq.read_table(stages["sample"] / schema.NEGATIVES_FILE, columns=["query_id", "doc_idx"])
+    neg = pq.read_table(negatives_entry(stages), columns=["query_id", "doc_idx"])
     negs: dict[str, list[int]] = defaultdict(list)
     for q, i in zip(neg["query_id"].to_pylist(), neg["doc_idx"].to_pylist()):
         negs[q].append(i)
@@ -122,7 +123,7 @@ def evaluate(run_dir: Path, qrels: dict[str, set[str]] | None = None, eci_model:
         "positives": int(rd.sum()), "retrieved": int(rn.sum()),
         "recall": float(rn.sum() / rd.sum()) if rd.sum() else float("nan"), "ci95": bootstrap_ci(rn, rd)}}
     # (b) false negatives among the mined negatives
-    neg = pq.read_table(stages["sample"] / schema.NEGATIVES_FILE,
+    neg = pq.read_table(negatives_entry(stages),  # the judge's, when one ran after sampling
                         columns=["query_id", "doc_id", "rank", "filter_score"]).to_pylist()
     negs: dict[str, list[dict]] = defaultdict(list)
     for r in neg:
