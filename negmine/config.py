@@ -526,6 +526,13 @@ def _check_judge(j: dict[str, Any]) -> None:
         raise ConfigError("[judge] model is blank; give the model id the endpoint serves")
 
 
+def judge_stage(cfg: dict[str, Any]) -> str | None:
+    """The judge's stage ("judge" after sampling, "judge-pool" before it), or None without a [judge] model."""
+    if not cfg["judge"]["model"]:
+        return None
+    return "judge" if cfg["judge"]["on"] == "negatives" else "judge-pool"
+
+
 def score_source(cfg: dict[str, Any]) -> str:
     """Whose scores the filters and samplers read: "teacher" or "retriever"."""
     source = cfg["filter"]["score_source"]

@@ -22,7 +22,6 @@ import pyarrow.parquet as pq
 
 from negmine import schema, tables
 from negmine.errors import InputError, NegmineError
-from negmine.judge import negatives_entry
 
 
 def read_qrels(path: Path, min_score: int) -> dict[str, set[str]]:
@@ -58,6 +57,11 @@ def _stats(v: np.ndarray) -> dict[str, float]:
             "p10": float(np.quantile(v, 0.1)), "p90": float(np.quantile(v, 0.9))}
 
 
+def _negatives(stages: dict[str, Path]) -> Path:
+    """A run's exported negatives: an LLM judge's after sampling (negmine.judge), else sampling's."""
+    return stages.get("judge", stages["sample"]) / schema.NEGATIVES_FILE
+
+
 def eci_of_run(stages: dict[str, Path], model: str = "", seed: int = 0) -> dict[str, Any]:
     """ECI of a run's negatives: each mined query with its known positives and its sampled negatives, under the
     frozen encoder `model` ("" = the packaged all-MiniLM-L6-v2), against a seeded sample of random documents."""
@@ -67,7 +71,7 @@ def eci_of_run(stages: dict[str, Path], model: str = "", seed: int = 0) -> dict[
     path = resolve_model(model, "--eci-model")
     ing = stages["ingest"]
     texts = tables.Texts(ing)
-    neg = pq.read_table(negatives_entry(stages), columns=["query_id", "doc_idx"])
+    neg = pq.read_table(_negatives(stages), columns=["query_id", "doc_idx"])
     negs: dict[str, list[int]] = defaultdict(list)
     for q, i in zip(neg["query_id"].to_pylist(), neg["doc_idx"].to_pylist()):
         negs[q].append(i)
@@ -123,7 +127,7 @@ def evaluate(run_dir: Path, qrels: dict[str, set[str]] | None = None, eci_model:
         "positives": int(rd.sum()), "retrieved": int(rn.sum()),
         "recall": float(rn.sum() / rd.sum()) if rd.sum() else float("nan"), "ci95": bootstrap_ci(rn, rd)}}
     # (b) false negatives among the mined negatives
-    neg = pq.read_table(negatives_entry(stages),  # the judge's, when one ran after sampling
+    neg = pq.read_table(_negatives(stages),  # the judge's, when one ran after sampling
                         columns=["query_id", "doc_id", "rank", "filter_score"]).to_pylist()
     negs: dict[str, list[dict]] = defaultdict(list)
     for r in neg:

@@ -203,9 +203,9 @@ def _export(texts: tables.Texts, params: Mapping[str, Any], ingest_dir: Path, ne
 
 
 def _reads(cfg: Config) -> tuple[str, ...]:
-    from negmine.judge import judge_stage_name
+    from negmine.config import judge_stage
 
-    judge = judge_stage_name(cfg)
+    judge = judge_stage(cfg)
     return ("ingest", "retrieve") + (("score",) if cfg["score"]["teacher"] else ()) + ("exclude", "sample") + (
         (judge,) if judge else ())
 
@@ -220,15 +220,18 @@ def _params(cfg: Config, ctx: Context) -> dict[str, Any]:
 
 
 def _run(inputs: Inputs, params: Params, out_dir: Path) -> dict[str, Any]:
-    from negmine.judge import negatives_entry, relabeled_file
     from negmine.retrieve import positive_score_files
 
     ingest_dir = inputs["ingest"]
     teacher_pos, source_pos = positive_score_files(inputs, params)
-    negatives = negatives_entry(inputs)  # the judge's, when it ran after sampling
+    # an LLM judge (negmine.judge): after sampling its negatives are the ones exported; either way the candidates
+    # it relabelled join the positives
+    negatives = (inputs["judge"] if "judge" in inputs else inputs["sample"]) / schema.NEGATIVES_FILE
+    judge = next((inputs[n] for n in ("judge", "judge-pool") if n in inputs), None)
+    relabeled = judge / schema.RELABELED_FILE if judge is not None else None
     # every earlier stage's key: all are in this stage's key through the stages it reads
     prov = {**thaw(params["provenance"]), "stage_keys": {s: r.key for s, r in inputs.log.items()}}
-    stats = export(params, ingest_dir, negatives, prov, out_dir, teacher_pos, source_pos, relabeled_file(inputs))
+    stats = export(params, ingest_dir, negatives, prov, out_dir, teacher_pos, source_pos, relabeled)
     (out_dir / "provenance.json").write_text(json.dumps(prov, indent=2, sort_keys=True) + "\n")
     log = {s: {"key": r.key, "status": r.status, "seconds": r.seconds, "stats": r.stats} for s, r in inputs.log.items()}
     rep = report.build(log, negatives, inputs["exclude"] / schema.EXCLUDED_FILE, source_pos, params["score_type"],

@@ -47,6 +47,7 @@ import pyarrow.parquet as pq
 
 from negmine import schema, tables
 from negmine.cache import file_lock
+from negmine.config import judge_stage
 from negmine.errors import ConfigError, NegmineError
 from negmine.hashing import canonical_json, file_sha256
 from negmine.progress import bar
@@ -56,21 +57,8 @@ VERSION = "1"
 PROMPT_VERSION = "rlhn-1"  # bumped when the prompt's wording changes: old verdicts are then never reused
 log = logging.getLogger("negmine.judge")
 
-RELABELED_FILE = "relabeled.parquet"  # candidates the judge made positives (on_false_negative = "relabel")
-VERDICTS_FILE = "verdicts.parquet"  # every judged candidate and its verdict
-RELABELED = pa.schema([
-    ("query_id", pa.string()),
-    ("doc_id", pa.string()),
-    ("doc_idx", pa.int64()),
-    ("teacher_score", pa.float32()),
-    ("filter_score", pa.float32()),
-])
-VERDICTS = pa.schema([
-    ("query_id", pa.string()),
-    ("doc_id", pa.string()),
-    ("rank", pa.int32()),
-    ("verdict", pa.string()),  # negative | false_negative | no_verdict
-])
+RELABELED_FILE, VERDICTS_FILE, RELABELED, VERDICTS = (schema.RELABELED_FILE, schema.VERDICTS_FILE, schema.RELABELED,
+                                                      schema.VERDICTS)
 
 SYSTEM = ("You are an expert relevance assessor checking training data for a search engine. You answer with one "
           "JSON object and nothing else.")
@@ -504,7 +492,7 @@ def judge_table(params: Mapping[str, Any], ingest_dir: Path, cand: pa.Table, sto
     counts: Counter = Counter()
     for c in calls:
         rec = have[c.key]
-        counts["retried_malformed"] += bool(rec.get("retried")) and c.key in {x.key for x in new}
+        counts["retried_malformed"] += bool(rec.get("retried"))
         if rec["false_negatives"] is None:
             verdict[c.rows] = 2
             counts["no_verdict_calls"] += 1
@@ -514,6 +502,7 @@ def judge_table(params: Mapping[str, Any], ingest_dir: Path, cand: pa.Table, sto
     tokens = sum(int(have[k].get("tokens", 0)) for k in unique)
     stats = {"model": params["model"], "prompt_version": params["prompt_version"], "on": params["on"],
              "judged": len(qids), "false_negatives": int((verdict == 1).sum()),
+             "estimated_tokens": sum(c.tokens for c in unique.values()),
              "no_verdict": int((verdict == 2).sum()), "calls": len(calls), "from_store": estimate["cached_calls"],
              "tokens_of_all_calls": tokens, **call_stats,
              "malformed_answers_retried": int(counts["retried_malformed"]),
@@ -601,10 +590,6 @@ UNKEYED = {"base_url": "where the model is served; verdicts are keyed by its mod
            "max_tokens": "a limit: the stage finishes with every verdict or stops without an entry"}
 
 
-def enabled(cfg: Config) -> bool:
-    return bool(cfg["judge"]["model"])
-
-
 def _params(cfg: Config, ctx: Context) -> dict[str, Any]:
     j = cfg["judge"]
     p: dict[str, Any] = {k: j[k] for k in KEYED}
@@ -636,26 +621,9 @@ def _run_pool(inputs: Inputs, params: Params, out: Path) -> dict[str, Any]:
 STAGE = Stage(name="judge", version=VERSION, command="sample", section="judge", params=_params,
               reads=lambda cfg: ("ingest", "sample"), run=_run_negatives,
               outputs=(schema.NEGATIVES_FILE, RELABELED_FILE, VERDICTS_FILE),
-              enabled=lambda cfg: enabled(cfg) and cfg["judge"]["on"] == "negatives", unkeyed=UNKEYED)
+              enabled=lambda cfg: judge_stage(cfg) == "judge", unkeyed=UNKEYED)
 POOL_STAGE = Stage(name="judge-pool", version=VERSION, command="sample", section="judge", params=_params,
                    reads=lambda cfg: ("ingest", "exclude"), run=_run_pool,
                    outputs=(schema.KEPT_FILE, RELABELED_FILE, VERDICTS_FILE),
-                   enabled=lambda cfg: enabled(cfg) and cfg["judge"]["on"] == "pool", unkeyed=UNKEYED)
+                   enabled=lambda cfg: judge_stage(cfg) == "judge-pool", unkeyed=UNKEYED)
 
-
-def negatives_entry(inputs: Inputs | Mapping[str, Path]) -> Path:
-    """The negatives a run exports: the judge's when it ran after sampling, else sampling's."""
-    return (inputs["judge"] if "judge" in inputs else inputs["sample"]) / schema.NEGATIVES_FILE
-
-
-def relabeled_file(inputs: Inputs | Mapping[str, Path]) -> Path | None:
-    for name in ("judge", "judge-pool"):
-        if name in inputs:
-            return inputs[name] / RELABELED_FILE
-    return None
-
-
-def judge_stage_name(cfg: Config) -> str | None:
-    if not enabled(cfg):
-        return None
-    return "judge" if cfg["judge"]["on"] == "negatives" else "judge-pool"

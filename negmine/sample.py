@@ -165,10 +165,10 @@ def _params(cfg: Config, ctx: Context) -> dict[str, Any]:
 
 
 def _reads(cfg: Config) -> tuple[str, ...]:
-    from negmine.judge import judge_stage_name
+    from negmine.config import judge_stage
 
     # a judge on the pool (negmine.judge) hands over the kept candidates less its false negatives
-    return ("ingest", "exclude") + (("judge-pool",) if judge_stage_name(cfg) == "judge-pool" else ())
+    return ("ingest", "exclude") + (("judge-pool",) if judge_stage(cfg) == "judge-pool" else ())
 
 
 def _pool(inputs: Inputs) -> Path:
