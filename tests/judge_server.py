@@ -7,12 +7,15 @@ is recorded (body and headers) so tests can count calls and check what was sent.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import threading
 import time
+from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -132,3 +135,41 @@ class ScriptedServer:
     def calls(self) -> int:
         with self.lock:
             return len(self.requests)
+
+
+class Oracle:
+    """Answers a judge call from the qrels; `noise` flips each verdict with that probability."""
+
+    def __init__(self, data: Path, max_chars: int, noise: float = 0.0, seed: int = 0) -> None:
+        self.noise, self.seed, self.cut = noise, seed, max_chars
+        self.query_ids: dict[str, set[str]] = defaultdict(set)
+        for line in (data / "queries.jsonl").read_text().splitlines():
+            q = json.loads(line)
+            self.query_ids[q["text"][:max_chars]].add(q["_id"])
+        self.doc_ids: dict[str, set[str]] = defaultdict(set)
+        for line in (data / "corpus.jsonl").read_text().splitlines():
+            d = json.loads(line)
+            text = f"{d['title']} {d['text']}" if d.get("title") else d["text"]  # negmine's use_title join
+            self.doc_ids[text[:max_chars]].add(d["_id"])
+        self.relevant: set[tuple[str, str]] = set()
+        for line in (data / "qrels" / "all.tsv").read_text().splitlines()[1:]:
+            q, d, s = line.split("\t")[:3]
+            if int(s) >= 1:
+                self.relevant.add((q, d))
+        self.unmatched = 0
+
+    def _flip(self, query: str, cand: str) -> bool:
+        h = hashlib.sha256(f"{self.seed}\0{query}\0{cand}".encode()).digest()
+        return int.from_bytes(h[:8], "little") / 2 ** 64 < self.noise
+
+    def __call__(self, req) -> Reply:
+        qids = self.query_ids.get(req.query, set())
+        picks = []
+        for i, cand in enumerate(req.candidates, 1):
+            dids = self.doc_ids.get(cand, set())
+            if not qids or not dids:
+                self.unmatched += 1
+            truth = any((q, d) in self.relevant for q in qids for d in dids)
+            if truth != self._flip(req.query, cand):
+                picks.append(i)
+        return verdict(picks)

@@ -360,3 +360,32 @@ def test_judged_runs_are_evaluated_on_the_judged_negatives(tmp_path):
 
 def test_judge_errors_are_negmine_errors():
     assert issubclass(JudgeStopped, NegmineError)
+
+
+CISI = Path(__file__).resolve().parents[2] / "shared" / "data" / "cisi"
+
+
+@pytest.mark.skipif(not (CISI / "qrels" / "all.tsv").is_file(), reason="needs ../shared/data/cisi")
+def test_an_oracle_judge_removes_the_hidden_positives_on_cisi(tmp_path):
+    """negmine eval --holdout-frac 0.3 on CISI: a judge that answers from the full qrels (which the scripted server
+    reads) leaves no hidden positive among the negatives, after sampling and on the pool alike."""
+    from judge_server import Oracle
+
+    from negmine.evaluate import evaluate_run
+
+    base = [f"input.path='{CISI}'", "sample.rank_max=30", "judge.retry_backoff=0.01"]
+    rates = {}
+    for name, judge in (("none", None), ("negatives", "negatives"), ("pool", "pool")):
+        ov = base + [f"export.dir='{tmp_path / name}'"]
+        oracle = Oracle(CISI, max_chars=2000)
+        with ScriptedServer(oracle) as server:
+            if judge:
+                ov += ["judge.model='oracle'", f"judge.base_url='{server.base_url}'", f"judge.on='{judge}'"]
+            _, result = evaluate_run(CONFIG, holdout_frac=0.3, overrides=ov, cache_dir=tmp_path / "cache",
+                                     eci_model=None)
+        assert oracle.unmatched == 0  # every text in a prompt was found in the collection
+        fn = result["false_negatives"]
+        rates[name] = (fn["false_negatives"], fn["negatives_of_those_queries"])
+    assert rates["none"][0] > 0  # BM25's top 30 holds hidden positives to remove
+    assert rates["negatives"][0] == 0 and rates["pool"][0] == 0
+    assert rates["pool"][1] == rates["none"][1]  # on the pool, the window still fills every query
