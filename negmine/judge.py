@@ -88,7 +88,7 @@ def strict_prompt(n: int) -> str:
 def parse_answer(text: str, n: int) -> list[int] | None:
     """The candidate numbers (1-based) an answer names, or None when it is malformed: no JSON object with a
     `false_negatives` list of distinct integers in 1..n (a fenced code block around it is accepted)."""
-    text = text.strip()
+    text = re.sub(r"^\s*<think>.*?</think>", "", text, flags=re.S).strip()  # a reasoning model's preamble
     fence = re.fullmatch(r"```(?:json)?\s*(.*?)\s*```", text, re.S)
     if fence:
         text = fence.group(1)
@@ -296,7 +296,7 @@ def load_store(folder: Path) -> dict[str, dict[str, Any]]:
     return out
 
 
-def write_part(folder: Path, records: list[dict[str, Any]]) -> None:
+def write_part(folder: Path, records: list[dict[str, Any]]) -> Path:
     """Write verdicts atomically under the SHA-256 of their bytes."""
     data = "".join(canonical_json(r) + "\n" for r in records).encode("utf-8")
     name = folder / f"part-{hashlib.sha256(data).hexdigest()}.jsonl"
@@ -308,6 +308,7 @@ def write_part(folder: Path, records: list[dict[str, Any]]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return name
 
 
 def compact(folder: Path, keep: int = 64) -> None:
@@ -316,10 +317,9 @@ def compact(folder: Path, keep: int = 64) -> None:
     if len(parts) <= keep:
         return
     records = list(load_store(folder).values())
-    write_part(folder, sorted(records, key=lambda r: r["key"]))
-    merged = {f"part-{file_sha256(p)}" for p in folder.glob("part-*.jsonl")} - {p.stem for p in parts}
-    for p in parts:
-        if p.stem not in merged:
+    merged = write_part(folder, sorted(records, key=lambda r: r["key"]))
+    for p in parts:  # the merged part is complete before any old one goes
+        if p != merged:
             p.unlink(missing_ok=True)
 
 
@@ -437,6 +437,12 @@ def run_calls(params: Mapping[str, Any], calls: list[Call], store: Path, api_key
                     if len(pending) >= flush:
                         save()
                 submit()
+        except BaseException:  # Ctrl-C, SIGTERM: no queued call starts; the ones in flight finish or time out
+            with budget.lock:
+                budget.stopped = budget.stopped or "interrupted"
+            for fut in running:
+                fut.cancel()
+            raise
         finally:
             save()  # whatever happened, finished verdicts are written: a rerun does not pay for them again
     if failure is not None:

@@ -38,6 +38,7 @@ class Reply:
     drop: bool = False  # close the connection without a response
     headers: dict[str, str] = field(default_factory=dict)
     raw: bytes | None = None  # a body sent as is (not a chat completion)
+    tokens: int = 110  # the usage the answer reports
 
 
 def verdict(numbers: list[int]) -> Reply:
@@ -99,8 +100,8 @@ class ScriptedServer:
                     data = json.dumps({"id": "x", "object": "chat.completion", "model": body["model"],
                                        "choices": [{"index": 0, "finish_reason": "stop",
                                                     "message": {"role": "assistant", "content": reply.content}}],
-                                       "usage": {"prompt_tokens": 100, "completion_tokens": 10,
-                                                 "total_tokens": 110}}).encode()
+                                       "usage": {"prompt_tokens": reply.tokens - 10, "completion_tokens": 10,
+                                                 "total_tokens": reply.tokens}}).encode()
                 else:
                     data = json.dumps({"error": {"message": f"status {reply.status}"}}).encode()
                 self._send(reply.status, data, reply.headers)

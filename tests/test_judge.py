@@ -285,6 +285,15 @@ def test_a_budget_reached_by_retries_stops_cleanly_and_keeps_the_verdicts(tmp_pa
         assert r.stages["judge"].stats["from_store"] == good and server.calls == 60 - good
 
 
+def test_a_token_budget_reached_by_long_answers_stops_cleanly(tmp_path):
+    with ScriptedServer(lambda req: Reply('{"false_negatives": []}', tokens=50_000)) as server:
+        ov = judge_overrides(tmp_path, server, "judge.max_tokens=200000", "judge.concurrency=1")
+        with pytest.raises(JudgeStopped, match="max_tokens 200000 reached: 250000 tokens spent in 5 calls"):
+            negmine.mine(CONFIG, ov)  # the estimate (60 calls of about 2,000 tokens) was under the budget
+        assert server.calls == 5  # the fifth answer went over; none started after it
+        assert not (tmp_path / "out").exists()
+
+
 def test_same_inputs_give_identical_outputs_at_any_concurrency(tmp_path):
     outs = []
     for n in (1, 7):
@@ -330,7 +339,7 @@ def test_bad_judge_settings_stop_before_any_work(tmp_path, setting):
     ('{"false_negatives": [2, 1]}', 3, [1, 2]), ('```json\n{"false_negatives": []}\n```', 3, []),
     ('{"false_negatives": [4]}', 3, None), ('{"false_negatives": [1, 1]}', 3, None),
     ('{"false_negatives": [true]}', 3, None), ('{"answer": [1]}', 3, None), ("[1]", 3, None), ("", 3, None),
-    ("Candidates 1 and 2.", 3, None)])
+    ("Candidates 1 and 2.", 3, None), ('<think>2 fits.</think>\n{"false_negatives": [2]}', 3, [2])])
 def test_answers_are_read_strictly(text, n, expected):
     assert parse_answer(text, n) == expected
 
