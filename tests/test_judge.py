@@ -398,3 +398,15 @@ def test_an_oracle_judge_removes_the_hidden_positives_on_cisi(tmp_path):
     assert rates["none"][0] > 0  # BM25's top 30 holds hidden positives to remove
     assert rates["negatives"][0] == 0 and rates["pool"][0] == 0
     assert rates["pool"][1] == rates["none"][1]  # on the pool, the window still fills every query
+
+
+def test_cache_ls_and_verify_leave_the_verdict_store_alone(tmp_path):
+    with ScriptedServer(rule) as server:
+        negmine.mine(CONFIG, judge_overrides(tmp_path, server))
+    cache = str(tmp_path / "cache")
+    res = runner.invoke(app, ["cache", "verify", "--cache-dir", cache, "--remove"])
+    assert res.exit_code == 0, res.output
+    assert "judge-verdicts" not in res.output
+    assert list((tmp_path / "cache" / "judge-verdicts").rglob("part-*.jsonl"))
+    ls = runner.invoke(app, ["cache", "ls", "--cache-dir", cache])
+    assert ls.exit_code == 0 and "DAMAGED" not in ls.output and "judge " in ls.output
