@@ -177,7 +177,7 @@ class Client:
         self.https = url.scheme == "https"
         self.host, self.port = url.hostname or "", url.port
         self.path = (url.path or "") + "/chat/completions"
-        self.endpoint = f"{url.scheme}://{url.netloc}{self.path}"  # for messages: never the key
+        self.endpoint = redact(base_url.rstrip("/")) + "/chat/completions"  # for messages: never a credential
         self.model, self._key = model, api_key
         self.timeout, self.retries, self.backoff = timeout, retries, backoff
         self.temperature, self.max_answer_tokens = temperature, max_answer_tokens
@@ -243,6 +243,13 @@ class Client:
                 self.sleep(min(delay, 60.0) * (1.0 + 0.1 * random.random()))  # jitter: threads do not retry in step
         raise JudgeStopped(f"[judge] {self.endpoint} failed {self.retries + 1} times in a row (last: {last}); the "
                            "verdicts so far are kept: run again when it answers, or raise [judge] retries / timeout")
+
+
+def redact(url: str) -> str:
+    """A URL fit for a message: no user:password@ and no query string (either may carry a credential)."""
+    u = urllib.parse.urlsplit(url)
+    host = u.hostname or ""
+    return f"{u.scheme}://{host}{f':{u.port}' if u.port else ''}{u.path}"
 
 
 def _seconds(value: str | None) -> float | None:
@@ -340,7 +347,8 @@ class Call:
 
 def plan(params: Mapping[str, Any], texts: tables.Texts, positives: dict[str, tuple[list[str], list[int]]],
          qids: list[str], didx: np.ndarray) -> list[Call]:
-    """The calls for candidate rows grouped by query (in rank order), `max_candidates` a call."""
+    """The calls for candidate rows grouped by query (pool: rank order; negatives: the sampler's), `max_candidates`
+    a call."""
     cut = params["max_chars"]
     n, m = params["max_candidates"], params["max_positives"]
     calls: list[Call] = []
@@ -457,8 +465,8 @@ def run_calls(params: Mapping[str, Any], calls: list[Call], store: Path, api_key
 
 def judge_table(params: Mapping[str, Any], ingest_dir: Path, cand: pa.Table, store: Path
                 ) -> tuple[np.ndarray, dict[str, Any]]:
-    """Verdicts for the rows of `cand` (query_id, doc_idx, grouped by query in rank order): 0 negative,
-    1 false negative, 2 no verdict; and the stage's counts. Dry run: raises `DryRun` before any call."""
+    """Verdicts for the rows of `cand` (query_id, doc_idx, grouped by query; calls follow the table's order):
+    0 negative, 1 false negative, 2 no verdict; and the stage's counts. Dry run: raises `DryRun` before any call."""
     qids = cand["query_id"].to_pylist()
     didx = cand["doc_idx"].to_numpy()
     with tables.Texts(ingest_dir) as texts:
@@ -473,7 +481,7 @@ def judge_table(params: Mapping[str, Any], ingest_dir: Path, cand: pa.Table, sto
         estimate = {"queries": len(set(qids)), "candidates": len(qids), "calls": len(calls),
                     "distinct_calls": len(unique), "cached_calls": len(unique) - len(new), "new_calls": len(new),
                     "new_tokens": sum(c.tokens for c in new), "max_answer_tokens": params["max_answer_tokens"],
-                    "model": params["model"], "endpoint": params["base_url"]}
+                    "model": params["model"], "endpoint": redact(params["base_url"])}
         log.info(describe_estimate(estimate))
         if params["dry_run"]:
             raise DryRun(estimate)

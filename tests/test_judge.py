@@ -410,3 +410,9 @@ def test_cache_ls_and_verify_leave_the_verdict_store_alone(tmp_path):
     assert list((tmp_path / "cache" / "judge-verdicts").rglob("part-*.jsonl"))
     ls = runner.invoke(app, ["cache", "ls", "--cache-dir", cache])
     assert ls.exit_code == 0 and "DAMAGED" not in ls.output and "judge " in ls.output
+
+
+def test_credentials_in_the_url_stay_out_of_messages():
+    from negmine.judge import redact
+
+    assert redact("https://user:sk-123@api.example.com:8443/v1?key=sk-456") == "https://api.example.com:8443/v1"
