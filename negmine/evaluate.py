@@ -94,7 +94,7 @@ def evaluate(run_dir: Path, qrels: dict[str, set[str]] | None = None, eci_model:
         raise NegmineError(f"{run_dir}: no run.json; give the output folder of a `negmine run` that kept its cache")
     run = json.loads(run_file.read_text())
     stages = {k: Path(v) for k, v in run["stages"].items()}
-    for name in ("ingest", "retrieve", "sample"):
+    for name in ("ingest", "retrieve", "sample", *(("judge",) if "judge" in stages else ())):
         if name not in stages or not stages[name].is_dir():
             raise NegmineError(f"{run_dir}: the {name} stage entry is gone from the cache ({stages.get(name)}); "
                                "run the config again")

@@ -416,3 +416,22 @@ def test_credentials_in_the_url_stay_out_of_messages():
     from negmine.judge import redact
 
     assert redact("https://user:sk-123@api.example.com:8443/v1?key=sk-456") == "https://api.example.com:8443/v1"
+
+
+def test_relabelled_positives_carry_their_teacher_scores(tmp_path, tiny_cross_encoder):
+    """With a teacher, a relabelled candidate's score joins the positives' scores (FlagEmbedding's pos_scores,
+    ids' positive_teacher_scores, margin-mse's positive score), one for one."""
+    with ScriptedServer(rule) as server:
+        r = negmine.mine(CONFIG, judge_overrides(
+            tmp_path, server, "judge.on_false_negative='relabel'", f"score.teacher='{tiny_cross_encoder}'",
+            "retrieve.top_k=20", "sample.rank_max=20",
+            "export.formats=['flagembedding','ids','margin-mse','labeled-list']", "export.scores=true"))
+    relabeled = pq.read_table(r.stages["judge"].path / "relabeled.parquet").to_pylist()
+    assert relabeled
+    flag = read_jsonl(tmp_path / "out" / "flagembedding.jsonl")
+    assert all(len(rec["pos"]) == len(rec["pos_scores"]) for rec in flag)
+    ids = {q["query_id"]: q for q in read_jsonl(tmp_path / "out" / "ids.jsonl")}
+    for rel in relabeled:
+        q = ids[rel["query_id"]]
+        i = q["positive_ids"].index(rel["doc_id"])
+        assert q["positive_teacher_scores"][i] == pytest.approx(rel["teacher_score"])
