@@ -435,3 +435,37 @@ def test_relabelled_positives_carry_their_teacher_scores(tmp_path, tiny_cross_en
         q = ids[rel["query_id"]]
         i = q["positive_ids"].index(rel["doc_id"])
         assert q["positive_teacher_scores"][i] == pytest.approx(rel["teacher_score"])
+
+
+def test_a_killed_run_repeats_at_most_the_calls_in_flight(tmp_path):
+    """SIGKILL mid-judging: every verdict written before the kill is reused; only the call in flight is made again."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    def slow(req):
+        return Reply(rule(req).content, delay=0.05)
+
+    with ScriptedServer(slow) as server:
+        ov = judge_overrides(tmp_path, server, "judge.concurrency=1")
+        env = {**os.environ, "PYTHONPATH": str(CONFIG.parents[1]), "NEGMINE_PROGRESS": "0"}
+        proc = subprocess.Popen([sys.executable, "-m", "negmine", "run", str(CONFIG), "-q",
+                                 *sum((["--set", o] for o in ov), [])], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        store = tmp_path / "cache" / "judge-verdicts"
+        deadline = time.monotonic() + 120
+        try:
+            while len(list(store.rglob("part-*.jsonl"))) < 10 and time.monotonic() < deadline:
+                time.sleep(0.02)
+        finally:
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+        saved = len(list(store.rglob("part-*.jsonl")))
+        assert 10 <= saved < 60
+        before = server.calls
+        r = negmine.mine(CONFIG, ov)
+        stats = r.stages["judge"].stats
+        assert stats["from_store"] >= saved and stats["calls_made"] == 60 - stats["from_store"]
+        assert server.calls <= 60 + 1 and server.calls - before == stats["calls_made"]
