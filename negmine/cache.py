@@ -201,6 +201,11 @@ def _set_aside(entry: Path) -> None:
     shutil.rmtree(aside, ignore_errors=True)
 
 
+# Folders of the cache root that are stores shared by runs, not stage entries: the teacher's pair stores
+# (negmine.score) and the LLM judge's verdict stores (negmine.judge); each checks its own parts.
+STORES = ("pairs", "judge-verdicts")
+
+
 class StageCache:
     def __init__(self, root: Path, force: bool = False, persistent: bool = True) -> None:
         self.root = Path(root)
@@ -297,7 +302,7 @@ class StageCache:
         if not self.root.is_dir():
             return out
         for entry in sorted(p for p in self.root.glob("*/*") if p.is_dir() and not p.name.startswith(".")
-                            and p.parent.name != "pairs"):
+                            and p.parent.name not in STORES):
             meta = read_meta(entry) or {}
             if not meta and not (entry / "meta.json").exists() and not any(entry.iterdir()):
                 continue

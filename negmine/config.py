@@ -128,6 +128,27 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "file_types": ["parquet", "jsonl"],
         "scores": False,  # labeled-pair / labeled-list: scores (teacher's or retriever's) instead of 0/1 labels
     },
+    "judge": {  # an LLM judge of false negatives (negmine.judge); off while model is ""
+        "model": "",  # the model id the endpoint serves; "" = no judge
+        "base_url": "",  # an OpenAI-compatible endpoint, such as "http://127.0.0.1:8000/v1"
+        "api_key_env": "",  # the NAME of the environment variable holding the key ("" = no key); never the key
+        "on": "negatives",  # negatives (after sampling) | pool (the filtered pool, inside the [sample] window)
+        "on_false_negative": "drop",  # drop | relabel (a relabelled candidate becomes a positive in every format)
+        "on_no_verdict": "keep",  # an answer malformed twice: keep the candidate as a negative, or drop it
+        "max_candidates": 8,  # candidates a call
+        "max_positives": 3,  # the query's first positives shown in a call
+        "max_chars": 2000,  # a text is cut to this many characters in the prompt
+        "temperature": 0.0,
+        "max_answer_tokens": 256,
+        "concurrency": 4,  # calls in flight; speed only
+        "timeout": 60.0,  # seconds a call may take before it is retried
+        "retries": 4,  # on 429, 5xx, timeouts and dropped connections, with exponential backoff
+        "retry_backoff": 1.0,  # seconds before the first retry; doubled each time (Retry-After wins)
+        "max_calls": 0,  # budget: requests in one run, retries included (0 = no limit)
+        "max_tokens": 0,  # budget: tokens in one run (0 = no limit)
+        "flush_calls": 1,  # verdicts a store part: a killed run repeats fewer than this many calls
+        "dry_run": False,  # print the call and token estimate and stop before any call (negmine run --dry-run)
+    },
     "run": {
         "cache_dir": None,  # default: .negmine/cache beside the config (or the current directory)
         "low_memory": False,  # glibc: fixed 1 MiB mmap threshold; about -30% peak memory, +20-30% encode time
@@ -155,6 +176,9 @@ CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("sample", "shortage"): ("keep-fewer", "drop", "pad-random", "relax"),
     ("filter", "positive_score"): ("min", "mean", "max"),
     ("filter", "score_source"): ("auto", "teacher", "retriever"),
+    ("judge", "on"): ("negatives", "pool"),
+    ("judge", "on_false_negative"): ("drop", "relabel"),
+    ("judge", "on_no_verdict"): ("keep", "drop"),
 }
 LIST_CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("export", "file_types"): ("parquet", "jsonl"),
@@ -205,7 +229,7 @@ OPTIONAL_NUMBERS = {("filter", k) for k in ("min_score", "max_score", "ce_max_pr
 # would record another run's value).
 SPEED_ONLY = {("retrieve", "chunk_size"), ("dense", "batch_size"), ("dense", "device"), ("score", "batch_size"),
               ("score", "device"), ("score", "flush_pairs"), ("dense", "workers"), ("score", "workers"),
-              ("dense", "devices")}
+              ("dense", "devices"), ("judge", "concurrency"), ("judge", "flush_calls")}
 
 _INF = math.inf
 # The range of every numeric setting: (low, high, low_open, high_open); NaN and infinities are refused for all.
@@ -254,6 +278,18 @@ RANGES: dict[tuple[str, str], tuple[float, float, bool, bool]] = {
     ("sample", "temperature"): (0.0, _INF, True, True),
     ("sample", "simans_a"): (0.0, _INF, True, True),
     ("sample", "simans_b"): (-_INF, _INF, True, True),
+    ("judge", "max_candidates"): (1, 100, False, False),
+    ("judge", "max_positives"): (1, _INF, False, True),
+    ("judge", "max_chars"): (1, _INF, False, True),
+    ("judge", "temperature"): (0.0, 2.0, False, False),
+    ("judge", "max_answer_tokens"): (1, _INF, False, True),
+    ("judge", "concurrency"): (1, 256, False, False),
+    ("judge", "timeout"): (0.0, _INF, True, True),
+    ("judge", "retries"): (0, 100, False, False),
+    ("judge", "retry_backoff"): (0.0, 600.0, False, False),
+    ("judge", "max_calls"): (0, _INF, False, True),
+    ("judge", "max_tokens"): (0, _INF, False, True),
+    ("judge", "flush_calls"): (1, _INF, False, True),
 }
 
 
@@ -470,9 +506,31 @@ def _check_consistency(cfg: dict[str, Any]) -> None:
     if s["shortage"] == "relax" and (f["method"] == "none" or f["relax_steps"] < 1):
         raise ConfigError("[sample] shortage \"relax\" loosens the [filter] method step by step: set [filter] "
                           "method and relax_steps >= 1")
+    _check_judge(cfg["judge"])
     b = cfg["bm25"]
     if b["stopwords"] not in ("", "en", "english"):
         raise ConfigError(f"[bm25] stopwords is {b['stopwords']!r}; use \"en\" or \"\" for none")
+
+
+def _check_judge(j: dict[str, Any]) -> None:
+    """A configured judge needs an http(s) endpoint, and api_key_env must name a variable, not hold a key."""
+    if j["api_key_env"] and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", j["api_key_env"]):
+        raise ConfigError("[judge] api_key_env must be the name of an environment variable (such as "
+                          "\"OPENAI_API_KEY\"), not the key itself; keys never go into a config")
+    if not j["model"]:
+        return
+    if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", j["base_url"] or ""):
+        raise ConfigError(f"[judge] base_url is {j['base_url']!r}; give the endpoint's http(s) URL, such as "
+                          "\"http://127.0.0.1:8000/v1\" (/chat/completions is added)")
+    if not j["model"].strip():
+        raise ConfigError("[judge] model is blank; give the model id the endpoint serves")
+
+
+def judge_stage(cfg: dict[str, Any]) -> str | None:
+    """The judge's stage ("judge" after sampling, "judge-pool" before it), or None without a [judge] model."""
+    if not cfg["judge"]["model"]:
+        return None
+    return "judge" if cfg["judge"]["on"] == "negatives" else "judge-pool"
 
 
 def score_source(cfg: dict[str, Any]) -> str:

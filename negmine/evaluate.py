@@ -57,6 +57,11 @@ def _stats(v: np.ndarray) -> dict[str, float]:
             "p10": float(np.quantile(v, 0.1)), "p90": float(np.quantile(v, 0.9))}
 
 
+def _negatives(stages: dict[str, Path]) -> Path:
+    """A run's exported negatives: an LLM judge's after sampling (negmine.judge), else sampling's."""
+    return stages.get("judge", stages["sample"]) / schema.NEGATIVES_FILE
+
+
 def eci_of_run(stages: dict[str, Path], model: str = "", seed: int = 0) -> dict[str, Any]:
     """ECI of a run's negatives: each mined query with its known positives and its sampled negatives, under the
     frozen encoder `model` ("" = the packaged all-MiniLM-L6-v2), against a seeded sample of random documents."""
@@ -66,7 +71,7 @@ def eci_of_run(stages: dict[str, Path], model: str = "", seed: int = 0) -> dict[
     path = resolve_model(model, "--eci-model")
     ing = stages["ingest"]
     texts = tables.Texts(ing)
-    neg = pq.read_table(stages["sample"] / schema.NEGATIVES_FILE, columns=["query_id", "doc_idx"])
+    neg = pq.read_table(_negatives(stages), columns=["query_id", "doc_idx"])
     negs: dict[str, list[int]] = defaultdict(list)
     for q, i in zip(neg["query_id"].to_pylist(), neg["doc_idx"].to_pylist()):
         negs[q].append(i)
@@ -89,7 +94,7 @@ def evaluate(run_dir: Path, qrels: dict[str, set[str]] | None = None, eci_model:
         raise NegmineError(f"{run_dir}: no run.json; give the output folder of a `negmine run` that kept its cache")
     run = json.loads(run_file.read_text())
     stages = {k: Path(v) for k, v in run["stages"].items()}
-    for name in ("ingest", "retrieve", "sample"):
+    for name in ("ingest", "retrieve", "sample", *(("judge",) if "judge" in stages else ())):
         if name not in stages or not stages[name].is_dir():
             raise NegmineError(f"{run_dir}: the {name} stage entry is gone from the cache ({stages.get(name)}); "
                                "run the config again")
@@ -122,7 +127,7 @@ def evaluate(run_dir: Path, qrels: dict[str, set[str]] | None = None, eci_model:
         "positives": int(rd.sum()), "retrieved": int(rn.sum()),
         "recall": float(rn.sum() / rd.sum()) if rd.sum() else float("nan"), "ci95": bootstrap_ci(rn, rd)}}
     # (b) false negatives among the mined negatives
-    neg = pq.read_table(stages["sample"] / schema.NEGATIVES_FILE,
+    neg = pq.read_table(_negatives(stages),  # the judge's, when one ran after sampling
                         columns=["query_id", "doc_id", "rank", "filter_score"]).to_pylist()
     negs: dict[str, list[dict]] = defaultdict(list)
     for r in neg:

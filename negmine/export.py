@@ -91,21 +91,42 @@ def _only_positives(rec: QueryRecord, keep: list[int]) -> QueryRecord | None:
 
 
 def export(params: Mapping[str, Any], ingest_dir: Path, negatives_path: Path, provenance: dict[str, Any],
-           out_dir: Path, teacher_positives: Path | None = None, source_positives: Path | None = None
-           ) -> dict[str, Any]:
+           out_dir: Path, teacher_positives: Path | None = None, source_positives: Path | None = None,
+           relabeled: Path | None = None) -> dict[str, Any]:
     """Write every configured format. `teacher_positives` / `source_positives` hold the positives' teacher
-    scores and the scores on the filters' scale (teacher's or retriever's; None for fused RRF scores)."""
+    scores and the scores on the filters' scale (teacher's or retriever's; None for fused RRF scores);
+    `relabeled`, candidates a judge made positives (negmine.judge), joins every format's positives."""
     with tables.Texts(ingest_dir) as texts:
         return _export(texts, params, ingest_dir, negatives_path, provenance, out_dir, teacher_positives,
-                       source_positives)
+                       source_positives, relabeled)
+
+
+def _add_relabeled(path: Path | None, positives: dict[str, tuple[list[str], list[int]]],
+                   teacher: dict[tuple[str, str], float], source: dict[tuple[str, str], float]) -> int:
+    """Append a judge's relabelled candidates to their queries' positives (after the known ones), with their
+    scores; returns how many."""
+    if path is None:
+        return 0
+    t = pq.read_table(path)
+    for q, d, i, ts, fs in zip(*(t[n].to_pylist() for n in ("query_id", "doc_id", "doc_idx", "teacher_score",
+                                                              "filter_score"))):
+        ids, idx = positives[q]
+        if d not in ids:
+            ids.append(d)
+            idx.append(i)
+            teacher[(q, d)] = ts
+            if source:
+                source[(q, d)] = fs
+    return t.num_rows
 
 
 def _export(texts: tables.Texts, params: Mapping[str, Any], ingest_dir: Path, negatives_path: Path,
             provenance: dict[str, Any], out_dir: Path, teacher_positives: Path | None,
-            source_positives: Path | None) -> dict[str, Any]:
+            source_positives: Path | None, relabeled: Path | None = None) -> dict[str, Any]:
     positives = tables.positives_by_query(ingest_dir)
     query_ids = tables.mined_query_ids(ingest_dir)
     teacher, source = _scores_by_pair(teacher_positives), _scores_by_pair(source_positives)
+    n_relabeled = _add_relabeled(relabeled, positives, teacher, source)
     opts = Options(params["num_negatives"], teacher_positives is not None, params["scores"])
     formats = {fmt: FORMATS[fmt] for fmt in params["formats"]}
     schemas = {fmt: f.schema(opts) for fmt, f in formats.items()}
@@ -174,12 +195,19 @@ def _export(texts: tables.Texts, params: Mapping[str, Any], ingest_dir: Path, ne
         for sink in sinks.values():
             sink.close()
     files = {sink.path.name: sink.rows for sink in sinks.values()}
-    return {"files": files, "queries_with_negatives": len(written), "queries_left_out": skipped,
-            "repeated_queries_written_once": repeated}
+    stats = {"files": files, "queries_with_negatives": len(written), "queries_left_out": skipped,
+             "repeated_queries_written_once": repeated}
+    if relabeled is not None:
+        stats["relabeled_positives"] = n_relabeled
+    return stats
 
 
 def _reads(cfg: Config) -> tuple[str, ...]:
-    return ("ingest", "retrieve") + (("score",) if cfg["score"]["teacher"] else ()) + ("exclude", "sample")
+    from negmine.config import judge_stage
+
+    judge = judge_stage(cfg)
+    return ("ingest", "retrieve") + (("score",) if cfg["score"]["teacher"] else ()) + ("exclude", "sample") + (
+        (judge,) if judge else ())
 
 
 def _params(cfg: Config, ctx: Context) -> dict[str, Any]:
@@ -196,10 +224,14 @@ def _run(inputs: Inputs, params: Params, out_dir: Path) -> dict[str, Any]:
 
     ingest_dir = inputs["ingest"]
     teacher_pos, source_pos = positive_score_files(inputs, params)
-    negatives = inputs["sample"] / schema.NEGATIVES_FILE
+    # an LLM judge (negmine.judge): after sampling its negatives are the ones exported; either way the candidates
+    # it relabelled join the positives
+    negatives = (inputs["judge"] if "judge" in inputs else inputs["sample"]) / schema.NEGATIVES_FILE
+    judge = next((inputs[n] for n in ("judge", "judge-pool") if n in inputs), None)
+    relabeled = judge / schema.RELABELED_FILE if judge is not None else None
     # every earlier stage's key: all are in this stage's key through the stages it reads
     prov = {**thaw(params["provenance"]), "stage_keys": {s: r.key for s, r in inputs.log.items()}}
-    stats = export(params, ingest_dir, negatives, prov, out_dir, teacher_pos, source_pos)
+    stats = export(params, ingest_dir, negatives, prov, out_dir, teacher_pos, source_pos, relabeled)
     (out_dir / "provenance.json").write_text(json.dumps(prov, indent=2, sort_keys=True) + "\n")
     log = {s: {"key": r.key, "status": r.status, "seconds": r.seconds, "stats": r.stats} for s, r in inputs.log.items()}
     rep = report.build(log, negatives, inputs["exclude"] / schema.EXCLUDED_FILE, source_pos, params["score_type"],

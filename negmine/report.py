@@ -70,6 +70,9 @@ def build(stages: dict[str, Any], negatives_path: Path, excluded_path: Path, pos
     report["negatives"] = {"total": neg.num_rows, "by_retriever": share,
                            "queries": len(set(neg["query_id"].to_pylist()))}
     report["shortage"] = stages["sample"]["stats"].get("outcomes", {})
+    for name in ("judge-pool", "judge"):  # the LLM judge's verdicts and what they cost (negmine.judge)
+        if name in stages:
+            report["judge"] = stages[name]["stats"]
     report["export"] = export_stats
     report["stages"] = {name: {"key": s["key"][:12], "status": s["status"], "seconds": round(s["seconds"], 3),
                                "stats": s["stats"]} for name, s in stages.items()}
@@ -107,6 +110,16 @@ def markdown(report: dict[str, Any]) -> str:
     lines += [f"| {k} | {v} | {v / total:.1%} |" for k, v in sorted(neg["by_retriever"].items())]
     lines += ["", "## Shortage", "", "| outcome | queries |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in sorted(report["shortage"].items())]
+    j = report.get("judge")
+    if j:
+        lines += ["", "## LLM judge", "", f"Model {j['model']} (prompt {j['prompt_version']}) judged {j['judged']} "
+                  f"candidates ({'the pool' if j['on'] == 'pool' else 'the sampled negatives'}) in {j['calls']} calls, "
+                  f"{j['from_store']} of them from the verdict store; {j['calls_made']} calls made "
+                  f"({j['requests']} requests, {j['retries']} retried, {j['malformed_answers_retried']} malformed "
+                  f"answers asked again), {j['tokens_spent']} tokens spent in this run.", "",
+                  "| verdict | candidates |", "|---|---|",
+                  f"| false negative | {j['false_negatives']} |", f"| no verdict | {j['no_verdict']} |",
+                  f"| relabelled as positives | {j['relabeled']} |", f"| dropped | {j['dropped']} |"]
     lines += ["", "## Files", "", "| file | rows |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in report["export"]["files"].items()]
     left = report["export"].get("queries_left_out") or {}

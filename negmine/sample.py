@@ -22,7 +22,7 @@ from negmine import schema, tables
 from negmine.hashing import seed_for
 from negmine.progress import bar
 from negmine.samplers import SAMPLERS
-from negmine.stage import Config, Context, Stage, reads
+from negmine.stage import Config, Context, Inputs, Stage
 
 VERSION = "3"  # bumped when the stage's output changes; 3: the stage contract (keys from its own params)
 BASE = ("strategy", "num_negatives", "rank_min", "rank_max", "seed", "shortage")  # [sample] settings of every
@@ -164,7 +164,17 @@ def _params(cfg: Config, ctx: Context) -> dict[str, Any]:
     return p
 
 
-STAGE = Stage(name="sample", version=VERSION, command="sample", reads=reads("ingest", "exclude"), params=_params,
-              run=lambda inputs, params, out: sample(params, inputs["ingest"], inputs["exclude"] / schema.KEPT_FILE,
-                                                     out),
+def _reads(cfg: Config) -> tuple[str, ...]:
+    from negmine.config import judge_stage
+
+    # a judge on the pool (negmine.judge) hands over the kept candidates less its false negatives
+    return ("ingest", "exclude") + (("judge-pool",) if judge_stage(cfg) == "judge-pool" else ())
+
+
+def _pool(inputs: Inputs) -> Path:
+    return (inputs["judge-pool"] if "judge-pool" in inputs else inputs["exclude"]) / schema.KEPT_FILE
+
+
+STAGE = Stage(name="sample", version=VERSION, command="sample", reads=_reads, params=_params,
+              run=lambda inputs, params, out: sample(params, inputs["ingest"], _pool(inputs), out),
               outputs=(schema.NEGATIVES_FILE,), section="sample")

@@ -12,7 +12,9 @@ CANDIDATES_FILE = "candidates.parquet"  # CANDIDATES: retrieve, and score (teach
 POSITIVE_SCORES_FILE = "positive_scores.parquet"  # POSITIVE_SCORES: retrieve (retriever's), score (teacher's)
 KEPT_FILE = "kept.parquet"  # FILTERED: exclude
 EXCLUDED_FILE = "excluded.parquet"  # EXCLUDED: exclude
-NEGATIVES_FILE = "negatives.parquet"  # NEGATIVES: sample
+NEGATIVES_FILE = "negatives.parquet"  # NEGATIVES: sample, and judge (less the candidates it removed)
+RELABELED_FILE = "relabeled.parquet"  # RELABELED: judge / judge-pool (candidates made positives)
+VERDICTS_FILE = "verdicts.parquet"  # VERDICTS: judge / judge-pool
 
 CORPUS = pa.schema([
     ("doc_id", pa.string()),
@@ -81,4 +83,21 @@ NEGATIVES = pa.schema([
     ("source", pa.string()),  # "sample" or "pad-random"
     ("teacher_score", pa.float32()),  # null without a teacher, and for pad-random fillers
     ("filter_score", pa.float32()),  # the score the filters and samplers read (teacher's or retriever's)
+])
+
+# Candidates an LLM judge relabelled as positives (`[judge] on_false_negative = "relabel"`): every export format
+# lists them with the query's positives, with their scores.
+RELABELED = pa.schema([
+    ("query_id", pa.string()),
+    ("doc_id", pa.string()),
+    ("doc_idx", pa.int64()),
+    ("teacher_score", pa.float32()),
+    ("filter_score", pa.float32()),
+])
+
+VERDICTS = pa.schema([
+    ("query_id", pa.string()),
+    ("doc_id", pa.string()),
+    ("rank", pa.int32()),
+    ("verdict", pa.string()),  # negative | false_negative | no_verdict
 ])

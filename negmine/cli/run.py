@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -10,6 +11,10 @@ from negmine.errors import NegmineError
 from negmine.pipeline import STAGES
 from negmine.cli.common import (CacheOpt, ConfigArg, EngineOpt, ForceOpt, InputOpt, NoCacheOpt, OutOpt, QuietOpt,
                                 RayAddressOpt, RegistryHelp, SetOpt, SkipOpt, VerboseOpt, guarded, overrides, setup)
+
+DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Run the stages before the [judge] stage, print its "
+                                        "call and token estimate and stop before any call (same as --set "
+                                        "judge.dry_run=true).")]
 
 _HELP = {
     "ingest": "Read and validate the input into corpus, queries and qrels tables.",
@@ -24,16 +29,25 @@ _HELP = {
 
 def _execute(until: str, config: Path | None, sets: list[str] | None, input_path: Path | None, out: Path | None,
              skip_invalid: bool, cache_dir: Path | None, force: bool, no_cache: bool, verbose: bool,
-             quiet: bool, engine: str | None = None, ray_address: str | None = None) -> None:
+             quiet: bool, engine: str | None = None, ray_address: str | None = None, dry_run: bool = False) -> None:
     setup(verbose, quiet)
 
     def go() -> None:
         from negmine.config import load_config
+        from negmine.judge import DryRun
         from negmine.pipeline import mine
 
-        cfg = load_config(config, overrides(sets, input_path, out, skip_invalid, engine, ray_address))
+        cfg = load_config(config, overrides(sets, input_path, out, skip_invalid, engine, ray_address)
+                          + (["judge.dry_run=true"] if dry_run else []))
+        if dry_run and not cfg["judge"]["model"]:
+            raise NegmineError("--dry-run estimates the [judge] stage's calls and tokens; this config has no "
+                               "[judge] model")
         report = (lambda r: None) if quiet else (lambda r: typer.echo(r.message(), err=True))
-        result = mine(cfg, until=until, force=force, no_cache=no_cache, cache_dir=cache_dir, on_stage=report)
+        try:
+            result = mine(cfg, until=until, force=force, no_cache=no_cache, cache_dir=cache_dir, on_stage=report)
+        except DryRun as stop:  # the estimate is the answer: stdout, exit 0, nothing written after the judge
+            typer.echo(str(stop))
+            return
         for stage in result.stages.values():
             skipped = stage.stats.get("skipped_total") if stage.status == "computed" else None
             if skipped:
@@ -59,9 +73,9 @@ def _execute(until: str, config: Path | None, sets: list[str] | None, input_path
 def run_cmd(config: ConfigArg = None, sets: SetOpt = None, input_path: InputOpt = None, out: OutOpt = None,
             skip_invalid: SkipOpt = False, cache_dir: CacheOpt = None, force: ForceOpt = False,
             no_cache: NoCacheOpt = False, verbose: VerboseOpt = False, quiet: QuietOpt = False,
-            engine: EngineOpt = None, ray_address: RayAddressOpt = None) -> None:
+            engine: EngineOpt = None, ray_address: RayAddressOpt = None, dry_run: DryRunOpt = False) -> None:
     _execute("export", config, sets, input_path, out, skip_invalid, cache_dir, force, no_cache, verbose, quiet,
-             engine, ray_address)
+             engine, ray_address, dry_run)
 
 
 def _stage_command(stage: str) -> None:
