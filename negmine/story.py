@@ -42,6 +42,8 @@ class Candidate:
     teacher_score: float | None = None
     outcome: str = ""  # sampled | not sampled | excluded | removed
     reason: str = ""  # why, with the setting and threshold that decided it
+    code: str = ""  # the reason in one word: positive, query_text, duplicate_of_positive, a filter's name
+    # (perc-pos, skip_top, ...), sampled, pad-random, outside_window, query_dropped, not_drawn
     title: str = ""
     text: str = ""
 
@@ -247,34 +249,36 @@ def _story(qid: str, text: str, rows: Mapping[str, list[dict[str, Any]]], pos_sc
         s = r["teacher_score"] if teacher_col else r["score"]
         if d in excluded:
             why = excluded[d]
+            c.code = why
             if why in EXCLUDED:
                 c.outcome, c.reason = "excluded", EXCLUDED[why]
             else:
                 c.outcome, c.reason = "removed", _filter_reason(why, filt, s, s_pos, r["teacher_score"], r["rank"])
         elif d in sampled:
-            c.outcome = "sampled"
+            c.outcome, c.code = "sampled", "sampled"
             c.reason = f"sampled by {smp['strategy']}" + (
                 f" (filter {method} relaxed to level {level[d]})" if level.get(d, 0) > 0 else "")
         elif d not in level:  # neither kept nor removed: the stages disagree with each other
             raise NegmineError(f"query {qid!r}: candidate {d!r} is neither kept nor excluded by the exclude stage; "
                                "the cache entries do not belong together: run `negmine run` again")
         elif level[d] > used:
-            c.outcome = "removed"
+            c.outcome, c.code = "removed", method
             c.reason = _filter_reason(method, filt, s, s_pos, r["teacher_score"], r["rank"]) + (
                 f" (kept only if relaxed to level {level[d]})" if level[d] < 127 else "")
         elif not lo <= r["rank"] <= hi:
-            c.outcome, c.reason = "not sampled", f"outside the rank window rank_min..rank_max = {lo}..{hi}"
+            c.outcome, c.code = "not sampled", "outside_window"
+            c.reason = f"outside the rank window rank_min..rank_max = {lo}..{hi}"
         elif dropped:
-            c.outcome = "not sampled"
+            c.outcome, c.code = "not sampled", "query_dropped"
             c.reason = f"query dropped (shortage = drop: {eligible} eligible, num_negatives = {n})"
         else:
-            c.outcome = "not sampled"
+            c.outcome, c.code = "not sampled", "not_drawn"
             c.reason = f"eligible, not drawn by {smp['strategy']} ({len(sampled)} of {eligible} eligible taken)"
         c.title, c.text = texts.get(r["doc_idx"], ("", ""))
         cands.append(c)
     for r in rows["neg"]:
         if r["source"] == "pad-random":
-            c = Candidate(r["doc_id"], r["doc_idx"], None, None, None, outcome="sampled",
+            c = Candidate(r["doc_id"], r["doc_idx"], None, None, None, outcome="sampled", code="pad-random",
                           reason="pad-random filler (shortage = pad-random): a random document passing the exclusions")
             c.title, c.text = texts.get(r["doc_idx"], ("", ""))
             cands.append(c)
