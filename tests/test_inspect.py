@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
@@ -101,3 +102,23 @@ def test_inspect_refuses_an_unknown_query_or_folder_in_one_line(tmp_path, sample
     (Path(run_json["stages"]["exclude"]) / "meta.json").unlink()
     res = runner.invoke(app, ["inspect", str(out), "1"])
     assert res.exit_code == 2 and "run `negmine run` again" in res.stderr
+
+
+def test_inspect_shows_the_teachers_scores_and_its_thresholds(tmp_path, sample_overrides, tiny_cross_encoder):
+    """With a teacher: its score for every candidate and positive, and the RocketQA threshold in the reason."""
+    base = sample_overrides + [f"score.teacher='{tiny_cross_encoder}'", "score.precision='fp32'", "retrieve.top_k=20"]
+    _, first = _mine(tmp_path, base)
+    # the tiny random teacher's probabilities all sit near 0.5: cut at their median (the scores come from cache)
+    cut = float(np.median(pq.read_table(first["score"].path / "candidates.parquet")["teacher_score"].to_numpy()))
+    out, stages = _mine(tmp_path, base + [f"filter.ce_max_probability={cut!r}"])
+    exported = {r["query_id"]: r["negative_ids"] for r in pq.read_table(out / "ids.parquet").to_pylist()}
+    teacher = {(r["query_id"], r["doc_id"]): r["teacher_score"] for r in
+               pq.read_table(stages["score"].path / "candidates.parquet").to_pylist()}
+    stories = list(Run(out).stories(sorted(exported)))
+    for st in stories:
+        assert [c.doc_id for c in st.candidates if c.outcome == "sampled"] == exported[st.query_id]
+        assert all(c.teacher_score == teacher[(st.query_id, c.doc_id)] for c in st.candidates)
+        assert all(p.teacher_score is not None for p in st.positives)
+    removed = [c for st in stories for c in st.candidates if c.code == "ce_absolute"]
+    assert len(removed) == stages["exclude"].stats["filtered"]["ce_absolute"] > 0
+    assert all(f"ce_max_probability = {cut!r}" in c.reason and c.teacher_score >= cut for c in removed)
