@@ -220,5 +220,6 @@ def _run(inputs: Inputs, params: Params, out_dir: Path) -> dict[str, Any]:
 
 STAGE = Stage(
     name="export", version=VERSION, command="export", reads=_reads, params=_params, run=_run, section="export",
-    outputs=("provenance.json", "report.json", "report.md", "report.html", "scores.png"),  # and <format>.<file type> each
+    # and <format>.<file type> each
+    outputs=("provenance.json", "report.json", "report.md", "report.html", "scores.png"),
     reads_log=True)  # the report says how this run's stages went (cached or computed, seconds)

@@ -215,13 +215,6 @@ def _e(value: Any) -> str:
     return html.escape("-" if value is None else _fmt(value), quote=True)
 
 
-def _table(head: Sequence[str], rows: Sequence[Sequence[Any]], cls: str = "") -> str:
-    out = [f"<table{f' class={chr(34)}{cls}{chr(34)}' if cls else ''}><thead><tr>"
-           + "".join(f"<th>{_e(h)}</th>" for h in head) + "</tr></thead><tbody>"]
-    out += ["<tr>" + "".join(f"<td>{_e(v)}</td>" for v in row) + "</tr>" for row in rows]
-    return "".join(out) + "</tbody></table>"
-
-
 def _bars_svg(title: str, counts: dict[str, int]) -> str:
     """A bar chart as inline SVG (no script, no external file)."""
     items = list(counts.items())
@@ -287,7 +280,7 @@ def _per_retriever(c: Any) -> str | None:
     return "; ".join(f"{name} #{rk} {_fmt(sc)}" for name, (rk, sc) in c.retriever_scores.items()) or None
 
 
-def _rows_html(head: Sequence[str], rows: Sequence[Sequence[Any]], cls: str,
+def _rows_html(head: Sequence[str], rows: Sequence[Sequence[Any]], cls: str = "summary",
                row_classes: Sequence[str] | None = None) -> str:
     """A table whose cells are escaped values; a (title, text, limit) cell is a document's text, cut at limit."""
     out = [f'<table class="{cls}"><thead><tr>' + "".join(f"<th>{_e(h)}</th>" for h in head) + "</tr></thead><tbody>"]
@@ -315,9 +308,9 @@ def to_html(report: dict[str, Any], stories: Sequence[QueryStory], png: bytes) -
         f"<p>{_e(neg['total'])} negatives for {_e(neg['queries'])} queries; {_e(pos['total'])} positives, "
         f"{_e(pos['not_retrieved'])} of them not retrieved at all. Scores: {_e(report['score_type'])}.</p>",
         "<h2>Scores</h2>",
-        _table(["", "count", "mean", "std", "p05", "p25", "median", "p75", "p95"], score_rows),
+        _rows_html(["", "count", "mean", "std", "p05", "p25", "median", "p75", "p95"], score_rows),
         "<h2>Removed before sampling</h2>",
-        _table(["reason", "candidates"], list(report["removed"].items())),
+        _rows_html(["reason", "candidates"], list(report["removed"].items())),
         "<h2>Plots</h2><div class=\"plots\">",
         f'<img alt="histogram of positive and negative scores" width="700" height="400" '
         f'src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">',
@@ -325,13 +318,13 @@ def to_html(report: dict[str, Any], stories: Sequence[QueryStory], png: bytes) -
         _bars_svg("Removed before sampling", dict(report["removed"])) if report["removed"] else "",
         "</div>",
         "<h2>Negatives by retriever</h2>",
-        _table(["found by", "negatives", "share"],
-               [(k, v, f"{v / total:.1%}") for k, v in sorted(neg["by_retriever"].items())]),
-        "<h2>Shortage</h2>", _table(["outcome", "queries"], sorted(report["shortage"].items())),
-        "<h2>Files</h2>", _table(["file", "rows"], list(report["export"]["files"].items())),
+        _rows_html(["found by", "negatives", "share"],
+                   [(k, v, f"{v / total:.1%}") for k, v in sorted(neg["by_retriever"].items())]),
+        "<h2>Shortage</h2>", _rows_html(["outcome", "queries"], sorted(report["shortage"].items())),
+        "<h2>Files</h2>", _rows_html(["file", "rows"], list(report["export"]["files"].items())),
         "<h2>Stages</h2>",
-        _table(["stage", "status", "seconds", "key"],
-               [(k, v["status"], v["seconds"], v["key"]) for k, v in report["stages"].items()]),
+        _rows_html(["stage", "status", "seconds", "key"],
+                   [(k, v["status"], v["seconds"], v["key"]) for k, v in report["stages"].items()]),
         f"<p>Peak memory: {_e(report['peak_memory_mb'])} MiB.</p>",
         f"<h2 id=\"examples\">Examples</h2><p>{len(stories)} queries drawn with the [sample] seed: each with its "
         "positives and every retrieved candidate, with what happened to it (red: sampled as a negative; green: "

@@ -106,7 +106,8 @@ class PageResult:
 def open_page(url: str, expressions: dict[str, str], screenshot: Path | None = None,
               timeout: float = 60.0) -> PageResult:
     """Load `url` in headless Chromium, wait for its load event, evaluate `expressions` (name: JavaScript) and
-    optionally save a screenshot of the viewport (as the expressions left it scrolled). Every error the page raised is in `errors`."""
+    optionally save a screenshot of the viewport (as the expressions left it scrolled). Every error the page
+    raised is in `errors`."""
     exe = chromium()
     if exe is None:
         raise RuntimeError("chromium is not installed (apt-get install -y chromium)")
