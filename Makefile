@@ -8,7 +8,7 @@ STAMP := $(VENV)/.installed
 #   make test TORCH_INDEX=https://download.pytorch.org/whl/cpu
 TORCH_INDEX ?=
 
-.PHONY: install run test bench clean
+.PHONY: install browser run test bench clean
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -22,7 +22,17 @@ install: $(STAMP)
 run: install  ## mine BM25 hard negatives for data/sample into out/sample-bm25/
 	$(VENV)/bin/negmine run configs/sample-bm25.toml
 
-test: install  ## the whole test suite (slow tests included)
+# The report's browser test opens report.html in headless Chromium from the distribution's packages. Installed once
+# (skipped when a chromium is already there); without apt-get (not Debian/Ubuntu) install it yourself, or that
+# test is skipped (in CI, .ci/run makes a missing browser a failure).
+browser:
+	@if command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1; then :; \
+	elif command -v apt-get >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq chromium; \
+	else echo "note: no chromium and no apt-get: the report's browser test will be skipped"; fi
+
+test: install browser  ## the whole test suite (slow tests included)
 	$(PY) -m pytest -q
 
 bench: install  ## every benchmark, side by side with the reference tools, then one table (not part of the tests)

@@ -19,7 +19,7 @@ from negmine.formats import FORMATS, Options, QueryRecord, empty_rows
 from negmine.progress import bar
 from negmine.stage import Config, Context, Inputs, Params, Stage, thaw
 
-VERSION = "5"  # bumped when the stage's output changes; 5: the stage contract, the report written here
+VERSION = "6"  # bumped when the stage's output changes; 6: report.html and the reports' examples
 
 
 def _query_groups(negatives_path: Path) -> Iterator[list[tuple[str, dict[str, list]]]]:
@@ -216,7 +216,8 @@ def _params(cfg: Config, ctx: Context) -> dict[str, Any]:
     e = cfg["export"]
     return {"formats": e["formats"], "file_types": e["file_types"], "scores": e["scores"],
             "num_negatives": cfg["sample"]["num_negatives"], "teacher": bool(cfg["score"]["teacher"]),
-            "score_source": score_source(cfg), "score_type": score_type(cfg), "provenance": ctx.provenance}
+            "score_source": score_source(cfg), "score_type": score_type(cfg), "provenance": ctx.provenance,
+            "report_seed": cfg["sample"]["seed"]}  # draws the report's example queries
 
 
 def _run(inputs: Inputs, params: Params, out_dir: Path) -> dict[str, Any]:
@@ -237,11 +238,20 @@ def _run(inputs: Inputs, params: Params, out_dir: Path) -> dict[str, Any]:
     rep = report.build(log, negatives, inputs["exclude"] / schema.EXCLUDED_FILE, source_pos, params["score_type"],
                        log["ingest"]["stats"]["positives"], stats)
     rep["negmine_version"] = prov["negmine_version"]
-    report.write(rep, negatives, source_pos, out_dir)
+    # the examples: a seeded handful of mined queries, read from the entries this stage reads (their keys are in
+    # its key), only those queries' rows
+    from negmine.story import stories
+
+    picked = report.pick_examples(tables.mined_query_ids(ingest_dir).to_pylist(), params["report_seed"])
+    entries = {name: inputs[name] for name in inputs}
+    examples = list(stories(entries, picked, params["score_type"]))
+    rep["examples"] = [report.example_summary(st) for st in examples]
+    report.write(rep, negatives, source_pos, out_dir, examples)
     return stats
 
 
 STAGE = Stage(
     name="export", version=VERSION, command="export", reads=_reads, params=_params, run=_run, section="export",
-    outputs=("provenance.json", "report.json", "report.md", "scores.png"),  # and <format>.<file type> each
+    # and <format>.<file type> each
+    outputs=("provenance.json", "report.json", "report.md", "report.html", "scores.png"),
     reads_log=True)  # the report says how this run's stages went (cached or computed, seconds)

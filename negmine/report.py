@@ -1,13 +1,20 @@
-"""The mining report: report.json, report.md and a PNG of the score distributions, written beside the exports.
+"""The mining report: report.json, report.md, report.html and a PNG of the scores, written beside the exports.
 
 It answers what a user needs before training on the negatives: how many, how hard (a score table for positives,
 negatives and their gap), what each filter removed, where the positives ranked and how many were never
 retrieved, which retriever found the kept negatives, how short queries were handled, time and peak memory.
-`negmine report RUN` prints the Markdown summary of a run folder.
+`negmine report RUN` prints the Markdown summary of a run folder. report.html is the same report for a browser,
+with the plots inline and an examples section: a seeded sample of queries, each with its positives, its mined
+negatives and every other candidate with what removed it (`negmine.story`). It is one self-contained file (no
+network, no script: its Content-Security-Policy forbids both) and every text in it is escaped, since documents and
+queries are user data.
 """
 from __future__ import annotations
 
+import base64
+import html
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +23,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from negmine.memory import peak_rss_mib
+from negmine.story import QueryStory
+
+EXAMPLES = 5  # queries shown in the examples sections
 
 RANK_BUCKETS = [(1, 1), (2, 5), (6, 10), (11, 20), (21, 50), (51, 100), (101, 1000), (1001, None)]
 
@@ -129,7 +139,49 @@ def markdown(report: dict[str, Any]) -> str:
     lines += ["", "## Stages", "", "| stage | status | seconds | key |", "|---|---|---|---|"]
     lines += [f"| {k} | {s['status']} | {s['seconds']} | {s['key']} |" for k, s in report["stages"].items()]
     lines += ["", f"Peak memory: {report['peak_memory_mb']} MiB.", ""]
+    lines += _markdown_examples(report.get("examples") or [])
     return "\n".join(lines)
+
+
+def pick_examples(query_ids: Sequence[str], seed: int, k: int = EXAMPLES) -> list[str]:
+    """A seeded sample of `k` mined queries, in their input order: the same run shows the same examples."""
+    rng = np.random.default_rng([seed, 0x5E9])  # its own stream: not the draws the sampler made for any query
+    take = np.sort(rng.choice(len(query_ids), size=min(k, len(query_ids)), replace=False))
+    return [query_ids[i] for i in take.tolist()]
+
+
+def example_summary(st: QueryStory) -> dict[str, Any]:
+    """An example as report.json keeps it: ids, ranks, scores and removal counts (no texts)."""
+    removed: dict[str, int] = {}
+    for c in st.candidates:
+        if c.outcome in ("excluded", "removed"):
+            removed[c.code] = removed.get(c.code, 0) + 1
+    return {"query_id": st.query_id, "text": st.text, "positives": [p.doc_id for p in st.positives],
+            "negatives": [{"doc_id": c.doc_id, "rank": c.rank, "score": c.score, "teacher_score": c.teacher_score,
+                           "retriever": c.retriever} for c in st.candidates if c.outcome == "sampled"],
+            "candidates": len(st.candidates), "removed": removed, "note": st.note}
+
+
+def _md_text(text: str, width: int = 80) -> str:
+    """User text on one Markdown line: whitespace collapsed, cut, and Markdown/HTML characters escaped."""
+    t = " ".join(str(text).split())
+    t = t if len(t) <= width else t[:width - 1] + "…"
+    return "".join("\\" + ch if ch in "\\`*_[]<>|#" else ch for ch in t)
+
+
+def _markdown_examples(examples: list[dict[str, Any]]) -> list[str]:
+    if not examples:
+        return []
+    lines = ["## Examples", "", f"{len(examples)} queries drawn with the [sample] seed; report.html shows every "
+             "candidate of each with its texts and what happened to it.", ""]
+    for ex in examples:
+        negs = ", ".join(f"{_md_text(n['doc_id'], 40)} (rank {n['rank'] if n['rank'] is not None else '-'}, "
+                         f"{_fmt(n['score']) if n['score'] is not None else '-'})" for n in ex["negatives"]) or "none"
+        removed = ", ".join(f"{_md_text(k, 60)} {v}" for k, v in sorted(ex["removed"].items())) or "none"
+        lines.append(f"- query {_md_text(ex['query_id'], 40)}: \"{_md_text(ex['text'])}\"; "
+                     f"{len(ex['positives'])} positives; negatives: {negs}; removed: {removed}"
+                     + (f"; {ex['note']}" if ex["note"] else ""))
+    return lines + [""]
 
 
 def plot(report: dict[str, Any], negatives_path: Path, positives_path: Path | None, out: Path) -> None:
@@ -162,7 +214,135 @@ def plot(report: dict[str, Any], negatives_path: Path, positives_path: Path | No
     plt.close(fig)
 
 
-def write(report: dict[str, Any], negatives_path: Path, positives_path: Path | None, out_dir: Path) -> None:
+def write(report: dict[str, Any], negatives_path: Path, positives_path: Path | None, out_dir: Path,
+          stories: Sequence[QueryStory] = ()) -> None:
     (out_dir / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True, default=str) + "\n")
     (out_dir / "report.md").write_text(markdown(report))
     plot(report, negatives_path, positives_path, out_dir / "scores.png")
+    (out_dir / "report.html").write_text(to_html(report, stories, (out_dir / "scores.png").read_bytes()),
+                                         encoding="utf-8")
+
+
+def _e(value: Any) -> str:
+    """Escape any value for HTML text and attributes (documents and queries are user data)."""
+    return html.escape("-" if value is None else _fmt(value), quote=True)
+
+
+def _bars_svg(title: str, counts: dict[str, int]) -> str:
+    """A bar chart as inline SVG (no script, no external file)."""
+    items = list(counts.items())
+    w, bar_h, gap, label_w = 560, 18, 6, 110
+    h = 30 + len(items) * (bar_h + gap)
+    top = max([v for _, v in items] + [1])
+    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" role="img" '
+             f'aria-label="{_e(title)}"><text x="0" y="16" font-size="14" font-weight="bold">{_e(title)}</text>']
+    for i, (name, v) in enumerate(items):
+        y = 26 + i * (bar_h + gap)
+        bw = int((w - label_w - 60) * v / top)
+        parts.append(f'<text x="{label_w - 6}" y="{y + 13}" font-size="12" text-anchor="end">{_e(name)}</text>'
+                     f'<rect x="{label_w}" y="{y}" width="{bw}" height="{bar_h}" fill="#4c72b0"/>'
+                     f'<text x="{label_w + bw + 4}" y="{y + 13}" font-size="12">{_e(v)}</text>')
+    return "".join(parts) + "</svg>"
+
+
+_CSS = """
+body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1200px;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:.5em 0 1.5em}th,td{border:1px solid #ccc;padding:3px 7px;text-align:left;
+vertical-align:top;font-size:13px}th{background:#f2f2f2}.plots{display:flex;flex-wrap:wrap;gap:1.5em}
+.example{border:1px solid #bbb;border-radius:6px;padding:.5em 1em;margin:1em 0}.query{font-size:15px}
+tr.sampled td{background:#fde8e8}tr.excluded td{background:#e8f4e8}tr.removed td{background:#fff6dd}
+tr.not-sampled td{color:#555}.doc{max-width:520px;white-space:pre-wrap;word-break:break-word}
+.note{color:#a33}
+"""
+
+
+def _doc(title: str, text: str, limit: int | None) -> str:
+    full = f"{title} | {text}" if title else text
+    if limit is not None and len(full) > limit:
+        return _e(full[:limit - 1] + "…")
+    return _e(full)
+
+
+def _example_html(st: QueryStory) -> str:
+    counts = ", ".join(f"{k} {v}" for k, v in sorted(st.counts().items()))
+    out = [f'<section class="example" id="q-{_e(st.query_id)}"><h3>Query {_e(st.query_id)}</h3>',
+           f'<p class="query">{_e(st.text)}</p>']
+    if st.note:
+        out.append(f'<p class="note">{_e(st.note)}</p>')
+    negs = [c for c in st.candidates if c.outcome == "sampled"]
+    out.append(f"<h4>Mined negatives ({len(negs)})</h4>")
+    out.append(_rows_html(["rank", "doc id", "found by", "score", "each retriever (rank, score)", "teacher", "text"],
+                          [[c.rank, c.doc_id, c.retriever or c.code, c.score, _per_retriever(c), c.teacher_score,
+                            (c.title, c.text, 600)] for c in negs], "negatives"))
+    out.append(f"<h4>Positives ({len(st.positives)})</h4>")
+    out.append(_rows_html(["doc id", "grade", "rank", "retriever score", "teacher score", "text"],
+                          [[p.doc_id, p.grade, p.rank if p.rank is not None else "not retrieved", p.retriever_score,
+                            p.teacher_score, (p.title, p.text, 300)] for p in st.positives], "positives"))
+    out.append(f"<details open><summary><b>Every candidate ({len(st.candidates)}: {_e(counts)}; scores: "
+               f"{_e(st.score_type)})</b></summary>")
+    out.append(_rows_html(["rank", "doc id", "outcome", "why", "score", "each retriever (rank, score)", "teacher",
+                           "text"],
+                          [[c.rank, c.doc_id, c.outcome, c.reason, c.score, _per_retriever(c), c.teacher_score,
+                            (c.title, c.text, 600 if c.outcome == "sampled" else 200)] for c in st.candidates],
+                          "candidates", [c.outcome.replace(" ", "-") for c in st.candidates]))
+    out.append("</details></section>")
+    return "".join(out)
+
+
+def _per_retriever(c: Any) -> str | None:
+    return "; ".join(f"{name} #{rk} {_fmt(sc)}" for name, (rk, sc) in c.retriever_scores.items()) or None
+
+
+def _rows_html(head: Sequence[str], rows: Sequence[Sequence[Any]], cls: str = "summary",
+               row_classes: Sequence[str] | None = None) -> str:
+    """A table whose cells are escaped values; a (title, text, limit) cell is a document's text, cut at limit."""
+    out = [f'<table class="{cls}"><thead><tr>' + "".join(f"<th>{_e(h)}</th>" for h in head) + "</tr></thead><tbody>"]
+    for i, row in enumerate(rows):
+        rc = f' class="{_e(row_classes[i])}"' if row_classes else ""
+        cells = [f'<td class="doc">{_doc(*v)}</td>' if isinstance(v, tuple) else f"<td>{_e(v)}</td>" for v in row]
+        out.append(f"<tr{rc}>" + "".join(cells) + "</tr>")
+    return "".join(out) + "</tbody></table>"
+
+
+def to_html(report: dict[str, Any], stories: Sequence[QueryStory], png: bytes) -> str:
+    """The report as one self-contained HTML page: no script, no network (the CSP forbids both)."""
+    neg, pos = report["negatives"], report["positives"]
+    score_rows = [(name.replace("_", " "), d.get("count", 0), *[d.get(k) for k in ("mean", "std", "p05", "p25",
+                                                                                  "median", "p75", "p95")])
+                  for name, d in report["scores"].items()]
+    total = max(1, neg["total"])
+    parts = [
+        "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">",
+        "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; img-src data:; "
+        "style-src 'unsafe-inline'\">",
+        "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">",
+        f"<title>negmine mining report</title><style>{_CSS}</style></head><body>",
+        "<h1>negmine mining report</h1>",
+        f"<p>{_e(neg['total'])} negatives for {_e(neg['queries'])} queries; {_e(pos['total'])} positives, "
+        f"{_e(pos['not_retrieved'])} of them not retrieved at all. Scores: {_e(report['score_type'])}.</p>",
+        "<h2>Scores</h2>",
+        _rows_html(["", "count", "mean", "std", "p05", "p25", "median", "p75", "p95"], score_rows),
+        "<h2>Removed before sampling</h2>",
+        _rows_html(["reason", "candidates"], list(report["removed"].items())),
+        "<h2>Plots</h2><div class=\"plots\">",
+        f'<img alt="histogram of positive and negative scores" width="700" height="400" '
+        f'src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">',
+        _bars_svg("Where the positives ranked", {**pos["rank_histogram"], "not retrieved": pos["not_retrieved"]}),
+        _bars_svg("Removed before sampling", dict(report["removed"])) if report["removed"] else "",
+        "</div>",
+        "<h2>Negatives by retriever</h2>",
+        _rows_html(["found by", "negatives", "share"],
+                   [(k, v, f"{v / total:.1%}") for k, v in sorted(neg["by_retriever"].items())]),
+        "<h2>Shortage</h2>", _rows_html(["outcome", "queries"], sorted(report["shortage"].items())),
+        "<h2>Files</h2>", _rows_html(["file", "rows"], list(report["export"]["files"].items())),
+        "<h2>Stages</h2>",
+        _rows_html(["stage", "status", "seconds", "key"],
+                   [(k, v["status"], v["seconds"], v["key"]) for k, v in report["stages"].items()]),
+        f"<p>Peak memory: {_e(report['peak_memory_mb'])} MiB.</p>",
+        f"<h2 id=\"examples\">Examples</h2><p>{len(stories)} queries drawn with the [sample] seed: each with its "
+        "positives and every retrieved candidate, with what happened to it (red: sampled as a negative; green: "
+        "excluded; yellow: removed by a filter).</p>",
+        *[_example_html(st) for st in stories],
+        "</body></html>\n",
+    ]
+    return "".join(parts)
