@@ -59,6 +59,7 @@ def _provenance(cfg: dict[str, Any], inputs: dict[str, str]) -> dict[str, Any]:
     so equal runs give byte-equal files."""
     config = {s: dict(v) for s, v in cfg.items() if s != "run"}
     config["export"].pop("dir", None)
+    config["export"].pop("hub_repo", None)  # where a copy is pushed, not what it holds
     for stage in stages():
         for name in stage.unkeyed:
             if stage.section and name in config.get(stage.section, {}):
