@@ -140,6 +140,10 @@ def _run(cfg: dict[str, Any], cache: StageCache, until: str,
                            "stages": {s: str(r.path) for s, r in result.stages.items()}}, indent=2) + "\n"
     result.outputs = publish(result.stages["export"].path, Path(cfg["export"]["dir"]),
                              {"run.json": run_json if cache.persistent else None})
+    if cfg["export"]["hub_repo"]:  # after publishing: a push that fails (offline) keeps the files on disk
+        from negmine.hf_dict import FOLDER, push
+
+        push(Path(cfg["export"]["dir"]) / FOLDER, cfg["export"]["hub_repo"])
     return result
 
 
