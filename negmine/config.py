@@ -9,6 +9,7 @@ type or a mismatch is caught before any work starts. Paths in a config file are 
 from __future__ import annotations
 
 import copy
+import importlib.util
 import math
 import re
 import tomllib
@@ -480,6 +481,9 @@ def _check_consistency(cfg: dict[str, Any]) -> None:
         raise ConfigError("[sample] shortage \"relax\" loosens the [filter] method step by step: set [filter] "
                           "method and relax_steps >= 1")
     e = cfg["export"]
+    if "hf" in e["file_types"] and importlib.util.find_spec("datasets") is None:
+        raise ConfigError("[export] file_types \"hf\" writes a Hugging Face DatasetDict: install it with "
+                          "pip install 'negmine[hf]', or leave \"hf\" out")
     if e["hub_repo"] is not None:
         if "hf" not in e["file_types"]:
             raise ConfigError(f"[export] hub_repo {e['hub_repo']!r} pushes the hf output: add \"hf\" to [export] "

@@ -62,10 +62,12 @@ def hub_cache() -> Path:
 
 def snapshot(path: str, allow_download: bool) -> Path:
     """The local snapshot folder of a Hub dataset: from the cache, or downloaded when allowed and online."""
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
-
     repo, revision = hub_id(path)  # type: ignore[misc]
+    try:
+        from huggingface_hub import snapshot_download
+        from huggingface_hub.errors import LocalEntryNotFoundError
+    except ImportError:
+        raise InputError(path, "is a Hub dataset, which needs huggingface_hub", "pip install 'negmine[hf]'") from None
     cache = hub_cache()
     local_only = not allow_download or offline()
     try:
