@@ -214,3 +214,21 @@ def test_allow_download_is_in_no_key(tmp_path):
     again = negmine.mine(None, [f"input.path='{tmp_path / 's'}'", f"run.cache_dir='{tmp_path / 'c'}'",
                                 f"export.dir='{tmp_path / 'o'}'", "input.allow_download=true"])
     assert first.stages["ingest"].key == again.stages["ingest"].key and not again.computed
+
+
+@pytest.mark.parametrize("setting", ["input.positive_column=''", "input.corpus_text_column='  '"])
+def test_an_empty_text_column_name_is_refused_before_any_work(tmp_path, setting):
+    result = _cli(tmp_path, "-i", str(SAMPLE), "--set", setting)
+    _one_error_line(result, setting.split("=")[0].split(".")[1], "is empty")
+    assert not (tmp_path / "cache").exists()
+
+
+def test_id_columns_are_in_the_ingest_key(tmp_path):
+    rows = _pair_rows(True)
+    pq.write_table(pa.Table.from_pylist([{**r, "qid2": "x" + r["query_id"]} for r in rows]), tmp_path / "p.parquet")
+    base = [f"input.path='{tmp_path / 'p.parquet'}'", f"run.cache_dir='{tmp_path / 'c'}'",
+            f"export.dir='{tmp_path / 'o'}'", FORMATS]
+    first = negmine.mine(None, base)
+    other = negmine.mine(None, base + ["input.query_id_column='qid2'"])
+    assert "ingest" in other.computed and first.stages["ingest"].key != other.stages["ingest"].key
+    assert all(q.startswith("xq") for q in pq.read_table(tmp_path / "o" / "ids.parquet")["query_id"].to_pylist())
