@@ -209,3 +209,17 @@ def test_hub_repo_is_in_no_key_and_not_in_provenance(tmp_path, monkeypatch):
     assert again.computed == [] and again.stages["export"].key == first.stages["export"].key
     assert pushed == [(tmp_path / "out" / "hf", "someone/mined")]
     assert "hub_repo" not in json.loads((tmp_path / "out" / "provenance.json").read_text())["config"]["export"]
+
+
+def test_eval_never_pushes_a_held_out_run(tmp_path, monkeypatch):
+    from negmine import hf_dict
+    from negmine.evaluate import evaluate_run
+
+    pushed = []
+    monkeypatch.setattr(hf_dict, "push", lambda folder, repo: pushed.append(repo))
+    config = tmp_path / "c.toml"
+    config.write_text(f"[input]\npath = '{SAMPLE}'\n[export]\ndir = '{tmp_path / 'out'}'\nfile_types = ['hf']\n"
+                      f"hub_repo = 'someone/mined'\n[run]\ncache_dir = '{tmp_path / 'cache'}'\n")
+    folder, _ = evaluate_run(config, holdout_frac=0.3, eci_model=None)
+    assert folder == tmp_path / "out-holdout0.3" and (folder / "hf" / "dataset_dict.json").is_file()
+    assert pushed == []
