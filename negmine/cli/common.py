@@ -20,7 +20,8 @@ ConfigArg = Annotated[Optional[Path], typer.Argument(help="TOML config (see conf
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", metavar="SECTION.KEY=VALUE",
                                                      help="Override a config value; repeatable.")]
 # a string, not a Path: hf://datasets/ORG/NAME names a Hub dataset, and Path() would fold its "//"
-InputOpt = Annotated[Optional[str], typer.Option("--input", "-i", help="Input path or hf://datasets/ORG/NAME (same as --set input.path=).")]
+InputOpt = Annotated[Optional[str], typer.Option(
+    "--input", "-i", help="Input path or hf://datasets/ORG/NAME (same as --set input.path=).")]
 OutOpt = Annotated[Optional[Path], typer.Option("--out", "-o", help="Output folder (same as --set export.dir=).")]
 SkipOpt = Annotated[bool, typer.Option("--skip-invalid", help="Skip and count invalid records instead of stopping.")]
 CacheOpt = Annotated[Optional[Path], typer.Option("--cache-dir", help="Stage cache folder "

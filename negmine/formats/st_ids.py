@@ -37,7 +37,7 @@ def companions(o: Options) -> dict[str, pa.Schema]:
 
 def _lookup(t: Tables, table: str, ids: list[str], texts: list[str]) -> None:
     seen, rows = t.seen.setdefault(table, set()), t.companions[table]
-    id_col = rows and next(iter(rows))
+    id_col = next(iter(rows))  # query_id or document_id: the table's first column
     for i, text in zip(ids, texts):
         if i not in seen:
             seen.add(i)
@@ -59,5 +59,5 @@ def rows(q: QueryRecord, o: Options, t: Tables, skipped: dict) -> None:
     _lookup(t, "documents", q.pos_ids + neg_ids, q.pos_texts + q.neg_texts[:o.num_negatives])
 
 
-register(Format("st-ids", schema, rows, needs_scores=False, companions=companions,
+register(Format("st-ids", schema, rows, companions=companions,
                 help="query_id, document_ids, scores + queries and documents tables (resolve_ids)"))
