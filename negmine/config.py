@@ -9,6 +9,7 @@ type or a mismatch is caught before any work starts. Paths in a config file are 
 from __future__ import annotations
 
 import copy
+import importlib.util
 import math
 import re
 import tomllib
@@ -21,14 +22,20 @@ from negmine.errors import ConfigError
 # settings (temperature, simans_a, tau, ...) are declared by its registry entry and merged in by `defaults()`.
 DEFAULTS: dict[str, dict[str, Any]] = {
     "input": {
-        "path": None,  # BEIR folder, pair file (.jsonl/.parquet/.csv) or FlagEmbedding .jsonl
-        "format": "auto",  # auto | beir | pairs | flagembedding
-        "split": "train",  # BEIR: qrels/<split>.tsv
+        # BEIR folder, pair file (.jsonl/.parquet/.csv), FlagEmbedding .jsonl, a folder or glob of Parquet/JSONL
+        # shards, a dataset saved with save_to_disk, or hf://datasets/ORG/NAME (a Hub dataset in the local cache)
+        "path": None,
+        "format": "auto",  # auto | beir | pairs | flagembedding | hf
+        "split": "train",  # BEIR: qrels/<split>.tsv; hf: the DatasetDict's split, or the Hub dataset's
+        "allow_download": False,  # hf://datasets/...: download a dataset missing from the local cache (never offline)
         "qrels_format": "auto",  # auto (BEIR, or TREC when headerless with 4 fields a line) | beir | trec
         "corpus": None,  # pairs / flagembedding: an extra corpus file (documents with no query)
         "query_column": None,  # pairs: default "query", else "anchor"
         "positive_column": "positive",
         "negative_column": None,  # pairs: default "negative" when present
+        "query_id_column": None,  # pairs, hf: ids kept from these columns; default "query_id", "positive_id",
+        "positive_id_column": None,  # "negative_id" when present; without one, a text's id is its hash
+        "negative_id_column": None,
         "corpus_text_column": "text",
         "corpus_title_column": "title",
         "use_title": True,  # retrieve and export "title + title_sep + text", as BEIR does
@@ -127,6 +134,8 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         # flagembedding | tevatron | ids
         "file_types": ["parquet", "jsonl"],
         "scores": False,  # labeled-pair / labeled-list: scores (teacher's or retriever's) instead of 0/1 labels
+        "hub_repo": None,  # file type hf: also push the DatasetDict to this Hub dataset repo (ORG/NAME), online and
+        # logged in; a location only, in no key
     },
     "judge": {  # an LLM judge of false negatives (negmine.judge); off while model is ""
         "model": "",  # the model id the endpoint serves; "" = no judge
@@ -161,7 +170,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
-    ("input", "format"): ("auto", "beir", "pairs", "flagembedding"),
+    ("input", "format"): ("auto", "beir", "pairs", "flagembedding", "hf"),
     ("input", "qrels_format"): ("auto", "beir", "trec"),
     ("bm25", "backend"): ("bm25s", "rank-bm25"),
     ("bm25", "method"): ("robertson", "lucene", "atire", "bm25l", "bm25+"),
@@ -181,7 +190,7 @@ CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("judge", "on_no_verdict"): ("keep", "drop"),
 }
 LIST_CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
-    ("export", "file_types"): ("parquet", "jsonl"),
+    ("export", "file_types"): ("parquet", "jsonl", "hf"),
 }
 
 
@@ -219,7 +228,8 @@ def defaults() -> dict[str, dict[str, Any]]:
         out["filter"].setdefault(f.option, f.default)
     return out
 PATH_KEYS = {("input", "path"), ("input", "corpus"), ("export", "dir"), ("run", "cache_dir")}
-STRING_OPTIONAL = {("input", "query_column"), ("input", "negative_column")}
+STRING_OPTIONAL = {("input", "query_column"), ("input", "negative_column"), ("input", "query_id_column"),
+                   ("input", "positive_id_column"), ("input", "negative_id_column"), ("export", "hub_repo")}
 # Optional numbers: None (leave the key out, or --set key='') means off.
 OPTIONAL_NUMBERS = {("filter", k) for k in ("min_score", "max_score", "ce_max_probability", "ce_margin",
                                             "near_dup_jaccard", "near_dup_cosine")}
@@ -450,7 +460,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict[str,
         for section, table in data.items():
             for key, value in table.items():
                 value = _coerce(section, key, value, str(path), known)
-                if (section, key) in PATH_KEYS and value is not None:
+                if (section, key) in PATH_KEYS and value is not None and not value.startswith("hf://"):
                     value = str((config_dir / value).resolve())
                 cfg[section][key] = value
     items: list[tuple[str, str, Any]] = []
@@ -468,8 +478,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | dict[str,
     for section, key, value in items:
         _check_keys({section: {key: value}}, "--set", known)
         value = _coerce(section, key, value, "--set", known)
-        if (section, key) in PATH_KEYS and value is not None:
-            value = str((cwd / value).resolve())
+        if (section, key) in PATH_KEYS and value is not None and not value.startswith("hf://"):
+            value = str((cwd / value).resolve())  # hf://datasets/ORG/NAME names a Hub dataset, not a path
         cfg[section][key] = value
     if cfg["run"]["cache_dir"] is None:
         cfg["run"]["cache_dir"] = str((config_dir / ".negmine" / "cache").resolve())
@@ -507,6 +517,20 @@ def _check_consistency(cfg: dict[str, Any]) -> None:
         raise ConfigError("[sample] shortage \"relax\" loosens the [filter] method step by step: set [filter] "
                           "method and relax_steps >= 1")
     _check_judge(cfg["judge"])
+    e = cfg["export"]
+    if "hf" in e["file_types"] and importlib.util.find_spec("datasets") is None:
+        raise ConfigError("[export] file_types \"hf\" writes a Hugging Face DatasetDict: install it with "
+                          "pip install 'negmine[hf]', or leave \"hf\" out")
+    if e["hub_repo"] is not None:
+        if "hf" not in e["file_types"]:
+            raise ConfigError(f"[export] hub_repo {e['hub_repo']!r} pushes the hf output: add \"hf\" to [export] "
+                              "file_types, or leave hub_repo out")
+        if not re.fullmatch(r"[\w.-]+/[\w.-]+", e["hub_repo"]) or ".." in e["hub_repo"]:
+            raise ConfigError(f"[export] hub_repo is {e['hub_repo']!r}; give a Hub dataset repo as ORG/NAME")
+    i = cfg["input"]
+    for key in ("positive_column", "corpus_text_column"):
+        if not i[key].strip():
+            raise ConfigError(f"[input] {key} is empty; name the column that holds the text")
     b = cfg["bm25"]
     if b["stopwords"] not in ("", "en", "english"):
         raise ConfigError(f"[bm25] stopwords is {b['stopwords']!r}; use \"en\" or \"\" for none")

@@ -183,6 +183,7 @@ def evaluate_run(run: Path, *, qrels: Path | None = None, holdout_frac: float = 
         from negmine.pipeline import mine
 
         items = {f"{section}.{key}": value for section, key, value in map(parse_override, overrides or [])}
+        items["export.hub_repo"] = None  # evaluating publishes nothing: a held-out run must never reach the Hub
         cfg = load_config(folder, items)
         if holdout_frac:  # values, not TOML text: any path works, quotes included
             items.update({"input.holdout_frac": holdout_frac,

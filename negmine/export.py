@@ -1,4 +1,5 @@
-"""Export stage: mined negatives as the files trainers read, in Parquet and JSONL (formats: `negmine.formats`).
+"""Export stage: mined negatives as the files trainers read, in Parquet, JSONL and a Hugging Face `DatasetDict`
+saved to disk (formats: `negmine.formats`; the DatasetDict: `negmine.hf_dict`).
 
 Provenance (version, every parameter, input fingerprints, stage keys) goes into each Parquet file's metadata and
 into provenance.json. Writers stream query chunk by query chunk.
@@ -15,7 +16,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from negmine import report, schema, tables
-from negmine.formats import FORMATS, Options, QueryRecord, empty_rows
+from negmine import hf_dict as hf_out
+from negmine.formats import FORMATS, Options, QueryRecord, Tables, empty_rows
 from negmine.progress import bar
 from negmine.stage import Config, Context, Inputs, Params, Stage, thaw
 
@@ -41,15 +43,19 @@ _JSON = json.JSONEncoder(ensure_ascii=False)
 
 
 class _Sink:
-    """One output file (Parquet or JSONL) of one format, written under a temporary name."""
+    """One output table (Parquet, JSONL, or one split of the hf DatasetDict), written under a temporary name."""
 
-    def __init__(self, path: Path, schema: pa.Schema, metadata: dict[bytes, bytes]) -> None:
-        self.path, self.schema = path, schema.with_metadata(metadata)
-        self.parquet = path.suffix == ".parquet"
-        self.rows = 0
-        if self.parquet:
+    def __init__(self, path: Path, schema: pa.Schema, metadata: dict[bytes, bytes], kind: str) -> None:
+        self.path, self.kind, self.rows = path, kind, 0
+        if kind == "hf":
+            self.schema = schema.with_metadata({**metadata, **hf_out.arrow_metadata(schema)})
+            path.mkdir(parents=True)
+            self.writer = pa.ipc.new_stream(str(path / hf_out.DATA_FILE), self.schema)
+        elif kind == "parquet":
+            self.schema = schema.with_metadata(metadata)
             self.writer = pq.ParquetWriter(path, self.schema)
         else:
+            self.schema = schema
             self.fh = open(path, "w", encoding="utf-8")
 
     def write(self, rows: dict[str, list]) -> None:
@@ -57,17 +63,26 @@ class _Sink:
         if n == 0:
             return
         self.rows += n
-        if self.parquet:
-            self.writer.write_table(pa.table(rows, schema=self.schema))
-        else:
+        if self.kind == "jsonl":
             names, encode = list(rows), _JSON.encode
             self.fh.writelines(encode(dict(zip(names, values))) + "\n" for values in zip(*(rows[k] for k in names)))
+        else:
+            self.writer.write_table(pa.table(rows, schema=self.schema))
 
     def close(self) -> None:
-        if self.parquet:
-            self.writer.close()
-        else:
+        if self.kind == "jsonl":
             self.fh.close()
+            return
+        self.writer.close()
+        if self.kind == "hf":
+            hf_out.finish_split(self.path, self.schema)
+
+
+def _table_path(out_dir: Path, fmt: str, part: str, file_type: str) -> Path:
+    """`<format>[-<companion>].<file type>`; the hf file type: that table's split folder in `hf/`."""
+    if file_type == "hf":
+        return out_dir / hf_out.FOLDER / hf_out.split_name(fmt, part)
+    return out_dir / f"{fmt}{'-' + part if part else ''}.{file_type}"
 
 
 def _scores_by_pair(path: Path | None) -> dict[tuple[str, str], float]:
@@ -127,12 +142,29 @@ def _export(texts: tables.Texts, params: Mapping[str, Any], ingest_dir: Path, ne
     query_ids = tables.mined_query_ids(ingest_dir)
     teacher, source = _scores_by_pair(teacher_positives), _scores_by_pair(source_positives)
     n_relabeled = _add_relabeled(relabeled, positives, teacher, source)
-    opts = Options(params["num_negatives"], teacher_positives is not None, params["scores"])
+    opts = Options(params["num_negatives"], teacher_positives is not None, params["scores"], params["score_type"])
     formats = {fmt: FORMATS[fmt] for fmt in params["formats"]}
-    schemas = {fmt: f.schema(opts) for fmt, f in formats.items()}
+    # every table a format writes: its main one ("") and its companions, each in every file type
+    schemas: dict[tuple[str, str], pa.Schema] = {}
+    for fmt, f in formats.items():
+        schemas[(fmt, "")] = f.schema(opts)
+        schemas.update({(fmt, part): sch for part, sch in (f.companions(opts) if f.companions else {}).items()})
     metadata = {b"negmine": json.dumps(provenance, sort_keys=True).encode("utf-8")}
-    sinks = {(fmt, ft): _Sink(out_dir / f"{fmt}.{ft}", schemas[fmt], metadata)
-             for fmt in formats for ft in params["file_types"]}
+    sinks = {(fmt, part, ft): _Sink(_table_path(out_dir, fmt, part, ft), sch, metadata, ft)
+             for (fmt, part), sch in schemas.items() for ft in params["file_types"]}
+    seen: dict[str, dict[str, set[str]]] = {fmt: {} for fmt in formats}
+
+    def new_batch() -> dict[str, Any]:
+        return {fmt: Tables(empty_rows(schemas[(fmt, "")]),
+                            {part: empty_rows(sch) for (g, part), sch in schemas.items() if g == fmt and part},
+                            seen[fmt]) if f.companions else empty_rows(schemas[(fmt, "")])
+                for fmt, f in formats.items()}
+
+    def write(batch: dict[str, Any]) -> None:
+        for (fmt, part, _), sink in sinks.items():
+            rows = batch[fmt]
+            sink.write((rows.companions[part] if part else rows.main) if isinstance(rows, Tables) else rows)
+
     skipped: dict[str, int] = {}
     written: set[str] = set()
     seen_pairs: set[tuple[str, str]] = set()
@@ -155,7 +187,7 @@ def _export(texts: tables.Texts, params: Mapping[str, Any], ingest_dir: Path, ne
 
     try:
         for chunk in bar(_query_groups(negatives_path), desc="export", unit="chunk"):
-            batch = {fmt: empty_rows(schemas[fmt]) for fmt in formats}
+            batch = new_batch()
             found = lookup(chunk)
             for qid, neg in chunk:
                 written.add(qid)
@@ -172,12 +204,11 @@ def _export(texts: tables.Texts, params: Mapping[str, Any], ingest_dir: Path, ne
                         repeated[fmt] = repeated.get(fmt, 0) + 1
                     else:
                         f.rows(text_rec, opts, batch[fmt], skipped)
-            for (fmt, _), sink in sinks.items():
-                sink.write(batch[fmt])
+            write(batch)
         # queries whose sampling gave no negative: every-query formats list them with empty lists, others skip them
         empty = {n: [] for n in ("doc_id", "doc_idx", "rank", "score", "teacher_score", "filter_score",
                                  "retriever")}
-        batch = {fmt: empty_rows(schemas[fmt]) for fmt in formats}
+        batch = new_batch()
         left = [(qid, empty) for qid in query_ids.to_pylist() if qid not in written and qid in positives]
         for a in range(0, len(left), 4096):
             part = left[a:a + 4096]
@@ -189,12 +220,13 @@ def _export(texts: tables.Texts, params: Mapping[str, Any], ingest_dir: Path, ne
                         f.rows(rec, opts, batch[fmt], skipped)
                     else:
                         skipped[fmt] = skipped.get(fmt, 0) + 1
-        for (fmt, _), sink in sinks.items():
-            sink.write(batch[fmt])
+        write(batch)
     finally:
         for sink in sinks.values():
             sink.close()
-    files = {sink.path.name: sink.rows for sink in sinks.values()}
+    if "hf" in params["file_types"]:
+        hf_out.finish_dict(out_dir / hf_out.FOLDER, [hf_out.split_name(fmt, part) for fmt, part in schemas])
+    files = {sink.path.relative_to(out_dir).as_posix(): sink.rows for sink in sinks.values()}
     stats = {"files": files, "queries_with_negatives": len(written), "queries_left_out": skipped,
              "repeated_queries_written_once": repeated}
     if relabeled is not None:

@@ -60,6 +60,7 @@ def _provenance(cfg: dict[str, Any], inputs: dict[str, str]) -> dict[str, Any]:
     so equal runs give byte-equal files."""
     config = {s: dict(v) for s, v in cfg.items() if s != "run"}
     config["export"].pop("dir", None)
+    config["export"].pop("hub_repo", None)  # where a copy is pushed, not what it holds
     for stage in stages():
         for name in stage.unkeyed:
             if stage.section and name in config.get(stage.section, {}):
@@ -140,6 +141,10 @@ def _run(cfg: dict[str, Any], cache: StageCache, until: str,
                            "stages": {s: str(r.path) for s, r in result.stages.items()}}, indent=2) + "\n"
     result.outputs = publish(result.stages["export"].path, Path(cfg["export"]["dir"]),
                              {"run.json": run_json if cache.persistent else None})
+    if cfg["export"]["hub_repo"]:  # after publishing: a push that fails (offline) keeps the files on disk
+        from negmine.hf_dict import FOLDER, push
+
+        push(Path(cfg["export"]["dir"]) / FOLDER, cfg["export"]["hub_repo"])
     return result
 
 

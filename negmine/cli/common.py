@@ -19,7 +19,9 @@ ConfigArg = Annotated[Optional[Path], typer.Argument(help="TOML config (see conf
                                                     show_default=False)]
 SetOpt = Annotated[Optional[list[str]], typer.Option("--set", "-s", metavar="SECTION.KEY=VALUE",
                                                      help="Override a config value; repeatable.")]
-InputOpt = Annotated[Optional[Path], typer.Option("--input", "-i", help="Input path (same as --set input.path=).")]
+# a string, not a Path: hf://datasets/ORG/NAME names a Hub dataset, and Path() would fold its "//"
+InputOpt = Annotated[Optional[str], typer.Option(
+    "--input", "-i", help="Input path or hf://datasets/ORG/NAME (same as --set input.path=).")]
 OutOpt = Annotated[Optional[Path], typer.Option("--out", "-o", help="Output folder (same as --set export.dir=).")]
 SkipOpt = Annotated[bool, typer.Option("--skip-invalid", help="Skip and count invalid records instead of stopping.")]
 CacheOpt = Annotated[Optional[Path], typer.Option("--cache-dir", help="Stage cache folder "
@@ -47,7 +49,7 @@ def setup(verbose: bool, quiet: bool) -> None:
         progress.ENABLED = False
 
 
-def overrides(sets: list[str] | None, input_path: Path | None = None, out: Path | None = None,
+def overrides(sets: list[str] | None, input_path: str | Path | None = None, out: Path | None = None,
               skip_invalid: bool = False, engine: str | None = None, ray_address: str | None = None) -> list[str]:
     items = list(sets or [])
     if engine is not None:

@@ -27,7 +27,7 @@ _HELP = {
 }
 
 
-def _execute(until: str, config: Path | None, sets: list[str] | None, input_path: Path | None, out: Path | None,
+def _execute(until: str, config: Path | None, sets: list[str] | None, input_path: str | None, out: Path | None,
              skip_invalid: bool, cache_dir: Path | None, force: bool, no_cache: bool, verbose: bool,
              quiet: bool, engine: str | None = None, ray_address: str | None = None, dry_run: bool = False) -> None:
     setup(verbose, quiet)

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import csv
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pyarrow.parquet as pq
 
@@ -99,32 +101,91 @@ def read_corpus_file(path: Path, builder: TableBuilder, problems: Problems, text
             builder.add_doc(doc_id, title, text, loc)
 
 
-def read_pairs(path: Path, builder: TableBuilder, problems: Problems, query_col: str | None, pos_col: str,
-               neg_col: str | None) -> None:
-    cols = _columns(path)
-    if cols is not None:
-        if query_col is None:
-            query_col = "query" if "query" in cols else "anchor"
-        _require_columns(path, [query_col, pos_col])
-        if neg_col is None and "negative" in cols:
-            neg_col = "negative"
-    for loc, rec in read_records(path, problems):
-        qcol = query_col or ("query" if "query" in rec or "anchor" not in rec else "anchor")
+@dataclass(frozen=True)
+class PairColumns:
+    """Which column holds what in a pair input ([input] *_column settings). None: the default when present
+    (query: "query", else "anchor"; negative: "negative"; ids: "query_id", "positive_id", "negative_id")."""
+
+    query: str | None
+    positive: str
+    negative: str | None = None
+    query_id: str | None = None
+    positive_id: str | None = None
+    negative_id: str | None = None
+    known: bool = False  # resolved against the input's column names (False: JSONL, record by record)
+
+    @classmethod
+    def from_params(cls, params: Mapping[str, Any]) -> PairColumns:
+        return cls(params["query_column"], params["positive_column"], params["negative_column"],
+                   params["query_id_column"], params["positive_id_column"], params["negative_id_column"])
+
+    def resolve(self, cols: list[str] | None, source: Path) -> PairColumns:
+        """The columns to read, given the input's column names (None: JSONL, decided record by record). A named
+        column that is missing stops the run with one line listing the columns there are."""
+        if cols is None:
+            return self
+        query = self.query or ("query" if "query" in cols else "anchor")
+        wanted = [query, self.positive] + [c for c in (self.negative, self.query_id, self.positive_id,
+                                                        self.negative_id) if c]
+        missing = [c for c in wanted if c not in cols]
+        if missing:
+            what = "no column 'query' or 'anchor'" if self.query is None and missing[0] == query else \
+                f"no column {missing[0]!r}"
+            raise InputError(source, f"{what} (columns: {', '.join(cols)})",
+                             "name the column with [input] query_column / positive_column / negative_column / "
+                             "*_id_column")
+
+        def auto(given: str | None, default: str) -> str | None:
+            return given or (default if default in cols else None)
+
+        return PairColumns(query, self.positive, auto(self.negative, "negative"), auto(self.query_id, "query_id"),
+                           auto(self.positive_id, "positive_id"), auto(self.negative_id, "negative_id"), True)
+
+
+def read_pairs(path: Path, builder: TableBuilder, problems: Problems, columns: PairColumns) -> None:
+    """One pair file (JSONL, Parquet or CSV)."""
+    add_pairs(read_records(path, problems), columns.resolve(_columns(path), path), builder, problems)
+
+
+def _record_id(rec: dict, col: str | None, loc: Loc, problems: Problems) -> tuple[bool, str | None]:
+    """(ok, id) of a record's id column; no column: (True, None), so the text's hash is the id."""
+    if col is None:
+        return True, None
+    seen = problems.total
+    value = get_str(rec, col, loc, problems)
+    return problems.total == seen and value is not None, value
+
+
+def add_pairs(records: Iterable[tuple[Loc, dict]], cols: PairColumns, builder: TableBuilder,
+              problems: Problems) -> None:
+    """Pair records into the tables: a (query, positive) judgment each, a negative as a plain document. Ids come
+    from the id columns when there are any, else from the texts (identical texts share one)."""
+    for loc, rec in records:
+        qcol = cols.query or ("query" if "query" in rec or "anchor" not in rec else "anchor")
         query = get_str(rec, qcol, loc, problems)
-        positive = get_str(rec, pos_col, loc, problems) if query is not None else None
+        positive = get_str(rec, cols.positive, loc, problems) if query is not None else None
         if query is None or positive is None:
             continue
-        ncol = neg_col or ("negative" if "negative" in rec else None)
+        ncol = cols.negative or ("negative" if "negative" in rec else None)
         seen = problems.total
-        negative = get_str(rec, ncol, loc, problems, required=neg_col is not None) if ncol else None
-        if problems.total > seen:  # a skipped record is dropped whole, its pair included
+        negative = get_str(rec, ncol, loc, problems, required=cols.negative is not None) if ncol else None
+        ok_q, qid = _record_id(rec, cols.query_id or _present(rec, "query_id", cols), loc, problems)
+        ok_p, pid = _record_id(rec, cols.positive_id or _present(rec, "positive_id", cols), loc, problems)
+        ok_n, nid = _record_id(rec, (cols.negative_id or _present(rec, "negative_id", cols))
+                               if negative is not None else None, loc, problems)
+        if problems.total > seen or not (ok_q and ok_p and ok_n):  # a skipped record is dropped whole
             continue
-        qid = builder.add_query(None, query, loc)
-        did = builder.add_doc(None, "", positive, loc)
+        qid = builder.add_query(qid, query, loc)
+        did = builder.add_doc(pid, "", positive, loc)
         if qid is not None and did is not None:
             builder.add_qrel(qid, did, 1)
         if negative is not None:
-            builder.add_doc(None, "", negative, loc)
+            builder.add_doc(nid, "", negative, loc)
+
+
+def _present(rec: dict, name: str, cols: PairColumns) -> str | None:
+    """A default id column found in a record of an input whose columns were not known up front (JSONL)."""
+    return name if not cols.known and rec.get(name) not in (None, "") else None
 
 
 def _str_list(rec: dict, key: str, loc: Loc, problems: Problems, required: bool) -> list[str] | None:
