@@ -195,13 +195,19 @@ def stories(stages: Mapping[str, Path], query_ids: list[str], score_type: str,
                   "teacher": _pair_scores(stages["score"] / schema.POSITIVE_SCORES_FILE, ids) if teacher else {}}
     by_q = {name: _group(t) for name, t in (("cand", cand), ("excl", excl), ("kept", kept), ("neg", neg),
                                            ("pos", pos))}
+    # an LLM judge (after sampling, or on the pool before it): its verdicts decide what it removed or relabelled
+    judge_name = next((n for n in ("judge", "judge-pool") if n in stages), None)
+    judge = _meta(stages[judge_name])["params"] if judge_name else None
+    if judge_name:
+        by_q["verdict"] = _group(_rows(stages[judge_name] / schema.VERDICTS_FILE, ids,
+                                       ["query_id", "doc_id", "verdict"]))
     texts: dict[int, tuple[str, str]] = {}
     if with_texts:
         wanted = [*pos["doc_idx"].to_pylist(), *cand["doc_idx"].to_pylist(), *neg["doc_idx"].to_pylist()]
         texts = doc_parts(ingest, wanted)
     for qid in query_ids:
         yield _story(qid, qtext[qid], {k: v.get(qid, []) for k, v in by_q.items()}, pos_scores, filt, smp,
-                     score_type, texts)
+                     score_type, texts, judge)
 
 
 def _group(t: pa.Table) -> dict[str, list[dict[str, Any]]]:
@@ -218,8 +224,9 @@ def _pair_scores(path: Path, ids: pa.Array) -> dict[tuple[str, str], float]:
 
 def _story(qid: str, text: str, rows: Mapping[str, list[dict[str, Any]]], pos_scores: Mapping[str, dict],
            filt: Mapping[str, Any], smp: Mapping[str, Any], score_type: str,
-           texts: Mapping[int, tuple[str, str]]) -> QueryStory:
+           texts: Mapping[int, tuple[str, str]], judge: Mapping[str, Any] | None = None) -> QueryStory:
     excluded = {r["doc_id"]: r["reason"] for r in rows["excl"]}
+    verdict = {r["doc_id"]: r["verdict"] for r in rows.get("verdict", [])}
     level = {r["doc_id"]: r["relax_level"] for r in rows["kept"]}
     sampled = {r["doc_id"] for r in rows["neg"] if r["source"] == "sample"}
     lo, hi = smp["rank_min"], smp["rank_max"] or smp["top_k"]
@@ -254,6 +261,18 @@ def _story(qid: str, text: str, rows: Mapping[str, list[dict[str, Any]]], pos_sc
                 c.outcome, c.reason = "excluded", EXCLUDED[why]
             else:
                 c.outcome, c.reason = "removed", _filter_reason(why, filt, s, s_pos, r["teacher_score"], r["rank"])
+        elif judge and (verdict.get(d) == "false_negative"
+                        or (verdict.get(d) == "no_verdict" and judge["on_no_verdict"] == "drop")):
+            c.code = "judge"
+            if verdict[d] == "no_verdict":
+                c.outcome = "removed"
+                c.reason = f"no verdict from the judge {judge['model']} (on_no_verdict = drop)"
+            elif judge["on_false_negative"] == "relabel":
+                c.outcome = "relabelled"
+                c.reason = f"judged a false negative by {judge['model']}: relabelled as a positive"
+            else:
+                c.outcome = "removed"
+                c.reason = f"judged a false negative by {judge['model']} (on_false_negative = drop)"
         elif d in sampled:
             c.outcome, c.code = "sampled", "sampled"
             c.reason = f"sampled by {smp['strategy']}" + (

@@ -469,3 +469,30 @@ def test_a_killed_run_repeats_at_most_the_calls_in_flight(tmp_path):
         stats = r.stages["judge"].stats
         assert stats["from_store"] >= saved and stats["calls_made"] == 60 - stats["from_store"]
         assert server.calls <= 60 + 1 and server.calls - before == stats["calls_made"]
+
+
+@pytest.mark.parametrize("mode", ["drop", "relabel", "pool"])
+def test_inspect_tells_what_the_judge_did_and_lists_exactly_the_exported_negatives(tmp_path, mode):
+    """`negmine inspect` and the report's examples read the judge's verdicts: a judged false negative is shown as
+    removed (or relabelled) by the judge, never as a sampled negative, so the sampled ones are the exported ones."""
+    from negmine.story import Run
+
+    extra = {"drop": [], "relabel": ["judge.on_false_negative='relabel'"],
+             "pool": ["judge.on='pool'", "judge.max_candidates=10"]}[mode]
+    with ScriptedServer(rule) as server:
+        negmine.mine(CONFIG, judge_overrides(tmp_path, server, *extra))
+    ids = {q["query_id"]: q for q in read_jsonl(tmp_path / "out" / "ids.jsonl")}
+    judged = 0
+    for st in Run(tmp_path / "out").stories(sorted(ids)):
+        sampled = [c.doc_id for c in st.candidates if c.outcome == "sampled"]
+        assert sampled == ids[st.query_id]["negative_ids"]
+        for c in st.candidates:
+            if c.code == "judge":
+                judged += 1
+                assert "test-model" in c.reason and any(is_false_negative(t) for t in (c.text, f"{c.title} {c.text}"))
+                assert c.outcome == ("relabelled" if mode == "relabel" else "removed")
+                if mode == "relabel":
+                    assert c.doc_id in ids[st.query_id]["positive_ids"]
+    assert judged > 0
+    result = runner.invoke(app, ["inspect", str(tmp_path / "out"), sorted(ids)[0]])
+    assert result.exit_code == 0, result.output
