@@ -11,6 +11,7 @@ import functools
 import itertools
 import json
 import logging
+import mmap
 import pickle
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -68,13 +69,22 @@ def index_chunk_docs(memory_budget: int | None) -> int:
     return max(1, min(4096, budget_bytes(memory_budget) // 16 // _TOKENIZED_DOC_BYTES))
 
 
+def index_range_entries(memory_budget: int | None) -> int:
+    """(document, term) entries of the index placed in memory at once (8 bytes each: score and document): a
+    quarter of the budget."""
+    from negmine.memory import budget_bytes
+
+    return max(1, budget_bytes(memory_budget) // 4 // 8)
+
+
 def build_index(params: Mapping[str, Any], ingest_dir: Path, out_dir: Path) -> dict[str, Any]:
     n_docs = tables.num_docs(ingest_dir)
     memory_budget = params["memory_budget"]
     tok = make_tokenizer(params)
     texts = bar(tables.iter_doc_texts(ingest_dir, batch=4096), total=n_docs, desc="bm25: tokenize", unit="doc")
     if params["backend"] == "bm25s":
-        vocab = _build_bm25s(params, tok, texts, n_docs, index_chunk_docs(memory_budget), out_dir / "bm25s")
+        vocab = _build_bm25s(params, tok, texts, n_docs, index_chunk_docs(memory_budget),
+                             index_range_entries(memory_budget), out_dir / "bm25s")
     else:
         import rank_bm25
 
@@ -93,16 +103,18 @@ def build_index(params: Mapping[str, Any], ingest_dir: Path, out_dir: Path) -> d
 
 
 def _build_bm25s(params: dict[str, Any], tok, texts: Iterator[str], n_docs: int, chunk_docs: int,
-                 save_dir: Path) -> int:
+                 range_entries: int, save_dir: Path) -> int:
     """bm25s' index, built from corpus chunks: the files `BM25.index` + `save` write, byte for byte.
 
     bm25s' own `index` wants every document's token list at once (Python lists: about 1.8 GB at 300k documents).
     Here each chunk of `chunk_docs` documents is tokenized (the tokenizer's vocabulary grows as it would over the
     whole corpus), reduced to its (term, count) pairs per document, which go to an unnamed temporary file, and its
     token lists dropped. Document frequencies and the mean length need the whole corpus, so scores are computed in
-    a second pass that reads the chunks back one at a time, with bm25s' own idf and term-frequency functions, and
-    places them straight into the term-major (CSC) arrays by a counting sort. Peak: the output arrays (8 bytes a
-    (document, term) entry: the index's own size) plus one chunk.
+    a second pass, term range by term range: for each range of at most `range_entries` entries the chunks are read
+    back one at a time, their entries of those terms scored with bm25s' own idf and term-frequency functions and
+    placed into that range's slice of the term-major (CSC) arrays by a counting sort, and the slice is written
+    into the .npy files at its offset. Peak: one range's slice plus one chunk, whatever the corpus (the index's
+    own size, 8 bytes a (document, term) entry, 867 MB at a million documents, is never in memory at once).
     """
     import bm25s
     from bm25s.scoring import _build_idf_array, _build_nonoccurrence_array, _select_idf_scorer, _select_tfc_scorer
@@ -150,40 +162,88 @@ def _build_bm25s(params: dict[str, Any], tok, texts: Iterator[str], n_docs: int,
     idf = _build_idf_array(frequencies, done, idf_fn, dtype=retriever.dtype)
     indptr = np.zeros(n_vocab + 1, dtype=np.int64)
     np.cumsum(df[:n_vocab], out=indptr[1:])
-    data = np.empty(int(indptr[-1]), dtype=np.float32)
-    indices = np.empty(int(indptr[-1]), dtype=np.int32)
-    heads = indptr[:-1].copy()
+    if "" not in vocab:  # as BM25.index(create_empty_token=True) does, on the tokenizer's own dict
+        vocab[""] = max(vocab.values()) + 1
+    # bm25s writes params, vocab, indptr and the non-occurrence array; data and indices (the index's size) are
+    # streamed into their .npy files below, so they are handed to it empty and its copies removed
+    retriever.scores = {"data": np.zeros(0, np.float32), "indices": np.zeros(0, np.int32), "indptr": indptr,
+                        "num_docs": done}
+    retriever.nonoccurrence_array = nonoccurrence
+    retriever.vocab_dict = vocab
+    retriever.unique_token_ids_set = set(vocab.values())
+    retriever.save(str(save_dir), show_progress=False, data_name=".unused-data.npy",
+                   indices_name=".unused-indices.npy")
+    for name in (".unused-data.npy", ".unused-indices.npy"):
+        (save_dir / name).unlink()
+    with open(save_dir / "data.csc.index.npy", "wb") as data_fh, \
+            open(save_dir / "indices.csc.index.npy", "wb") as indices_fh:
+        data_at = _npy_header(data_fh, np.float32, int(indptr[-1]))
+        indices_at = _npy_header(indices_fh, np.int32, int(indptr[-1]))
+        for lo, hi in term_ranges(indptr, range_entries):
+            data, indices = _score_terms(spill, chunks, lo, hi, indptr, idf, doc_len, avg_doc_len, tfc_fn,
+                                         nonoccurrence, retriever)
+            data_fh.seek(data_at + 4 * int(indptr[lo]))
+            data.tofile(data_fh)
+            indices_fh.seek(indices_at + 4 * int(indptr[lo]))
+            indices.tofile(indices_fh)
+            del data, indices
+    spill.close()
+    tok.save_vocab(str(save_dir))
+    tok.save_stopwords(str(save_dir))
+    return len(vocab)
+
+
+def _npy_header(fh, dtype: type, n: int) -> int:
+    """Write the .npy header np.save writes for a 1-D `dtype` array of `n` items; return where the data starts."""
+    np.lib.format.write_array_header_1_0(fh, {"descr": np.lib.format.dtype_to_descr(np.dtype(dtype)),
+                                              "fortran_order": False, "shape": (n,)})
+    return fh.tell()
+
+
+def term_ranges(indptr: np.ndarray, max_entries: int) -> list[tuple[int, int]]:
+    """Consecutive term ranges [lo, hi) of at most `max_entries` (document, term) entries each (a term with more
+    is a range of its own), covering every term."""
+    ranges, lo, n_terms = [], 0, len(indptr) - 1
+    while lo < n_terms:
+        hi = int(np.searchsorted(indptr, indptr[lo] + max_entries, side="right")) - 1
+        hi = min(n_terms, max(hi, lo + 1))
+        ranges.append((lo, hi))
+        lo = hi
+    return ranges
+
+
+def _score_terms(spill, chunks: list[tuple[int, int]], lo: int, hi: int, indptr: np.ndarray, idf: np.ndarray,
+                 doc_len: np.ndarray, avg_doc_len: float, tfc_fn, nonoccurrence: np.ndarray | None,
+                 retriever) -> tuple[np.ndarray, np.ndarray]:
+    """The (data, indices) slices of terms [lo, hi) of the term-major index, from one read of every spilled chunk:
+    each entry's score placed by a counting sort (within a term, documents ascending)."""
+    base = int(indptr[lo])
+    data = np.empty(int(indptr[hi]) - base, dtype=np.float32)
+    indices = np.empty(len(data), dtype=np.int32)
+    heads = indptr[lo:hi] - base
     first_doc = 0
     spill.seek(0)
     for n_entries, n_chunk_docs in chunks:
         terms = np.fromfile(spill, dtype=np.int32, count=n_entries)
         tf = np.fromfile(spill, dtype=np.float32, count=n_entries)
         per_doc = np.fromfile(spill, dtype=np.int64, count=n_chunk_docs)
-        docs = np.repeat(np.arange(first_doc, first_doc + len(per_doc), dtype=np.int64), per_doc)
+        keep = np.flatnonzero((terms >= lo) & (terms < hi))
+        docs = np.repeat(np.arange(first_doc, first_doc + len(per_doc), dtype=np.int64), per_doc)[keep]
+        first_doc += len(per_doc)
+        terms, tf = terms[keep], tf[keep]
         # bm25s' per-document arithmetic, element by element: l_d an integer, l_avg and the tfc in float64
         scores = idf[terms] * tfc_fn(tf_array=tf, l_d=doc_len[docs], l_avg=avg_doc_len, k1=retriever.k1,
                                      b=retriever.b, delta=retriever.delta)
         if nonoccurrence is not None:
             scores -= nonoccurrence[terms]
         order = np.argsort(terms, kind="stable")  # by term; within a term, documents stay ascending
-        t = terms[order]
+        t = terms[order] - lo
         rank = np.arange(len(t)) - np.searchsorted(t, t, side="left")
         at = heads[t] + rank
         data[at] = scores[order].astype(np.float32)
         indices[at] = docs[order].astype(np.int32)
-        heads += np.bincount(terms, minlength=n_vocab)[:n_vocab]
-        first_doc += len(per_doc)
-    spill.close()
-    retriever.scores = {"data": data, "indices": indices, "indptr": indptr, "num_docs": done}
-    retriever.nonoccurrence_array = nonoccurrence
-    if "" not in vocab:  # as BM25.index(create_empty_token=True) does, on the tokenizer's own dict
-        vocab[""] = max(vocab.values()) + 1
-    retriever.vocab_dict = vocab
-    retriever.unique_token_ids_set = set(vocab.values())
-    retriever.save(str(save_dir), show_progress=False)
-    tok.save_vocab(str(save_dir))
-    tok.save_stopwords(str(save_dir))
-    return len(vocab)
+        heads += np.bincount(t, minlength=hi - lo)
+    return data, indices
 
 
 def top_k_indices(values: np.ndarray, k: int, ids: np.ndarray | None = None) -> np.ndarray:
@@ -223,6 +283,8 @@ class Searcher:
 
             _quiet_bm25s()
             r = bm25s.BM25.load(str(index_dir / "bm25s"), mmap=True, show_progress=False)
+            self._maps = [m._mmap for m in (r.scores["data"], r.scores["indices"])
+                          if getattr(m, "_mmap", None) is not None]
             indptr = np.asarray(r.scores["indptr"])
             self.vocab_size = len(indptr) - 1
             # bm25s stores a documents x terms CSC matrix; its transpose as CSR shares the same arrays
@@ -234,9 +296,18 @@ class Searcher:
             self.tok.load_vocab(str(index_dir / "bm25s"))
             self.tok.load_stopwords(str(index_dir / "bm25s"))
         else:
+            self._maps = []
             with open(index_dir / "rank_bm25.pkl", "rb") as fh:
                 self.model = pickle.load(fh)
             self.tok = make_tokenizer(params)  # a query's unknown words score 0 anyway, so no saved vocab
+
+    def release_index_pages(self) -> None:
+        """Unmap the index pages the last products read (they stay in the page cache; the next read maps them
+        again): otherwise every page any query touched counts in the process's RSS until it ends, which over a
+        whole query set is the whole index (867 MB at a million documents)."""
+        for m in self._maps:
+            if hasattr(m, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
+                m.madvise(mmap.MADV_DONTNEED)
 
     def _query_matrix(self, texts: list[str]):
         import scipy.sparse as sp
@@ -256,6 +327,7 @@ class Searcher:
             out = self._pair_sums(q, np.asarray(doc_idx, dtype=np.int64))
             if self.nonoccurrence is not None:
                 out += (q @ self.nonoccurrence).astype(np.float32)
+            self.release_index_pages()
             return out
         tokens = self.tok.tokenize(texts, update_vocab=True, return_as="string", show_progress=False)
         return np.array([self.model.get_batch_scores(t, [int(d)])[0] for t, d in zip(tokens, doc_idx)],
@@ -316,6 +388,7 @@ class Searcher:
             step = max(1, self.max_block_bytes // (per_entry * self.n_docs))
             for a in range(0, len(texts), step):
                 block = q[a:a + step] @ self.term_doc
+                self.release_index_pages()
                 if extra is not None:
                     dense = block.toarray()
                     dense += extra[a:a + step, None]
@@ -379,7 +452,8 @@ INDEX = Stage(name="index", version=VERSION, command="index", reads=reads("inges
               params=lambda cfg, ctx: {**cfg["bm25"], "memory_budget": cfg["run"]["memory_budget"]},
               outputs=(),  # its files depend on the backend: the folder is it
               run=lambda inputs, params, out: build_index(params, inputs["ingest"], out),
-              unkeyed={"memory_budget": "sizes the corpus chunks tokenized at once: the index is the same"},
+              unkeyed={"memory_budget": "sizes the corpus chunks tokenized and the term ranges written at once: "
+                                        "the index is the same"},
               enabled=lambda cfg: "bm25" in cfg["retrieve"]["retrievers"])
 
 register(Retriever(
