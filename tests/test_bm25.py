@@ -28,7 +28,7 @@ def test_batched_scoring_matches_bm25s_retrieve(tmp_path, method):
     import bm25s
 
     cfg, index_dir = _index(tmp_path, f"bm25.method='{method}'", "bm25.stemmer='english'")
-    searcher = Searcher(cfg["bm25"], index_dir, max_block_bytes=8 * 500 * 7)  # 7 dense rows at a time
+    searcher = Searcher(cfg["bm25"], index_dir, max_block_bytes=2 * 8 * 500 * 7)  # 7 dense rows at a time
     texts = _queries()
     docs, scores = searcher.search(texts, 20)
     reference = bm25s.BM25.load(str(index_dir / "bm25s"), mmap=True)
@@ -39,6 +39,29 @@ def test_batched_scoring_matches_bm25s_retrieve(tmp_path, method):
         # documents may swap places only where their scores tie
         assert set(mine[s > s[-1] + 1e-5]) <= set(ref)
     assert (np.diff(scores, axis=1) <= 0).all()
+
+
+@pytest.mark.parametrize("method", ["lucene", "bm25+"])
+def test_blocks_bounded_by_the_index_pages_they_touch_give_the_one_block_results(tmp_path, method):
+    """Query blocks are cut so that their terms' index columns fit half the block budget (the index pages one
+    product maps); the results are those of one block holding every query, bit for bit."""
+    cfg, index_dir = _index(tmp_path, f"bm25.method='{method}'", "bm25.stemmer='english'")
+    texts = _queries()
+    whole = Searcher(cfg["bm25"], index_dir, max_block_bytes=1 << 40)
+    small = Searcher(cfg["bm25"], index_dir, max_block_bytes=2 * 4096)
+    q = small._query_matrix(texts)
+    assert list(whole._blocks(q, len(texts), 1 << 39)) == [(0, len(texts))]
+    blocks = list(small._blocks(q, len(texts), 4096))
+    assert len(blocks) > 5 and blocks[0][0] == 0 and blocks[-1][1] == len(texts)
+    assert all(b0[1] == b1[0] for b0, b1 in zip(blocks, blocks[1:]))  # consecutive, every query once
+    col_bytes = np.diff(small.term_doc.indptr) * 8
+    for a, b in blocks:
+        touched = int(col_bytes[np.unique(q[a:b].indices)].sum())
+        assert b - a == 1 or touched <= 4096
+    docs_w, scores_w = whole.search(texts, 20)
+    docs_s, scores_s = small.search(texts, 20)
+    np.testing.assert_array_equal(docs_s, docs_w)
+    np.testing.assert_array_equal(scores_s, scores_w)
 
 
 def test_rank_bm25_reference_backend_agrees_with_bm25s_robertson(tmp_path):

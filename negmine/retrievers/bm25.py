@@ -266,8 +266,10 @@ class Searcher:
     For bm25s, a chunk of queries is scored in sparse products (queries x terms) @ (terms x documents) on
     bm25s' precomputed score matrix: the same sums bm25s computes query by query. The product is sparse, holding
     only the documents that share a term with each query, so the top-k cut reads those alone and no dense
-    queries x corpus block is made. Products are made for as many queries at a time as fit `max_block_bytes` in
-    the worst case, a dense product (the retrieve stage gives half its memory budget). (bm25l and bm25+ give every
+    queries x corpus block is made. Products are made for as many queries at a time as fit half of
+    `max_block_bytes` in the worst case, a dense product (the retrieve stage gives half its memory budget), and
+    whose terms' columns of the memory-mapped index fit the other half; the pages a product mapped are released
+    after it. (bm25l and bm25+ give every
     document a score; there dense rows are made, a quarter as many, for argpartition's work arrays.)
     Ties at the top-k cut keep the lower document index, as does the final order.
     """
@@ -369,6 +371,30 @@ class Searcher:
             out[rows] += products[starts[rows] + j]  # float32, term by term: scipy's order of summation
         return out
 
+    def _blocks(self, q, step: int, index_bytes: int) -> Iterator[tuple[int, int]]:
+        """Consecutive query ranges [a, b) of at most `step` queries whose terms' index columns (8 bytes an entry)
+        hold at most `index_bytes` together (a query over it is a block of its own): the index pages one product
+        maps, released after it, so the resident index is bounded by the budget, not the index's size (at a
+        million documents a block of 64 queries touched most of the 867 MB index)."""
+        col_bytes = np.diff(self.term_doc.indptr).astype(np.int64) * 8
+        in_block = np.zeros(self.vocab_size, dtype=bool)
+        a, used, block_terms = 0, 0, []
+        for i in range(q.shape[0]):
+            terms = q.indices[q.indptr[i]:q.indptr[i + 1]]  # unique: the query matrix sums repeats
+            new = terms[~in_block[terms]]
+            add = int(col_bytes[new].sum())
+            if i > a and (i - a >= step or used + add > index_bytes):
+                yield a, i
+                for t in block_terms:
+                    in_block[t] = False
+                a, used, block_terms = i, 0, []
+                new, add = terms, int(col_bytes[terms].sum())
+            in_block[new] = True
+            block_terms.append(new)
+            used += add
+        if a < q.shape[0]:
+            yield a, q.shape[0]
+
     def search(self, texts: list[str], k: int) -> tuple[np.ndarray, np.ndarray]:
         """(doc indices, scores), each (len(texts), k), sorted by score then doc index (a defined tie order).
 
@@ -382,16 +408,16 @@ class Searcher:
             scores.fill(-np.inf)  # rows with fewer than k matching documents are padded; callers drop the padding
             q = self._query_matrix(texts)
             extra = q @ self.nonoccurrence if self.nonoccurrence is not None else None
-            # worst case a block's product is dense: bound it by max_block_bytes (value + index per entry; with
-            # the dense rows and argpartition's work arrays of bm25l / bm25+, about 4x that)
+            # worst case a block's product is dense: bound it by half of max_block_bytes (value + index per entry;
+            # with the dense rows and argpartition's work arrays of bm25l / bm25+, about 4x that)
             per_entry = 32 if extra is not None else 8
-            step = max(1, self.max_block_bytes // (per_entry * self.n_docs))
-            for a in range(0, len(texts), step):
-                block = q[a:a + step] @ self.term_doc
+            step = max(1, self.max_block_bytes // 2 // (per_entry * self.n_docs))
+            for a, b in self._blocks(q, step, self.max_block_bytes // 2):
+                block = q[a:b] @ self.term_doc  # rows are independent: a row's sums do not depend on its block
                 self.release_index_pages()
                 if extra is not None:
                     dense = block.toarray()
-                    dense += extra[a:a + step, None]
+                    dense += extra[a:b, None]
                     for i, row in enumerate(dense):
                         top = top_k_indices(row, k)
                         docs[a + i, :len(top)], scores[a + i, :len(top)] = top, row[top]
