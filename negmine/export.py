@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -41,12 +42,19 @@ _JSON = json.JSONEncoder(ensure_ascii=False)
 
 
 class _Sink:
-    """One output file (Parquet or JSONL) of one format, written under a temporary name."""
+    """One output file (Parquet or JSONL) of one format, written under a temporary name.
 
-    def __init__(self, path: Path, schema: pa.Schema, metadata: dict[bytes, bytes]) -> None:
+    A Parquet sink encodes and compresses its row groups on `writer_thread` (pyarrow releases the GIL there), so
+    that work overlaps the JSONL encoding, which holds the GIL; one write of a sink is in flight at a time, in
+    order, so memory holds at most one pending chunk a sink and the file is the one a direct write makes.
+    """
+
+    def __init__(self, path: Path, schema: pa.Schema, metadata: dict[bytes, bytes],
+                 writer_thread: ThreadPoolExecutor | None = None) -> None:
         self.path, self.schema = path, schema.with_metadata(metadata)
         self.parquet = path.suffix == ".parquet"
         self.rows = 0
+        self.thread, self.pending = writer_thread, None
         if self.parquet:
             self.writer = pq.ParquetWriter(path, self.schema)
         else:
@@ -58,14 +66,27 @@ class _Sink:
             return
         self.rows += n
         if self.parquet:
-            self.writer.write_table(pa.table(rows, schema=self.schema))
+            table = pa.table(rows, schema=self.schema)
+            self._wait()
+            if self.thread is None:
+                self.writer.write_table(table)
+            else:
+                self.pending = self.thread.submit(self.writer.write_table, table)
         else:
             names, encode = list(rows), _JSON.encode
             self.fh.writelines(encode(dict(zip(names, values))) + "\n" for values in zip(*(rows[k] for k in names)))
 
+    def _wait(self) -> None:
+        if self.pending is not None:
+            pending, self.pending = self.pending, None
+            pending.result()  # a failed write raises here, in the export's own thread
+
     def close(self) -> None:
         if self.parquet:
-            self.writer.close()
+            try:
+                self._wait()
+            finally:
+                self.writer.close()
         else:
             self.fh.close()
 
@@ -110,7 +131,8 @@ def _export(texts: tables.Texts, params: Mapping[str, Any], ingest_dir: Path, ne
     formats = {fmt: FORMATS[fmt] for fmt in params["formats"]}
     schemas = {fmt: f.schema(opts) for fmt, f in formats.items()}
     metadata = {b"negmine": json.dumps(provenance, sort_keys=True).encode("utf-8")}
-    sinks = {(fmt, ft): _Sink(out_dir / f"{fmt}.{ft}", schemas[fmt], metadata)
+    writer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="negmine-parquet")
+    sinks = {(fmt, ft): _Sink(out_dir / f"{fmt}.{ft}", schemas[fmt], metadata, writer_thread)
              for fmt in formats for ft in params["file_types"]}
     skipped: dict[str, int] = {}
     written: set[str] = set()
@@ -171,8 +193,11 @@ def _export(texts: tables.Texts, params: Mapping[str, Any], ingest_dir: Path, ne
         for (fmt, _), sink in sinks.items():
             sink.write(batch[fmt])
     finally:
-        for sink in sinks.values():
-            sink.close()
+        try:
+            for sink in sinks.values():
+                sink.close()
+        finally:
+            writer_thread.shutdown(wait=True)
     files = {sink.path.name: sink.rows for sink in sinks.values()}
     return {"files": files, "queries_with_negatives": len(written), "queries_left_out": skipped,
             "repeated_queries_written_once": repeated}
