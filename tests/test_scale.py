@@ -161,11 +161,16 @@ def test_positive_scores_equal_the_sparse_product_exactly(tmp_path, method):
     docs = np.random.default_rng(0).integers(0, s.n_docs, size=len(texts))
     got = s.score_pairs(texts, docs)
     q = s._query_matrix(texts)
-    want = np.asarray((q @ s.term_doc)[np.arange(len(texts)), docs], dtype=np.float32).reshape(-1)
+    saved = {n: np.load(tmp_path / "bm25s" / f"{n}.csc.index.npy") for n in ("data", "indices", "indptr")}
+    term_doc = sp.csr_matrix((saved["data"], saved["indices"], saved["indptr"]), shape=(s.vocab_size, s.n_docs))
+    want = np.asarray((q @ term_doc)[np.arange(len(texts)), docs], dtype=np.float32).reshape(-1)
     if s.nonoccurrence is not None:
         want += (q @ s.nonoccurrence).astype(np.float32)
-    assert isinstance(s.term_doc, sp.csr_matrix)
     assert got.dtype == np.float32 and got.tobytes() == want.tobytes()
+    # the same, a few queries' index rows at a time (blocks bounded by the rows they read)
+    small = bm25.Searcher(cfg["bm25"], tmp_path, max_block_bytes=2 * 2048)
+    assert len(list(small._blocks(q, len(texts), 2048))) > 10
+    assert small.score_pairs(texts, docs).tobytes() == want.tobytes()
     assert (got > 0).sum() > 50  # the sample's queries do share terms with random documents
 
 

@@ -11,7 +11,7 @@ import functools
 import itertools
 import json
 import logging
-import mmap
+import os
 import pickle
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -260,6 +260,42 @@ def top_k_indices(values: np.ndarray, k: int, ids: np.ndarray | None = None) -> 
     return np.concatenate([above, ties[:k - len(above)]])
 
 
+def _pair_sums(q, td, docs: np.ndarray) -> np.ndarray:
+    """Row i of `q @ td` at column docs[i], without the product's row (which holds every document sharing a term
+    with the query: memory and time growing with the corpus).
+
+    Each (query term, document) score is found by binary search in the term's sorted document list, and the terms
+    are summed in float32 in q's stored order, as scipy's product does, so the value is the same.
+    """
+    counts = np.diff(q.indptr)
+    n = len(q.data)
+    out = np.zeros(len(docs), dtype=np.float32)
+    if n == 0 or td.nnz == 0:
+        return out
+    terms = q.indices.astype(np.int64)
+    want = np.repeat(docs, counts)
+    lo, end = td.indptr[terms].astype(np.int64), td.indptr[terms + 1].astype(np.int64)
+    hi = end.copy()
+    last = td.nnz - 1
+    while True:
+        active = lo < hi
+        if not active.any():
+            break
+        mid = (lo + hi) // 2
+        right = active & (td.indices[np.minimum(mid, last)] < want)
+        lo = np.where(right, mid + 1, lo)
+        hi = np.where(active & ~right, mid, hi)
+    at = np.minimum(lo, last)
+    found = (lo < end) & (td.indices[at] == want)
+    values = np.where(found, td.data[at], np.float32(0)).astype(np.float32)
+    products = (q.data.astype(np.float32) * values).astype(np.float32)
+    starts = q.indptr[:-1]
+    for j in range(int(counts.max())):
+        rows = np.flatnonzero(counts > j)
+        out[rows] += products[starts[rows] + j]  # float32, term by term: scipy's order of summation
+    return out
+
+
 class Searcher:
     """Top-k search over a saved index, one chunk of queries at a time.
 
@@ -268,48 +304,90 @@ class Searcher:
     only the documents that share a term with each query, so the top-k cut reads those alone and no dense
     queries x corpus block is made. Products are made for as many queries at a time as fit half of
     `max_block_bytes` in the worst case, a dense product (the retrieve stage gives half its memory budget), and
-    whose terms' columns of the memory-mapped index fit the other half; the pages a product mapped are released
-    after it. (bm25l and bm25+ give every
-    document a score; there dense rows are made, a quarter as many, for argpartition's work arrays.)
-    Ties at the top-k cut keep the lower document index, as does the final order.
+    whose terms' rows of the index fit the other half: those rows alone are read from the index files (`pread`,
+    so the file stays in the page cache and out of this process's memory; a memory map counted every page it
+    touched, and on this kernel a touch maps far more than it reads: a product needing 100 MB of rows mapped
+    490 MB). (bm25l and bm25+ give every document a score; there dense rows are made, a quarter as many, for
+    argpartition's work arrays.) Ties at the top-k cut keep the lower document index, as does the final order.
     """
 
     def __init__(self, params: Mapping[str, Any], index_dir: Path, max_block_bytes: int = 64 << 20) -> None:
+        self._files: list = []  # first: close() must find it whatever fails below
         self.backend = params["backend"]
         self.max_block_bytes = max_block_bytes
         info = json.loads((index_dir / "index.json").read_text())
         self.n_docs = int(info["documents"])
         if self.backend == "bm25s":
             import bm25s
-            import scipy.sparse as sp
 
             _quiet_bm25s()
             r = bm25s.BM25.load(str(index_dir / "bm25s"), mmap=True, show_progress=False)
-            self._maps = [m._mmap for m in (r.scores["data"], r.scores["indices"])
-                          if getattr(m, "_mmap", None) is not None]
-            indptr = np.asarray(r.scores["indptr"])
-            self.vocab_size = len(indptr) - 1
-            # bm25s stores a documents x terms CSC matrix; its transpose as CSR shares the same arrays
-            self.term_doc = sp.csr_matrix((np.asarray(r.scores["data"]), np.asarray(r.scores["indices"]), indptr),
-                                          shape=(self.vocab_size, self.n_docs))
+            # bm25s stores a documents x terms CSC matrix: row t of its transpose (terms x documents, CSR) is
+            # term t's documents, indices[indptr[t]:indptr[t + 1]], and their scores in data
+            self.indptr = np.array(r.scores["indptr"], dtype=np.int64)
+            self.vocab_size = len(self.indptr) - 1
+            self._files = [open(index_dir / "bm25s" / name, "rb") for name in ("data.csc.index.npy",
+                                                                                  "indices.csc.index.npy")]
+            self._at = [int(r.scores[name].offset) for name in ("data", "indices")]  # past the .npy headers
+            self._dtypes = [np.dtype(r.scores[name].dtype) for name in ("data", "indices")]
             self.nonoccurrence = (np.asarray(r.nonoccurrence_array, dtype=np.float32)
                                   if getattr(r, "nonoccurrence_array", None) is not None else None)
+            del r  # its memory maps: nothing reads the index through them
             self.tok = make_tokenizer(params)
             self.tok.load_vocab(str(index_dir / "bm25s"))
             self.tok.load_stopwords(str(index_dir / "bm25s"))
         else:
-            self._maps = []
             with open(index_dir / "rank_bm25.pkl", "rb") as fh:
                 self.model = pickle.load(fh)
             self.tok = make_tokenizer(params)  # a query's unknown words score 0 anyway, so no saved vocab
 
-    def release_index_pages(self) -> None:
-        """Unmap the index pages the last products read (they stay in the page cache; the next read maps them
-        again): otherwise every page any query touched counts in the process's RSS until it ends, which over a
-        whole query set is the whole index (867 MB at a million documents)."""
-        for m in self._maps:
-            if hasattr(m, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
-                m.madvise(mmap.MADV_DONTNEED)
+    def close(self) -> None:
+        for fh in self._files:
+            fh.close()
+        self._files = []
+
+    def __del__(self) -> None:
+        self.close()
+
+    def term_rows(self, terms: np.ndarray):
+        """Rows `terms` (ascending) of the terms x documents score matrix, read from the index files."""
+        import scipy.sparse as sp
+
+        terms = np.asarray(terms, dtype=np.int64)
+        starts, ends = self.indptr[terms], self.indptr[terms + 1]
+        sub_ptr = np.zeros(len(terms) + 1, dtype=np.int64)
+        np.cumsum(ends - starts, out=sub_ptr[1:])
+        # adjacent rows are one read
+        cut = np.flatnonzero(starts[1:] != ends[:-1]) + 1
+        run_lo, run_hi = np.split(starts, cut), np.split(ends, cut)
+        arrays = []
+        for fh, at, dtype in zip(self._files, self._at, self._dtypes):
+            out = np.empty(int(sub_ptr[-1]), dtype=dtype)
+            view, pos = memoryview(out).cast("B"), 0
+            for lo, hi in zip(run_lo, run_hi):
+                if len(lo) == 0:
+                    continue
+                n = (int(hi[-1]) - int(lo[0])) * dtype.itemsize
+                offset = at + int(lo[0]) * dtype.itemsize
+                done = 0
+                while done < n:  # a read may return less than asked
+                    got = os.preadv(fh.fileno(), [view[pos + done:pos + n]], offset + done)
+                    if got <= 0:
+                        raise OSError(f"{fh.name}: the index file ends early")
+                    done += got
+                pos += n
+            arrays.append(out)
+        data, indices = arrays
+        return sp.csr_matrix((data, indices, sub_ptr), shape=(len(terms), self.n_docs))
+
+    def _restrict(self, q):
+        """(q with its columns renumbered to the rows read, those rows): their product is q @ the whole score
+        matrix, sum for sum, as q's entries keep their order."""
+        import scipy.sparse as sp
+
+        terms = np.unique(q.indices)
+        cols = np.searchsorted(terms, q.indices)
+        return (sp.csr_matrix((q.data, cols, q.indptr), shape=(q.shape[0], len(terms))), self.term_rows(terms))
 
     def _query_matrix(self, texts: list[str]):
         import scipy.sparse as sp
@@ -326,57 +404,23 @@ class Searcher:
         """BM25 score of each (query text, corpus row) pair, retrieved or not (used for positives)."""
         if self.backend == "bm25s":
             q = self._query_matrix(texts)
-            out = self._pair_sums(q, np.asarray(doc_idx, dtype=np.int64))
+            docs = np.asarray(doc_idx, dtype=np.int64)
+            out = np.zeros(len(docs), dtype=np.float32)
+            for a, b in self._blocks(q, len(texts), self.max_block_bytes // 2):
+                qs, rows = self._restrict(q[a:b])
+                out[a:b] = _pair_sums(qs, rows, docs[a:b])
             if self.nonoccurrence is not None:
                 out += (q @ self.nonoccurrence).astype(np.float32)
-            self.release_index_pages()
             return out
         tokens = self.tok.tokenize(texts, update_vocab=True, return_as="string", show_progress=False)
         return np.array([self.model.get_batch_scores(t, [int(d)])[0] for t, d in zip(tokens, doc_idx)],
                         dtype=np.float32)
 
-    def _pair_sums(self, q, docs: np.ndarray) -> np.ndarray:
-        """Row i of `q @ term_doc` at column docs[i], without the product's row (which holds every document
-        sharing a term with the query: memory and time growing with the corpus).
-
-        Each (query term, document) score is found by binary search in the term's sorted document list, and the
-        terms are summed in float32 in q's stored order, as scipy's product does, so the value is the same.
-        """
-        td = self.term_doc
-        counts = np.diff(q.indptr)
-        n = len(q.data)
-        out = np.zeros(len(docs), dtype=np.float32)
-        if n == 0 or td.nnz == 0:
-            return out
-        terms = q.indices.astype(np.int64)
-        want = np.repeat(docs, counts)
-        lo, end = td.indptr[terms].astype(np.int64), td.indptr[terms + 1].astype(np.int64)
-        hi = end.copy()
-        last = td.nnz - 1
-        while True:
-            active = lo < hi
-            if not active.any():
-                break
-            mid = (lo + hi) // 2
-            right = active & (td.indices[np.minimum(mid, last)] < want)
-            lo = np.where(right, mid + 1, lo)
-            hi = np.where(active & ~right, mid, hi)
-        at = np.minimum(lo, last)
-        found = (lo < end) & (td.indices[at] == want)
-        values = np.where(found, td.data[at], np.float32(0)).astype(np.float32)
-        products = (q.data.astype(np.float32) * values).astype(np.float32)
-        starts = q.indptr[:-1]
-        for j in range(int(counts.max())):
-            rows = np.flatnonzero(counts > j)
-            out[rows] += products[starts[rows] + j]  # float32, term by term: scipy's order of summation
-        return out
-
     def _blocks(self, q, step: int, index_bytes: int) -> Iterator[tuple[int, int]]:
-        """Consecutive query ranges [a, b) of at most `step` queries whose terms' index columns (8 bytes an entry)
-        hold at most `index_bytes` together (a query over it is a block of its own): the index pages one product
-        maps, released after it, so the resident index is bounded by the budget, not the index's size (at a
-        million documents a block of 64 queries touched most of the 867 MB index)."""
-        col_bytes = np.diff(self.term_doc.indptr).astype(np.int64) * 8
+        """Consecutive query ranges [a, b) of at most `step` queries whose terms' index rows (8 bytes an entry)
+        hold at most `index_bytes` together (a query over it is a block of its own): what one product reads of
+        the index, so memory is bounded by the budget, not the index's size."""
+        col_bytes = np.diff(self.indptr) * 8
         in_block = np.zeros(self.vocab_size, dtype=bool)
         a, used, block_terms = 0, 0, []
         for i in range(q.shape[0]):
@@ -413,8 +457,9 @@ class Searcher:
             per_entry = 32 if extra is not None else 8
             step = max(1, self.max_block_bytes // 2 // (per_entry * self.n_docs))
             for a, b in self._blocks(q, step, self.max_block_bytes // 2):
-                block = q[a:b] @ self.term_doc  # rows are independent: a row's sums do not depend on its block
-                self.release_index_pages()
+                qs, rows = self._restrict(q[a:b])
+                block = qs @ rows  # rows are independent: a row's sums do not depend on its block
+                del qs, rows
                 if extra is not None:
                     dense = block.toarray()
                     dense += extra[a:b, None]
