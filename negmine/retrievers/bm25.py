@@ -306,9 +306,8 @@ class Searcher:
     queries x corpus block is made. Products are made for as many queries at a time as fit half of
     `max_block_bytes` in the worst case, a dense product (the retrieve stage gives an eighth of its memory budget), and
     whose terms' rows of the index fit the other half: those rows alone are read from the index files (`pread`,
-    so the file stays in the page cache and out of this process's memory; a memory map counted every page it
-    touched, and on this kernel a touch maps far more than it reads: a product needing 100 MB of rows mapped
-    490 MB). (bm25l and bm25+ give every document a score; there dense rows are made, a quarter as many, for
+    so the file stays in the page cache and out of this process's memory; through a memory map, every page
+    touched counted in RSS, and far more than was read: a product needing 100 MB of rows left 490 MB resident). (bm25l and bm25+ give every document a score; there dense rows are made, a quarter as many, for
     argpartition's work arrays.) Ties at the top-k cut keep the lower document index, as does the final order.
     """
 
