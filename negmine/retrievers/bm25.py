@@ -3,7 +3,7 @@ default, rank-bm25 as the slow reference backend.
 
 Both backends see the same tokens (bm25s' tokenizer: lowercasing, English stopwords, optional Snowball stemming),
 so they differ only in how they score. bm25s precomputes every (term, document) score into a sparse matrix saved
-as .npy files, which `load_index` memory-maps; rank-bm25 is pickled.
+as .npy files, of which search reads the rows its queries need (`Searcher.term_rows`); rank-bm25 is pickled.
 """
 from __future__ import annotations
 
@@ -485,7 +485,7 @@ class Searcher:
 
 
 class BM25Chunks:
-    """A worker for `engine.map`: the top-k of a chunk of query texts against the memory-mapped index."""
+    """A worker for `engine.map`: the top-k of a chunk of query texts against the saved index."""
 
     def __init__(self, params: Mapping[str, Any], index_dir: Path, max_block_bytes: int) -> None:
         self.k = params["top_k"]
