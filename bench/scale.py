@@ -4,6 +4,7 @@
     python bench/scale.py --sizes 10000,100000,1000000
     python bench/scale.py --retriever dense --st   # the dense preset with a static model, and sentence-transformers
     python bench/scale.py --sizes 100000 --negmine /tmp/negmine-before --label before   # another negmine tree
+    python bench/scale.py --sizes 100000 --engine ray   # the engine's stages on a local 2-CPU Ray cluster
 
 **Data.** No real collection at hand has a million documents, so corpora are generated from real text: every
 sentence of the three BEIR collections under ../shared/data (SciFact, CISI, Cranfield: 53,284 sentences, 8,043
@@ -21,6 +22,12 @@ until=stage)` on one cache: the stages before it are cached, so its wall time is
 recorded too, since wall time on a shared machine moves with its load) and its peak RSS (`VmHWM`, see
 `_common.peak_rss_mib`) is the stage's peak plus what loading the cached inputs costs. Disk is the size of each
 stage's cache entry (and the exported files). Runs are `nice -n 10`.
+
+**Ray** (`--engine ray`): the stages that run on the engine (BM25 and dense search, dense encode) start a local
+Ray cluster of 2 CPUs in their process before `negmine.mine` (which joins it; the start-up is recorded apart, as
+`ray.start_seconds`); a thread polls the VmHWM of every process below the driver (gcs_server, raylet, Ray's
+agents, idle workers and negmine's actors) every 0.2 s, and the stage's peak RSS is the driver's VmHWM plus the
+sum of those: an upper bound of the simultaneous peak, since the processes need not peak at once.
 """
 from __future__ import annotations
 
@@ -48,6 +55,9 @@ STAGES = {"bm25": [(s, s) for s in ("ingest", "index", "retrieve", "exclude", "s
           "dense": [("ingest", "ingest"), ("index", "encode")] + [(s, s) for s in ("retrieve", "exclude", "sample",
                                                                                    "export")]}
 STATIC_DIMS = 256
+RAY_CPUS = 2  # the local cluster of `--engine ray`
+# the stages that run on the engine (encode, BM25 and dense search): only their processes start a Ray cluster
+RAY_STAGES = {"bm25": {"retrieve"}, "dense": {"encode", "retrieve"}}
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z(\"'])")
 
 
@@ -162,15 +172,82 @@ def worker(args: argparse.Namespace) -> None:
 
     overrides = json.loads(args.overrides)
     t0 = time.perf_counter()
+    ray_info: dict = {}
+    sampler = None
+    if args.engine == "ray":
+        sampler = _TreeSampler()
+        ray_info = _start_ray()
     result = negmine.mine(args.config, overrides, until=args.until, cache_dir=args.cache)
     wall = time.perf_counter() - t0
     usage = resource.getrusage(resource.RUSAGE_SELF)
     peak, source = peak_rss_mib()
+    if sampler is not None:
+        ray_info.update(sampler.stop())
+        import ray
+
+        ray.shutdown()
+        ray_info["driver_peak_rss_mib"] = peak
+        peak, source = peak + ray_info["ray_processes_peak_rss_mib"], "VmHWM, driver + every Ray process"
     stages = {s: {"status": r.status, "seconds": r.seconds, "disk_bytes": _du(r.path), "stats": r.stats}
               for s, r in result.stages.items()}
     print(json.dumps({"until": args.until, "process_seconds": wall, "cpu_seconds": usage.ru_utime + usage.ru_stime,
-                      "peak_rss_mib": peak, "rss_source": source,
+                      "peak_rss_mib": peak, "rss_source": source, "ray": ray_info,
                       "stages": stages, "negmine": str(Path(negmine.__file__).parent)}, default=str))
+
+
+class _TreeSampler:
+    """VmHWM of every process below this one (Ray's gcs_server, raylet, its workers and actors), polled every
+    0.2 s from a thread, keeping each process's last value (VmHWM only grows), so an actor that Ray kills at the
+    end of a stage still counts with what it last showed (at most 0.2 s before it died)."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.hwm: dict[tuple[int, float], tuple[str, int]] = {}  # (pid, start time) -> (name, VmHWM kB)
+        self.done = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _poll(self) -> None:
+        import psutil
+
+        for p in psutil.Process().children(recursive=True):
+            try:
+                key, name = (p.pid, p.create_time()), p.name()
+                with open(f"/proc/{p.pid}/status") as fh:
+                    kb = next((int(line.split()[1]) for line in fh if line.startswith("VmHWM")), 0)
+            except (psutil.Error, OSError):
+                continue  # it ended between the listing and the read
+            if kb >= self.hwm.get(key, ("", 0))[1]:
+                self.hwm[key] = (name, kb)
+
+    def _run(self) -> None:
+        while not self.done.wait(0.2):
+            self._poll()
+
+    def stop(self) -> dict:
+        self._poll()
+        self.done.set()
+        self.thread.join()
+        by_name: dict[str, float] = {}
+        for name, kb in self.hwm.values():
+            by_name[name] = round(by_name.get(name, 0) + kb / 1024, 1)
+        return {"ray_processes": len(self.hwm), "ray_processes_peak_rss_mib": round(sum(by_name.values()), 1),
+                "ray_peak_rss_mib_by_process_name": by_name}
+
+
+def _start_ray() -> dict:
+    """A local Ray cluster of 2 CPUs in this process, as negmine's engine would start one (it joins a cluster
+    already initialised); its start-up is timed apart from the stage."""
+    import logging
+
+    import ray
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    t0 = time.perf_counter()
+    ray.init(num_cpus=RAY_CPUS, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
+             configure_logging=True)
+    return {"start_seconds": round(time.perf_counter() - t0, 2), "resources": ray.cluster_resources()}
 
 
 def read_beir(folder: Path) -> tuple[list[str], list[str], list[str]]:
@@ -224,6 +301,11 @@ def st_worker(args: argparse.Namespace) -> None:
                       "peak_rss_mib": peak, "rss_source": source}))
 
 
+def _label(args: argparse.Namespace) -> str:
+    label = args.label or args.retriever + ("-ray" if args.engine == "ray" else "")
+    return f"{label}-q{args.query_every}" if args.query_every != 10 else label
+
+
 def _corpus_dir(work: Path, n_docs: int, every: int) -> Path:
     return work / (f"corpus-{n_docs}" if every == 10 else f"corpus-{n_docs}-q{every}")
 
@@ -264,15 +346,15 @@ def run_st(n_docs: int, args: argparse.Namespace, work: Path, use_faiss: bool) -
 
 def run_size(n_docs: int, args: argparse.Namespace, work: Path) -> dict:
     data = build_corpus(n_docs, _corpus_dir(work, n_docs, args.query_every), args.seed, every=args.query_every)
-    label = args.label or args.retriever
-    if args.query_every != 10:
-        label = f"{label}-q{args.query_every}"
+    label = _label(args)
     cache, out = work / f"cache-{label}-{n_docs}", work / f"out-{label}-{n_docs}"
     shutil.rmtree(cache, ignore_errors=True)
     shutil.rmtree(out, ignore_errors=True)
     overrides = [f"input.path={json.dumps(str(data))}", f"export.dir={json.dumps(str(out))}"] + args.set
     if args.retriever == "dense":
         overrides.append(f"dense.model={json.dumps(str(args.model))}")
+    if args.engine == "ray":
+        overrides.append('run.engine="ray"')
     env = {**os.environ, "NEGMINE_PROGRESS": "0"}
     env["PYTHONPATH"] = os.pathsep.join([str(args.negmine)] + [p for p in [env.get("PYTHONPATH")] if p])
     row: dict = {"documents": n_docs, "queries": -(-n_docs // args.query_every), "stages": {}}
@@ -280,7 +362,8 @@ def run_size(n_docs: int, args: argparse.Namespace, work: Path) -> dict:
         if args.skip and stage in args.skip.split(","):
             continue
         cmd = ["nice", "-n", "10", sys.executable, str(Path(__file__).resolve()), "--worker", "--config",
-               str(args.config), "--until", until, "--cache", str(cache), "--overrides", json.dumps(overrides)]
+               str(args.config), "--until", until, "--cache", str(cache), "--overrides", json.dumps(overrides),
+               "--engine", args.engine if stage in RAY_STAGES[args.retriever] else "local"]
         proc = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
         if proc.returncode != 0:
             raise SystemExit(f"{stage} at {n_docs} documents failed:\n{proc.stderr[-3000:]}")
@@ -293,6 +376,8 @@ def run_size(n_docs: int, args: argparse.Namespace, work: Path) -> dict:
                                 "disk_mib": round(st["disk_bytes"] / (1 << 20), 1),
                                 "process_seconds": round(rep["process_seconds"], 2),
                                 "process_cpu_seconds": round(rep["cpu_seconds"], 2)}
+        if rep.get("ray"):
+            row["stages"][stage]["ray"] = rep["ray"]
         print(f"{n_docs:>9,} docs  {stage:<9} {st['seconds']:8.1f} s  peak {rep['peak_rss_mib']:8.0f} MiB  "
               f"disk {st['disk_bytes'] / (1 << 20):8.1f} MiB", file=sys.stderr, flush=True)
     row["total_seconds"] = round(sum(s["seconds"] for s in row["stages"].values()), 2)
@@ -313,6 +398,9 @@ def main() -> None:
     ap.add_argument("--config", type=Path, help="default: the retriever's preset (sample-bm25 or dense)")
     ap.add_argument("--model", type=Path, help="dense: a sentence-transformers folder (default: the static model "
                     "distilled from the packaged MiniLM into the work folder)")
+    ap.add_argument("--engine", choices=("local", "ray"), default="local", help="ray: the engine's stages on a "
+                    "local Ray cluster of 2 CPUs started in each stage's process; their peak RSS adds every Ray "
+                    "process's VmHWM to the driver's")
     ap.add_argument("--st", action="store_true", help="dense: also run sentence-transformers' mine_hard_negatives")
     ap.add_argument("--st-timeout", type=int, default=1800, help="seconds before a sentence-transformers run is "
                     "stopped and reported as timed out")
@@ -359,9 +447,7 @@ def main() -> None:
         t0 = time.perf_counter()
         args.model = distill_static(args.work / f"minilm-static-{STATIC_DIMS}")
         print(f"static model: {args.model} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
-    label = args.label or args.retriever
-    if args.query_every != 10:
-        label = f"{label}-q{args.query_every}"
+    label = _label(args)
     results = json.loads(args.json.read_text()) if args.json.is_file() else {}
     runs = results.setdefault("runs", {}).setdefault(label, {}).setdefault("sizes", {})
     for n in sizes:
@@ -406,7 +492,7 @@ def table(results: dict) -> str:
 def _save(results: dict, label: str, args: argparse.Namespace) -> None:
     results["runs"][label].update({
         "config": str(args.config.relative_to(ROOT)) if args.config.is_relative_to(ROOT) else str(args.config),
-        "overrides": args.set, "seed": args.seed, "retriever": args.retriever,
+        "overrides": args.set, "seed": args.seed, "retriever": args.retriever, "engine": args.engine,
         "model": str(args.model) if args.model else None})
     sys.path.insert(0, str(BENCH))
     from _common import cpu_name, versions

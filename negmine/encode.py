@@ -140,9 +140,14 @@ def load_model(params: dict[str, Any], path: Path):
 
 def token_lengths(model, texts: list[str], prompt: str = "") -> np.ndarray:
     """Each text's length in the model's tokens (prompt and special tokens included, truncated as encode does)."""
+    texts = [prompt + t for t in texts] if prompt else texts
+    if not callable(model.tokenizer):
+        # a bare `tokenizers.Tokenizer` (sentence-transformers' StaticEmbedding): its texts are embedded whole,
+        # without special tokens, so those are the lengths it sees
+        return np.fromiter((len(e.ids) for e in model.tokenizer.encode_batch(texts, add_special_tokens=False)),
+                           dtype=np.int64, count=len(texts))
     limit = model.max_seq_length
-    ids = model.tokenizer([prompt + t for t in texts] if prompt else texts, add_special_tokens=True,
-                          truncation=bool(limit), max_length=limit or None)["input_ids"]
+    ids = model.tokenizer(texts, add_special_tokens=True, truncation=bool(limit), max_length=limit or None)["input_ids"]
     return np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(texts))
 
 

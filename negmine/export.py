@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -43,10 +44,17 @@ _JSON = json.JSONEncoder(ensure_ascii=False)
 
 
 class _Sink:
-    """One output table (Parquet, JSONL, or one split of the hf DatasetDict), written under a temporary name."""
+    """One output table (Parquet, JSONL, or one split of the hf DatasetDict), written under a temporary name.
 
-    def __init__(self, path: Path, schema: pa.Schema, metadata: dict[bytes, bytes], kind: str) -> None:
+    A Parquet sink encodes and compresses its row groups on `writer_thread` (pyarrow releases the GIL there), so
+    that work overlaps the JSONL encoding, which holds the GIL; one write of a sink is in flight at a time, in
+    order, so memory holds at most one pending chunk a sink and the file is the one a direct write makes.
+    """
+
+    def __init__(self, path: Path, schema: pa.Schema, metadata: dict[bytes, bytes], kind: str,
+                 writer_thread: ThreadPoolExecutor | None = None) -> None:
         self.path, self.kind, self.rows = path, kind, 0
+        self.thread, self.pending = (writer_thread if kind == "parquet" else None), None
         if kind == "hf":
             self.schema = schema.with_metadata({**metadata, **hf_out.arrow_metadata(schema)})
             path.mkdir(parents=True)
@@ -66,14 +74,27 @@ class _Sink:
         if self.kind == "jsonl":
             names, encode = list(rows), _JSON.encode
             self.fh.writelines(encode(dict(zip(names, values))) + "\n" for values in zip(*(rows[k] for k in names)))
+            return
+        table = pa.table(rows, schema=self.schema)
+        self._wait()
+        if self.thread is None:
+            self.writer.write_table(table)
         else:
-            self.writer.write_table(pa.table(rows, schema=self.schema))
+            self.pending = self.thread.submit(self.writer.write_table, table)
+
+    def _wait(self) -> None:
+        if self.pending is not None:
+            pending, self.pending = self.pending, None
+            pending.result()  # a failed write raises here, in the export's own thread
 
     def close(self) -> None:
         if self.kind == "jsonl":
             self.fh.close()
             return
-        self.writer.close()
+        try:
+            self._wait()
+        finally:
+            self.writer.close()
         if self.kind == "hf":
             hf_out.finish_split(self.path, self.schema)
 
@@ -150,7 +171,8 @@ def _export(texts: tables.Texts, params: Mapping[str, Any], ingest_dir: Path, ne
         schemas[(fmt, "")] = f.schema(opts)
         schemas.update({(fmt, part): sch for part, sch in (f.companions(opts) if f.companions else {}).items()})
     metadata = {b"negmine": json.dumps(provenance, sort_keys=True).encode("utf-8")}
-    sinks = {(fmt, part, ft): _Sink(_table_path(out_dir, fmt, part, ft), sch, metadata, ft)
+    writer_thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="negmine-parquet")
+    sinks = {(fmt, part, ft): _Sink(_table_path(out_dir, fmt, part, ft), sch, metadata, ft, writer_thread)
              for (fmt, part), sch in schemas.items() for ft in params["file_types"]}
     seen: dict[str, dict[str, set[str]]] = {fmt: {} for fmt in formats}
 
@@ -222,8 +244,11 @@ def _export(texts: tables.Texts, params: Mapping[str, Any], ingest_dir: Path, ne
                         skipped[fmt] = skipped.get(fmt, 0) + 1
         write(batch)
     finally:
-        for sink in sinks.values():
-            sink.close()
+        try:
+            for sink in sinks.values():
+                sink.close()
+        finally:
+            writer_thread.shutdown(wait=True)
     if "hf" in params["file_types"]:
         hf_out.finish_dict(out_dir / hf_out.FOLDER, [hf_out.split_name(fmt, part) for fmt, part in schemas])
     files = {sink.path.relative_to(out_dir).as_posix(): sink.rows for sink in sinks.values()}

@@ -28,7 +28,7 @@ def test_batched_scoring_matches_bm25s_retrieve(tmp_path, method):
     import bm25s
 
     cfg, index_dir = _index(tmp_path, f"bm25.method='{method}'", "bm25.stemmer='english'")
-    searcher = Searcher(cfg["bm25"], index_dir, max_block_bytes=8 * 500 * 7)  # 7 dense rows at a time
+    searcher = Searcher(cfg["bm25"], index_dir, max_block_bytes=2 * 8 * 500 * 7)  # 7 dense rows at a time
     texts = _queries()
     docs, scores = searcher.search(texts, 20)
     reference = bm25s.BM25.load(str(index_dir / "bm25s"), mmap=True)
@@ -39,6 +39,36 @@ def test_batched_scoring_matches_bm25s_retrieve(tmp_path, method):
         # documents may swap places only where their scores tie
         assert set(mine[s > s[-1] + 1e-5]) <= set(ref)
     assert (np.diff(scores, axis=1) <= 0).all()
+
+
+@pytest.mark.parametrize("method", ["lucene", "bm25+"])
+def test_blocks_bounded_by_the_index_pages_they_touch_give_the_one_block_results(tmp_path, method):
+    """Query blocks are cut so that their terms' index rows fit half the block budget (what one product reads of
+    the index files); the rows read are the saved ones; the results are those of one block holding every query,
+    bit for bit."""
+    cfg, index_dir = _index(tmp_path, f"bm25.method='{method}'", "bm25.stemmer='english'")
+    texts = _queries()
+    whole = Searcher(cfg["bm25"], index_dir, max_block_bytes=1 << 40)
+    small = Searcher(cfg["bm25"], index_dir, max_block_bytes=2 * 4096)
+    q = small._query_matrix(texts)
+    assert list(whole._blocks(q, len(texts), 1 << 39)) == [(0, len(texts))]
+    blocks = list(small._blocks(q, len(texts), 4096))
+    assert len(blocks) > 5 and blocks[0][0] == 0 and blocks[-1][1] == len(texts)
+    assert all(b0[1] == b1[0] for b0, b1 in zip(blocks, blocks[1:]))  # consecutive, every query once
+    col_bytes = np.diff(small.indptr) * 8
+    for a, b in blocks:
+        touched = int(col_bytes[np.unique(q[a:b].indices)].sum())
+        assert b - a == 1 or touched <= 4096
+    saved = {n: np.load(index_dir / "bm25s" / f"{n}.csc.index.npy") for n in ("data", "indices", "indptr")}
+    rows = small.term_rows(np.array([0, 1, 2, 7, 9, small.vocab_size - 1]))  # adjacent and scattered rows
+    for i, t in enumerate([0, 1, 2, 7, 9, small.vocab_size - 1]):
+        a, b = saved["indptr"][t], saved["indptr"][t + 1]
+        assert rows.indices[rows.indptr[i]:rows.indptr[i + 1]].tolist() == saved["indices"][a:b].tolist()
+        assert rows.data[rows.indptr[i]:rows.indptr[i + 1]].tobytes() == saved["data"][a:b].tobytes()
+    docs_w, scores_w = whole.search(texts, 20)
+    docs_s, scores_s = small.search(texts, 20)
+    np.testing.assert_array_equal(docs_s, docs_w)
+    np.testing.assert_array_equal(scores_s, scores_w)
 
 
 def test_rank_bm25_reference_backend_agrees_with_bm25s_robertson(tmp_path):

@@ -98,6 +98,27 @@ def test_token_budget_batches_give_the_fixed_batches_vectors(minilm):
     np.testing.assert_allclose(budget, fixed, atol=1e-5)
 
 
+def test_token_budget_batches_work_for_a_static_embedding_model(tmp_path):
+    """sentence-transformers' StaticEmbedding (model2vec-style) holds a bare `tokenizers.Tokenizer`, which cannot
+    be called like a Hugging Face tokenizer: the default token budget must still batch it, with the fixed
+    batches' vectors."""
+    from sentence_transformers import SentenceTransformer
+    from sentence_transformers.models import StaticEmbedding
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(encode_mod.resolve_model("")))
+    weights = np.random.default_rng(0).standard_normal((tok.vocab_size, 16)).astype(np.float32)
+    SentenceTransformer(modules=[StaticEmbedding(tok.backend_tokenizer, embedding_weights=weights)]).save(
+        str(tmp_path / "static"))
+    model = encode_mod.load_model(_params(), tmp_path / "static")
+    texts = _sample_texts() + ["short query", "another one"]
+    lengths = encode_mod.token_lengths(model, texts)
+    assert lengths.tolist() == [len(e.ids) for e in tok.backend_tokenizer.encode_batch(texts, add_special_tokens=False)]
+    fixed = encode_mod.encode_texts(model, texts, _params(), "")
+    budget = encode_mod.encode_texts(model, texts, _params(batch_tokens=1024), "")
+    np.testing.assert_allclose(budget, fixed, atol=1e-5)
+
+
 def test_token_batches_respect_the_budget_and_cover_every_text_once():
     rng = np.random.default_rng(0)
     lengths = rng.integers(3, 257, size=500)

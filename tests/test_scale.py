@@ -108,10 +108,16 @@ def _reference_bm25s(params: dict, corpus: Path, out: Path) -> None:
 
 @pytest.mark.parametrize("method, stemmer", [("lucene", "english"), ("robertson", ""), ("atire", "english"),
                                              ("bm25l", ""), ("bm25+", "english")])
-@pytest.mark.parametrize("budget", [1 << 20, None])
-def test_chunked_bm25_index_is_byte_identical_to_bm25s_own(tmp_path, method, stemmer, budget):
+@pytest.mark.parametrize("budget, range_entries", [(1 << 20, 1), (1 << 20, 37), (None, None)])
+def test_chunked_bm25_index_is_byte_identical_to_bm25s_own(tmp_path, monkeypatch, method, stemmer, budget,
+                                                           range_entries):
+    """Built from corpus chunks and written term range by term range (one term a range; ranges of 37 entries
+    that split the corpus's terms unevenly; the default: one range), the files are bm25s' own, byte for byte."""
     from negmine import ingest
     from negmine.retrievers import bm25
+
+    if range_entries is not None:  # the smallest budget (1 MiB) still holds this corpus's index in one range
+        monkeypatch.setattr(bm25, "index_range_entries", lambda _budget: range_entries)
 
     ing = tmp_path / "ingest"
     ing.mkdir()
@@ -130,6 +136,9 @@ def test_chunked_bm25_index_is_byte_identical_to_bm25s_own(tmp_path, method, ste
     assert names == sorted(p.name for p in (ours / "bm25s").iterdir())
     for name in names:
         assert filecmp.cmp(tmp_path / "ref" / name, ours / "bm25s" / name, shallow=False), name
+    indptr = np.load(ours / "bm25s" / "indptr.csc.index.npy")
+    if range_entries is not None:
+        assert len(bm25.term_ranges(indptr, range_entries)) > 3
 
 
 @pytest.mark.parametrize("method", ["lucene", "bm25+"])
@@ -152,11 +161,16 @@ def test_positive_scores_equal_the_sparse_product_exactly(tmp_path, method):
     docs = np.random.default_rng(0).integers(0, s.n_docs, size=len(texts))
     got = s.score_pairs(texts, docs)
     q = s._query_matrix(texts)
-    want = np.asarray((q @ s.term_doc)[np.arange(len(texts)), docs], dtype=np.float32).reshape(-1)
+    saved = {n: np.load(tmp_path / "bm25s" / f"{n}.csc.index.npy") for n in ("data", "indices", "indptr")}
+    term_doc = sp.csr_matrix((saved["data"], saved["indices"], saved["indptr"]), shape=(s.vocab_size, s.n_docs))
+    want = np.asarray((q @ term_doc)[np.arange(len(texts)), docs], dtype=np.float32).reshape(-1)
     if s.nonoccurrence is not None:
         want += (q @ s.nonoccurrence).astype(np.float32)
-    assert isinstance(s.term_doc, sp.csr_matrix)
     assert got.dtype == np.float32 and got.tobytes() == want.tobytes()
+    # the same, a few queries' index rows at a time (blocks bounded by the rows they read)
+    small = bm25.Searcher(cfg["bm25"], tmp_path, max_block_bytes=2 * 2048)
+    assert len(list(small._blocks(q, len(texts), 2048))) > 10
+    assert small.score_pairs(texts, docs).tobytes() == want.tobytes()
     assert (got > 0).sum() > 50  # the sample's queries do share terms with random documents
 
 

@@ -402,6 +402,27 @@ def test_a_full_cache_disk_is_one_line_naming_the_stage_and_leaves_no_entry(tmp_
     assert not (tmp_path / "cache" / "sample").exists() and not (tmp_path / "out").exists()
 
 
+def test_a_parquet_write_failing_on_the_writer_thread_is_one_line_and_leaves_no_export(tmp_path, monkeypatch):
+    """Export writes Parquet row groups on a thread of its own: an error there must still stop the run."""
+    import threading
+
+    import pyarrow.parquet as pq
+
+    real, threads = pq.ParquetWriter.write_table, []
+
+    def full_disk(self, table, *args, **kwargs):
+        if threading.current_thread() is not threading.main_thread():  # the export's writer thread
+            threads.append(threading.current_thread().name)
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(self, table, *args, **kwargs)
+
+    monkeypatch.setattr(pq.ParquetWriter, "write_table", full_disk)
+    err = _one_line_error(_cli(tmp_path, "run", "-i", str(SAMPLE), "-o", str(tmp_path / "out")))
+    assert "no space left" in err and "stage 'export'" in err
+    assert len(threads) == 1 and all(name.startswith("negmine-parquet") for name in threads)
+    assert not list((tmp_path / "cache").glob("export/*/meta.json")) and not (tmp_path / "out").exists()
+
+
 @pytest.mark.parametrize("exc", [MemoryError(), RuntimeError("std::bad_alloc"),
                                  RuntimeError("[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: "
                                               "not enough memory: you tried to allocate 1073741824 bytes.")])
