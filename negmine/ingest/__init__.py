@@ -107,7 +107,10 @@ def resolve(params: dict[str, Any]) -> Source:
 
 
 def detect_format(params: dict[str, Any]) -> str:
-    return resolve(params).fmt
+    """The input's format; `params` may hold only some [input] settings (path, format): the rest are defaults."""
+    from negmine.config import DEFAULTS
+
+    return resolve({**DEFAULTS["input"], **params}).fmt
 
 
 def input_files(params: dict[str, Any]) -> list[Path]:
