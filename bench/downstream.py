@@ -59,9 +59,11 @@ ROWS: dict[str, list[str] | None] = {
     # the same negatives, three a query as separate triplet rows (what sentence-transformers' num_negatives=3 writes)
     "perc-pos-top100-3triplet": ["@configs/perc-pos-top.toml", "sample.num_negatives=3", "sample.rank_max=100"],
     "nv-retriever": ["@configs/nv-retriever.toml", "sample.num_negatives=1"],
-    "simans": ["@configs/simans.toml", "sample.num_negatives=1"],
+    "simans": ["@configs/simans.toml", "sample.num_negatives=1"],  # the recommended default until 11/2026
     "perc-pos-top": ["@configs/perc-pos-top.toml", "sample.num_negatives=1"],  # the recommended default until 11/2026
-    "recommended": ["@configs/recommended.toml", "sample.num_negatives=1"],
+    # the shipped default as users get it (three triplet rows a query since 11/2026: the same rows as
+    # dense-top3-triplet); `simans` is the default before it
+    "recommended": ["@configs/recommended.toml"],
 }
 
 

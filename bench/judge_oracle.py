@@ -6,7 +6,7 @@ texts in the prompt, maps them back to ids through `queries.jsonl` and `corpus.j
 that are relevant. That oracle proves the plumbing: every hidden positive the judge is asked about should leave
 the negatives. A noisy judge flips each verdict with probability `p` (seeded by the texts, so reruns agree), which
 shows how the false-negative rate and the number of negatives degrade with a worse model. The config is
-`configs/recommended.toml` (dense top 100, SimANS, 5 negatives) with `[judge] on = "negatives"` (judge the 5
+`configs/simans.toml` (dense top 100, SimANS, 5 negatives; the recommended default when measured) with `[judge] on = "negatives"` (judge the 5
 sampled) and `on = "pool"` (judge the whole window before sampling).
 
     .venv/bin/python bench/judge_oracle.py [--data ../shared/data/cisi] [--noise 0.1,0.2,0.4]
@@ -36,14 +36,14 @@ def run(name: str, data: Path, work: Path, judge: Oracle | None, extra: list[str
     start = time.perf_counter()
     stages: dict[str, object] = {}
     if judge is None:
-        folder, result = evaluate_run(REPO / "configs" / "recommended.toml", holdout_frac=0.3, overrides=overrides,
+        folder, result = evaluate_run(REPO / "configs" / "simans.toml", holdout_frac=0.3, overrides=overrides,
                                       cache_dir=work / "cache", eci_model=None,
                                       on_stage=lambda r: stages.__setitem__(r.stage, r))
         calls = None
     else:
         with ScriptedServer(judge) as server:
             overrides += [f"judge.model='oracle-noise-{judge.noise:g}'", f"judge.base_url='{server.base_url}'"]
-            folder, result = evaluate_run(REPO / "configs" / "recommended.toml", holdout_frac=0.3,
+            folder, result = evaluate_run(REPO / "configs" / "simans.toml", holdout_frac=0.3,
                                           overrides=overrides, cache_dir=work / "cache", eci_model=None,
                                           on_stage=lambda r: stages.__setitem__(r.stage, r))
             calls = server.calls

@@ -5,7 +5,8 @@ any problem with the data are exactly what `negmine run` will see. The choice fo
 - many positives a query (a mean of `MANY_POSITIVES` or more): NV-Retriever's positive-aware TopK-PercPos filter
   against the query's *best* positive (`perc-pos-top`); against the weakest one, a query with dozens of positives
   loses nearly every candidate (CISI, 35 positives a query, kept no negative at all);
-- about one positive a query: the recommended SimANS-style sampling from the dense top 100 (`recommended`).
+- about one positive a query: the recommended default, the 3 hardest dense negatives as triplet rows
+  (`recommended`).
 The presets' settings are kept here (configs/ is not installed with the package); a test checks that each equals
 its file in configs/.
 """
@@ -33,10 +34,9 @@ class Preset:
 PRESETS: dict[str, Preset] = {
     "recommended": Preset(
         "recommended.toml",
-        "5 negatives sampled from the dense top 100 with SimANS weights (a = 0.5, b = 0): near-uniform on cosine "
-        "scores, few hidden positives mined as negatives",
-        {**_DENSE, "sample": {"strategy": "simans", "simans_a": 0.5, "simans_b": 0.0, "num_negatives": 5,
-                              "rank_max": 100},
+        "the 3 best-ranked dense candidates inside the top 30, each its own triplet row (train on "
+        "triplet.parquet): the best retriever of the downstream benchmark",
+        {**_DENSE, "sample": {"strategy": "top", "num_negatives": 3, "rank_max": 30},
          "export": {"formats": ["triplet", "n-tuple", "ids"]}}),
     "perc-pos-top": Preset(
         "perc-pos-top.toml",
@@ -123,8 +123,9 @@ def choose(summary: DataSummary) -> tuple[str, str]:
         return "perc-pos-top", (f"{ppq:.1f} positives a query (>= {MANY_POSITIVES:g}): against its weakest positive "
                                 "a query with many positives loses nearly every candidate, so the positive-aware "
                                 "filter compares with the best one (positive_score = \"max\")")
-    return "recommended", (f"{ppq:.2f} positives a query (< {MANY_POSITIVES:g}): the recommended default, SimANS-style "
-                           "sampling from the dense top 100, which mined the fewest hidden positives as negatives")
+    return "recommended", (f"{ppq:.2f} positives a query (< {MANY_POSITIVES:g}): the recommended default, the 3 "
+                           "hardest dense negatives as triplet rows, which trained the best retriever in the "
+                           "downstream benchmark")
 
 
 def _toml(value: Any) -> str:
