@@ -18,10 +18,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from negmine import schema, tables
 from negmine.errors import InputError, NegmineError
+from negmine.io import read_parquet
 
 
 def read_qrels(path: Path, min_score: int) -> dict[str, set[str]]:
@@ -71,7 +71,7 @@ def eci_of_run(stages: dict[str, Path], model: str = "", seed: int = 0) -> dict[
     path = resolve_model(model, "--eci-model")
     ing = stages["ingest"]
     texts = tables.Texts(ing)
-    neg = pq.read_table(_negatives(stages), columns=["query_id", "doc_idx"])
+    neg = read_parquet(_negatives(stages), columns=["query_id", "doc_idx"])
     negs: dict[str, list[int]] = defaultdict(list)
     for q, i in zip(neg["query_id"].to_pylist(), neg["doc_idx"].to_pylist()):
         negs[q].append(i)
@@ -99,12 +99,12 @@ def evaluate(run_dir: Path, qrels: dict[str, set[str]] | None = None, eci_model:
             raise NegmineError(f"{run_dir}: the {name} stage entry is gone from the cache ({stages.get(name)}); "
                                "run the config again")
     ing = stages["ingest"]
-    known = pq.read_table(ing / tables.QRELS).to_pylist()
-    holdout = pq.read_table(ing / tables.HOLDOUT).to_pylist() if (ing / tables.HOLDOUT).is_file() else []
+    known = read_parquet(ing / tables.QRELS).to_pylist()
+    holdout = read_parquet(ing / tables.HOLDOUT).to_pylist() if (ing / tables.HOLDOUT).is_file() else []
     hidden: dict[str, set[str]] = defaultdict(set)
     for r in holdout:
         hidden[r["query_id"]].add(r["doc_id"])
-    cands = pq.read_table(stages["retrieve"] / schema.CANDIDATES_FILE, columns=["query_id", "doc_id"]).to_pylist()
+    cands = read_parquet(stages["retrieve"] / schema.CANDIDATES_FILE, columns=["query_id", "doc_id"]).to_pylist()
     found: dict[str, set[str]] = defaultdict(set)
     for c in cands:
         found[c["query_id"]].add(c["doc_id"])
@@ -127,7 +127,7 @@ def evaluate(run_dir: Path, qrels: dict[str, set[str]] | None = None, eci_model:
         "positives": int(rd.sum()), "retrieved": int(rn.sum()),
         "recall": float(rn.sum() / rd.sum()) if rd.sum() else float("nan"), "ci95": bootstrap_ci(rn, rd)}}
     # (b) false negatives among the mined negatives
-    neg = pq.read_table(_negatives(stages),  # the judge's, when one ran after sampling
+    neg = read_parquet(_negatives(stages),  # the judge's, when one ran after sampling
                         columns=["query_id", "doc_id", "rank", "filter_score"]).to_pylist()
     negs: dict[str, list[dict]] = defaultdict(list)
     for r in neg:
@@ -158,7 +158,7 @@ def evaluate(run_dir: Path, qrels: dict[str, set[str]] | None = None, eci_model:
     gaps = np.full(len(neg), np.nan)
     src = stages.get("score") if run.get("score_source") == "teacher" else stages["retrieve"]
     if src is not None and (src / schema.POSITIVE_SCORES_FILE).is_file():
-        pos = pq.read_table(src / schema.POSITIVE_SCORES_FILE, columns=["query_id", "teacher_score"])
+        pos = read_parquet(src / schema.POSITIVE_SCORES_FILE, columns=["query_id", "teacher_score"])
         weakest: dict[str, float] = {}
         for q, s in zip(pos["query_id"].to_pylist(), pos["teacher_score"].to_pylist()):
             weakest[q] = min(s, weakest.get(q, s))

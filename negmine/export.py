@@ -7,8 +7,10 @@ into provenance.json. Writers stream query chunk by query chunk.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
+from json.encoder import encode_basestring  # the C escaper json uses without ensure_ascii
 from pathlib import Path
 from typing import Any
 
@@ -19,10 +21,11 @@ import pyarrow.parquet as pq
 from negmine import report, schema, tables
 from negmine import hf_dict as hf_out
 from negmine.formats import FORMATS, Options, QueryRecord, Tables, empty_rows
+from negmine.io import read_parquet
 from negmine.progress import bar
 from negmine.stage import Config, Context, Inputs, Params, Stage, thaw
 
-VERSION = "6"  # bumped when the stage's output changes; 6: report.html and the reports' examples
+VERSION = "7"  # bumped when the stage's output changes; 6: report.html and the reports' examples; 7: scores.svg
 
 
 def _query_groups(negatives_path: Path) -> Iterator[list[tuple[str, dict[str, list]]]]:
@@ -41,6 +44,45 @@ def _query_groups(negatives_path: Path) -> Iterator[list[tuple[str, dict[str, li
 
 # json.dumps(..., ensure_ascii=False) builds a new encoder per call; one encoder writes the same bytes
 _JSON = json.JSONEncoder(ensure_ascii=False)
+
+
+def _json_float(v: float) -> str:
+    if v != v:
+        return "NaN"
+    if v in (math.inf, -math.inf):
+        return "Infinity" if v > 0 else "-Infinity"
+    return float.__repr__(v)
+
+
+_SCALAR = {str: encode_basestring, int: int.__repr__, float: _json_float, bool: lambda v: "true" if v else "false",
+           type(None): lambda v: "null"}
+
+
+def _json_column(values: list, memo: dict[str, str]) -> list[str]:
+    """Each value as `_JSON` encodes it. A query's text repeats on each of its rows (triplets) and a document's in
+    every format, so each distinct text is escaped once (`memo`: a chunk's escaped texts)."""
+
+    def one(v: Any) -> str:
+        if type(v) is str:
+            enc = memo.get(v)
+            if enc is None:
+                enc = memo[v] = encode_basestring(v)
+            return enc
+        scalar = _SCALAR.get(type(v))
+        if scalar is not None:
+            return scalar(v)
+        if type(v) is list:  # a row's negatives' texts, ids or scores
+            return "[" + ", ".join([one(x) for x in v]) + "]"
+        return _JSON.encode(v)
+
+    return [one(v) for v in values]
+
+
+def _jsonl(rows: dict[str, list], memo: dict[str, str] | None = None) -> str:
+    """JSON Lines of column lists, byte for byte what `_JSON.encode(row) + "\\n"` writes for each row."""
+    line = "{" + ", ".join(encode_basestring(name).replace("%", "%%") + ": %s" for name in rows) + "}\n"
+    memo = {} if memo is None else memo
+    return "".join([line % values for values in zip(*(_json_column(v, memo) for v in rows.values()))])
 
 
 class _Sink:
@@ -66,14 +108,13 @@ class _Sink:
             self.schema = schema
             self.fh = open(path, "w", encoding="utf-8")
 
-    def write(self, rows: dict[str, list]) -> None:
+    def write(self, rows: dict[str, list], memo: dict[str, str] | None = None) -> None:
         n = len(next(iter(rows.values()))) if rows else 0
         if n == 0:
             return
         self.rows += n
         if self.kind == "jsonl":
-            names, encode = list(rows), _JSON.encode
-            self.fh.writelines(encode(dict(zip(names, values))) + "\n" for values in zip(*(rows[k] for k in names)))
+            self.fh.write(_jsonl(rows, memo))
             return
         table = pa.table(rows, schema=self.schema)
         self._wait()
@@ -109,7 +150,7 @@ def _table_path(out_dir: Path, fmt: str, part: str, file_type: str) -> Path:
 def _scores_by_pair(path: Path | None) -> dict[tuple[str, str], float]:
     if path is None:
         return {}
-    t = pq.read_table(path, columns=["query_id", "doc_id", "teacher_score"])
+    t = read_parquet(path, columns=["query_id", "doc_id", "teacher_score"])
     return dict(zip(zip(t["query_id"].to_pylist(), t["doc_id"].to_pylist()), t["teacher_score"].to_pylist()))
 
 
@@ -128,12 +169,16 @@ def _only_positives(rec: QueryRecord, keep: list[int]) -> QueryRecord | None:
 
 def export(params: Mapping[str, Any], ingest_dir: Path, negatives_path: Path, provenance: dict[str, Any],
            out_dir: Path, teacher_positives: Path | None = None, source_positives: Path | None = None,
-           relabeled: Path | None = None) -> dict[str, Any]:
+           relabeled: Path | None = None, texts: tables.Texts | None = None) -> dict[str, Any]:
     """Write every configured format. `teacher_positives` / `source_positives` hold the positives' teacher
     scores and the scores on the filters' scale (teacher's or retriever's; None for fused RRF scores);
-    `relabeled`, candidates a judge made positives (negmine.judge), joins every format's positives."""
-    with tables.Texts(ingest_dir) as texts:
+    `relabeled`, candidates a judge made positives (negmine.judge), joins every format's positives; `texts`, an
+    open text store of the ingest entry (one is made and dropped here if not given)."""
+    if texts is not None:
         return _export(texts, params, ingest_dir, negatives_path, provenance, out_dir, teacher_positives,
+                       source_positives, relabeled)
+    with tables.Texts(ingest_dir) as own:
+        return _export(own, params, ingest_dir, negatives_path, provenance, out_dir, teacher_positives,
                        source_positives, relabeled)
 
 
@@ -143,7 +188,7 @@ def _add_relabeled(path: Path | None, positives: dict[str, tuple[list[str], list
     scores; returns how many."""
     if path is None:
         return 0
-    t = pq.read_table(path)
+    t = read_parquet(path)
     for q, d, i, ts, fs in zip(*(t[n].to_pylist() for n in ("query_id", "doc_id", "doc_idx", "teacher_score",
                                                               "filter_score"))):
         ids, idx = positives[q]
@@ -183,9 +228,10 @@ def _export(texts: tables.Texts, params: Mapping[str, Any], ingest_dir: Path, ne
                 for fmt, f in formats.items()}
 
     def write(batch: dict[str, Any]) -> None:
+        memo: dict[str, str] = {}  # the chunk's texts escaped for JSON once, whatever format repeats them
         for (fmt, part, _), sink in sinks.items():
             rows = batch[fmt]
-            sink.write((rows.companions[part] if part else rows.main) if isinstance(rows, Tables) else rows)
+            sink.write((rows.companions[part] if part else rows.main) if isinstance(rows, Tables) else rows, memo)
 
     skipped: dict[str, int] = {}
     written: set[str] = set()
@@ -289,7 +335,14 @@ def _run(inputs: Inputs, params: Params, out_dir: Path) -> dict[str, Any]:
     relabeled = judge / schema.RELABELED_FILE if judge is not None else None
     # every earlier stage's key: all are in this stage's key through the stages it reads
     prov = {**thaw(params["provenance"]), "stage_keys": {s: r.key for s, r in inputs.log.items()}}
-    stats = export(params, ingest_dir, negatives, prov, out_dir, teacher_pos, source_pos, relabeled)
+    with tables.Texts(ingest_dir) as texts:  # one copy of the corpus's texts, for the rows and the examples
+        stats = export(params, ingest_dir, negatives, prov, out_dir, teacher_pos, source_pos, relabeled, texts)
+        _report(inputs, params, ingest_dir, negatives, source_pos, out_dir, prov, stats, texts)
+    return stats
+
+
+def _report(inputs: Inputs, params: Params, ingest_dir: Path, negatives: Path, source_pos: Path | None,
+            out_dir: Path, prov: dict[str, Any], stats: dict[str, Any], texts: tables.Texts) -> None:
     (out_dir / "provenance.json").write_text(json.dumps(prov, indent=2, sort_keys=True) + "\n")
     log = {s: {"key": r.key, "status": r.status, "seconds": r.seconds, "stats": r.stats} for s, r in inputs.log.items()}
     rep = report.build(log, negatives, inputs["exclude"] / schema.EXCLUDED_FILE, source_pos, params["score_type"],
@@ -301,14 +354,13 @@ def _run(inputs: Inputs, params: Params, out_dir: Path) -> dict[str, Any]:
 
     picked = report.pick_examples(tables.mined_query_ids(ingest_dir).to_pylist(), params["report_seed"])
     entries = {name: inputs[name] for name in inputs}
-    examples = list(stories(entries, picked, params["score_type"]))
+    examples = list(stories(entries, picked, params["score_type"], texts_of=texts.parts))
     rep["examples"] = [report.example_summary(st) for st in examples]
     report.write(rep, negatives, source_pos, out_dir, examples)
-    return stats
 
 
 STAGE = Stage(
     name="export", version=VERSION, command="export", reads=_reads, params=_params, run=_run, section="export",
     # and <format>.<file type> each
-    outputs=("provenance.json", "report.json", "report.md", "report.html", "scores.png"),
+    outputs=("provenance.json", "report.json", "report.md", "report.html", "scores.svg"),
     reads_log=True)  # the report says how this run's stages went (cached or computed, seconds)

@@ -10,6 +10,10 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 
 def umask() -> int:
@@ -65,3 +69,12 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def read_parquet(path: Path | str, columns: list[str] | None = None, memory_map: bool = False) -> "pa.Table":
+    """One Parquet file as a table, as `pyarrow.parquet.read_table` reads it, without its dataset layer: that
+    import (pyarrow.dataset, which imports pandas) costs about a second of every process that reads a table."""
+    import pyarrow.parquet as pq
+
+    with pq.ParquetFile(path, memory_map=memory_map) as pf:
+        return pf.read(columns=columns)

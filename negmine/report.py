@@ -1,4 +1,4 @@
-"""The mining report: report.json, report.md, report.html and a PNG of the scores, written beside the exports.
+"""The mining report: report.json, report.md, report.html and an SVG of the scores, written beside the exports.
 
 It answers what a user needs before training on the negatives: how many, how hard (a score table for positives,
 negatives and their gap), what each filter removed, where the positives ranked and how many were never
@@ -11,7 +11,6 @@ queries are user data.
 """
 from __future__ import annotations
 
-import base64
 import html
 import json
 from collections.abc import Sequence
@@ -20,8 +19,8 @@ from typing import Any
 
 import numpy as np
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
+from negmine.io import read_parquet
 from negmine.memory import peak_rss_mib
 from negmine.story import QueryStory
 
@@ -42,12 +41,12 @@ def describe(values: np.ndarray) -> dict[str, float | int]:
 
 def build(stages: dict[str, Any], negatives_path: Path, excluded_path: Path, positives_path: Path | None,
           score_type: str, n_positive_pairs: int, export_stats: dict[str, Any]) -> dict[str, Any]:
-    neg = pq.read_table(negatives_path, columns=["query_id", "filter_score", "retriever", "source"])
+    neg = read_parquet(negatives_path, columns=["query_id", "filter_score", "retriever", "source"])
     neg_scores = neg["filter_score"].to_numpy(zero_copy_only=False).astype(np.float64)
     report: dict[str, Any] = {"score_type": score_type}
     # scores: positives (on the filters' scale), negatives, and the gap s_pos(min) - s_neg per negative
     if positives_path is not None:
-        pos = pq.read_table(positives_path, columns=["query_id", "teacher_score"])
+        pos = read_parquet(positives_path, columns=["query_id", "teacher_score"])
         pos_scores = pos["teacher_score"].to_numpy(zero_copy_only=False).astype(np.float64)
         weakest = pos.group_by("query_id").aggregate([("teacher_score", "min")])
         by_q = dict(zip(weakest["query_id"].to_pylist(), weakest["teacher_score_min"].to_pylist()))
@@ -60,7 +59,7 @@ def build(stages: dict[str, Any], negatives_path: Path, excluded_path: Path, pos
     exc = stages["exclude"]["stats"]
     report["removed"] = {**exc.get("excluded", {}), **exc.get("filtered", {})}
     # where the positives ranked among the retrieved candidates, and how many were not retrieved at all
-    excluded = pq.read_table(excluded_path, columns=["reason", "rank"])
+    excluded = read_parquet(excluded_path, columns=["reason", "rank"])
     ranks = excluded.filter(pc.equal(excluded["reason"], "positive"))["rank"].to_numpy(zero_copy_only=False)
     buckets = {}
     for lo, hi in RANK_BUCKETS:
@@ -184,43 +183,72 @@ def _markdown_examples(examples: list[dict[str, Any]]) -> list[str]:
     return lines + [""]
 
 
-def plot(report: dict[str, Any], negatives_path: Path, positives_path: Path | None, out: Path) -> None:
-    """Histogram of positive and negative scores (the filters' scale) as a PNG."""
-    import matplotlib
+def _tick(v: float) -> str:
+    return f"{v:.3g}"
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    neg = pq.read_table(negatives_path, columns=["filter_score"])["filter_score"].to_numpy(zero_copy_only=False)
-    neg = neg[np.isfinite(neg.astype(np.float64))]
-    pos = (pq.read_table(positives_path, columns=["teacher_score"])["teacher_score"].to_numpy(zero_copy_only=False)
+def histogram_svg(report: dict[str, Any], negatives_path: Path, positives_path: Path | None) -> str:
+    """Histogram of positive and negative scores (the filters' scale) as a standalone SVG: 40 bins over both,
+    each side's density, drawn by hand (plotting libraries cost a second of import for one picture)."""
+    neg = read_parquet(negatives_path, columns=["filter_score"])["filter_score"].to_numpy(zero_copy_only=False)
+    neg = neg[np.isfinite(neg.astype(np.float64))].astype(np.float64)
+    pos = (read_parquet(positives_path, columns=["teacher_score"])["teacher_score"].to_numpy(zero_copy_only=False)
            if positives_path is not None else np.array([]))
-    fig, ax = plt.subplots(figsize=(7, 4), dpi=100)
-    both = np.concatenate([pos, neg]) if len(pos) else neg
+    pos = pos[np.isfinite(pos.astype(np.float64))].astype(np.float64)
+    both = np.concatenate([pos, neg])
     lo, hi = (float(both.min()), float(both.max())) if len(both) else (0.0, 1.0)
     pad = max(abs(hi - lo), 1e-3 * max(1.0, abs(hi))) * 0.05  # scores can all but coincide
     bins = np.linspace(lo - pad, hi + pad, 41)
-    if len(pos):
-        ax.hist(pos, bins=bins, alpha=0.6, label=f"positives ({len(pos)})", color="tab:green", density=True)
-    if len(neg):
-        ax.hist(neg, bins=bins, alpha=0.6, label=f"negatives ({len(neg)})", color="tab:red", density=True)
-    ax.set_xlabel(f"score ({report['score_type']})")
-    ax.set_ylabel("density")
-    ax.set_title("negmine: positive and negative scores")
-    if len(pos) or len(neg):
-        ax.legend()
-    fig.tight_layout()
-    fig.savefig(out, metadata={"Software": None})
-    plt.close(fig)
+    series = [(f"positives ({len(pos)})", pos, "#2ca02c"), (f"negatives ({len(neg)})", neg, "#d62728")]
+    dens = [np.histogram(v, bins=bins, density=True)[0] if len(v) else np.zeros(40) for _, v, _ in series]
+    top = max(float(max(d.max() for d in dens)), 1e-12)
+    w, h, left, right, up, down = 700, 400, 64, 16, 36, 52
+    pw, ph = w - left - right, h - up - down
+
+    def x(v: float) -> float:
+        return left + (v - bins[0]) / (bins[-1] - bins[0]) * pw
+
+    def y(v: float) -> float:
+        return up + ph - v / top * ph
+
+    title = "negmine: positive and negative scores"
+    out = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{w}" height="{h}" viewBox="0 0 {w} {h}" role="img" '
+           f'aria-label="histogram of positive and negative scores" font-family="sans-serif">',
+           f'<rect width="{w}" height="{h}" fill="#fff"/>',
+           f'<text x="{left + pw / 2:.1f}" y="22" font-size="15" text-anchor="middle">{_e(title)}</text>']
+    for (_, values, color), d in zip(series, dens):
+        if not len(values):
+            continue
+        for i, v in enumerate(d):
+            if v > 0:
+                out.append(f'<rect x="{x(bins[i]):.2f}" y="{y(v):.2f}" width="{x(bins[i + 1]) - x(bins[i]):.2f}" '
+                           f'height="{up + ph - y(v):.2f}" fill="{color}" fill-opacity="0.6"/>')
+    out.append(f'<path d="M{left} {up}V{up + ph}H{left + pw}" fill="none" stroke="#333"/>')
+    for t in np.linspace(bins[0], bins[-1], 6):
+        out.append(f'<path d="M{x(t):.2f} {up + ph}v5" stroke="#333"/><text x="{x(t):.2f}" y="{up + ph + 18}" '
+                   f'font-size="11" text-anchor="middle">{_e(_tick(float(t)))}</text>')
+    for t in np.linspace(0, top, 5):
+        out.append(f'<path d="M{left} {y(t):.2f}h-5" stroke="#333"/><text x="{left - 8}" y="{y(t) + 4:.2f}" '
+                   f'font-size="11" text-anchor="end">{_e(_tick(float(t)))}</text>')
+    out.append(f'<text x="{left + pw / 2:.1f}" y="{h - 10}" font-size="12" text-anchor="middle">'
+               f'score ({_e(report["score_type"])})</text>')
+    out.append(f'<text x="14" y="{up + ph / 2:.1f}" font-size="12" text-anchor="middle" '
+               f'transform="rotate(-90 14 {up + ph / 2:.1f})">density</text>')
+    shown = [(label, color) for label, values, color in series if len(values)]
+    for i, (label, color) in enumerate(shown):
+        ly = up + 8 + i * 18
+        out.append(f'<rect x="{left + pw - 170}" y="{ly}" width="12" height="12" fill="{color}" fill-opacity="0.6"/>'
+                   f'<text x="{left + pw - 152}" y="{ly + 10}" font-size="12">{_e(label)}</text>')
+    return "".join(out) + "</svg>\n"
 
 
 def write(report: dict[str, Any], negatives_path: Path, positives_path: Path | None, out_dir: Path,
           stories: Sequence[QueryStory] = ()) -> None:
     (out_dir / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True, default=str) + "\n")
     (out_dir / "report.md").write_text(markdown(report))
-    plot(report, negatives_path, positives_path, out_dir / "scores.png")
-    (out_dir / "report.html").write_text(to_html(report, stories, (out_dir / "scores.png").read_bytes()),
-                                         encoding="utf-8")
+    svg = histogram_svg(report, negatives_path, positives_path)
+    (out_dir / "scores.svg").write_text(svg, encoding="utf-8")
+    (out_dir / "report.html").write_text(to_html(report, stories, svg), encoding="utf-8")
 
 
 def _e(value: Any) -> str:
@@ -304,7 +332,7 @@ def _rows_html(head: Sequence[str], rows: Sequence[Sequence[Any]], cls: str = "s
     return "".join(out) + "</tbody></table>"
 
 
-def to_html(report: dict[str, Any], stories: Sequence[QueryStory], png: bytes) -> str:
+def to_html(report: dict[str, Any], stories: Sequence[QueryStory], histogram: str) -> str:
     """The report as one self-contained HTML page: no script, no network (the CSP forbids both)."""
     neg, pos = report["negatives"], report["positives"]
     score_rows = [(name.replace("_", " "), d.get("count", 0), *[d.get(k) for k in ("mean", "std", "p05", "p25",
@@ -313,7 +341,7 @@ def to_html(report: dict[str, Any], stories: Sequence[QueryStory], png: bytes) -
     total = max(1, neg["total"])
     parts = [
         "<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\">",
-        "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; img-src data:; "
+        "<meta http-equiv=\"Content-Security-Policy\" content=\"default-src 'none'; "
         "style-src 'unsafe-inline'\">",
         "<meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">",
         f"<title>negmine mining report</title><style>{_CSS}</style></head><body>",
@@ -325,8 +353,7 @@ def to_html(report: dict[str, Any], stories: Sequence[QueryStory], png: bytes) -
         "<h2>Removed before sampling</h2>",
         _rows_html(["reason", "candidates"], list(report["removed"].items())),
         "<h2>Plots</h2><div class=\"plots\">",
-        f'<img alt="histogram of positive and negative scores" width="700" height="400" '
-        f'src="data:image/png;base64,{base64.b64encode(png).decode("ascii")}">',
+        histogram,
         _bars_svg("Where the positives ranked", {**pos["rank_histogram"], "not retrieved": pos["not_retrieved"]}),
         _bars_svg("Removed before sampling", dict(report["removed"])) if report["removed"] else "",
         "</div>",

@@ -10,7 +10,7 @@ file is streamed batch by batch and only the asked queries' rows are kept: memor
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -170,9 +170,11 @@ class Run:
         return stories(self.stages, query_ids, self.score_type)
 
 
-def stories(stages: Mapping[str, Path], query_ids: list[str], score_type: str,
-            with_texts: bool = True) -> Iterator[QueryStory]:
-    """Each asked query's story, in the order asked. `stages` maps stage names to their cache entries."""
+def stories(stages: Mapping[str, Path], query_ids: list[str], score_type: str, with_texts: bool = True,
+            texts_of: Callable[[list[int]], tuple[list[str], list[str]]] | None = None) -> Iterator[QueryStory]:
+    """Each asked query's story, in the order asked. `stages` maps stage names to their cache entries;
+    `texts_of`, (titles, texts) of corpus rows from an open text store (`tables.Texts.parts`), else the rows
+    are read from the corpus file."""
     ingest = stages["ingest"]
     teacher = "score" in stages
     filt = _meta(stages["exclude"])["params"]
@@ -204,7 +206,11 @@ def stories(stages: Mapping[str, Path], query_ids: list[str], score_type: str,
     texts: dict[int, tuple[str, str]] = {}
     if with_texts:
         wanted = [*pos["doc_idx"].to_pylist(), *cand["doc_idx"].to_pylist(), *neg["doc_idx"].to_pylist()]
-        texts = doc_parts(ingest, wanted)
+        if texts_of is None:
+            texts = doc_parts(ingest, wanted)
+        else:
+            rows = sorted(set(int(i) for i in wanted))
+            texts = dict(zip(rows, zip(*texts_of(rows)))) if rows else {}
     for qid in query_ids:
         yield _story(qid, qtext[qid], {k: v.get(qid, []) for k, v in by_q.items()}, pos_scores, filt, smp,
                      score_type, texts, judge)

@@ -18,6 +18,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from negmine.io import read_parquet
+
 CORPUS = "corpus.parquet"
 QUERIES = "queries.parquet"
 QRELS = "qrels.parquet"
@@ -50,7 +52,7 @@ def num_docs(ingest_dir: Path) -> int:
 
 
 def doc_ids(ingest_dir: Path) -> pa.ChunkedArray:
-    return pq.read_table(ingest_dir / CORPUS, columns=["doc_id"], memory_map=True).column(0)
+    return read_parquet(ingest_dir / CORPUS, columns=["doc_id"], memory_map=True).column(0)
 
 
 def iter_doc_texts(ingest_dir: Path, batch: int = 50_000) -> Iterator[str]:
@@ -66,7 +68,7 @@ def iter_doc_texts(ingest_dir: Path, batch: int = 50_000) -> Iterator[str]:
 def write_derived(ingest_dir: Path, min_positive_score: int, use_title: bool, title_sep: str) -> None:
     """Ingest's last step: the text settings and positives.parquet, so no stage derives them again."""
     (ingest_dir / TEXT).write_text(json.dumps({"use_title": use_title, "title_sep": title_sep}) + "\n")
-    qrels = pq.read_table(ingest_dir / QRELS)
+    qrels = read_parquet(ingest_dir / QRELS)
     qrels = qrels.filter(pc.greater_equal(qrels["score"], min_positive_score))
     qrels = qrels.sort_by([("query_id", "ascending"), ("score", "descending"), ("doc_id", "ascending")])
     didx = pc.index_in(qrels["doc_id"], value_set=doc_ids(ingest_dir).combine_chunks()).to_pylist()
@@ -74,7 +76,7 @@ def write_derived(ingest_dir: Path, min_positive_score: int, use_title: bool, ti
     for q, d, i, g in zip(qrels["query_id"].to_pylist(), qrels["doc_id"].to_pylist(), didx,
                           qrels["score"].to_pylist()):
         own.setdefault(q, []).append((d, i, g))
-    queries = pq.read_table(ingest_dir / QUERIES, columns=["query_id", "hash"])
+    queries = read_parquet(ingest_dir / QUERIES, columns=["query_id", "hash"])
     mined = [(q, h) for q, h in zip(queries["query_id"].to_pylist(), queries["hash"].to_pylist()) if q in own]
     # queries with the same (normalised) text are one question: a positive of one is a positive of all, else the
     # twin would mine its sibling's positive as a negative
@@ -96,14 +98,14 @@ def write_derived(ingest_dir: Path, min_positive_score: int, use_title: bool, ti
 
 
 def _own_positives(ingest_dir: Path) -> pa.Table:
-    t = pq.read_table(ingest_dir / POSITIVES)
+    t = read_parquet(ingest_dir / POSITIVES)
     return t.filter(pc.invert(t["pooled"]))
 
 
 def mined_queries(ingest_dir: Path) -> pa.Table:
     """The queries with at least one positive of their own, in the order of the queries table: the ones mined."""
     wanted = pc.unique(_own_positives(ingest_dir)["query_id"])
-    queries = pq.read_table(ingest_dir / QUERIES, columns=["query_id", "text"])
+    queries = read_parquet(ingest_dir / QUERIES, columns=["query_id", "text"])
     return queries.filter(pc.is_in(queries["query_id"], value_set=wanted))
 
 
@@ -200,10 +202,10 @@ class Texts:
 
     def __init__(self, ingest_dir: Path, batch: int = 8192) -> None:
         self.ingest_dir, self.batch = ingest_dir, batch
-        self.corpus = pq.read_table(ingest_dir / CORPUS, columns=["doc_id"], memory_map=True)
+        self.corpus = read_parquet(ingest_dir / CORPUS, columns=["doc_id"], memory_map=True)
         self.use_title, self.title_sep = text_settings(ingest_dir)
         self._store: tuple[_ColumnStore, _ColumnStore] | None = None
-        queries = pq.read_table(ingest_dir / QUERIES, columns=["query_id", "text"])
+        queries = read_parquet(ingest_dir / QUERIES, columns=["query_id", "text"])
         self.queries = dict(zip(queries["query_id"].to_pylist(), queries["text"].to_pylist()))
 
     def parts(self, idx: list[int] | np.ndarray) -> tuple[list[str], list[str]]:
@@ -264,15 +266,15 @@ class Positives:
     membership tests; query indices are positions in `mined_query_ids`."""
 
     def __init__(self, ingest_dir: Path) -> None:
-        corpus = pq.read_table(ingest_dir / CORPUS, columns=["hash", "text_hash"], memory_map=True)
+        corpus = read_parquet(ingest_dir / CORPUS, columns=["hash", "text_hash"], memory_map=True)
         self.query_ids = mined_query_ids(ingest_dir)
         self.n_docs = corpus.num_rows
         self.doc_hash = corpus["hash"].to_numpy()
         self.doc_text_hash = corpus["text_hash"].to_numpy()
-        queries = pq.read_table(ingest_dir / QUERIES, columns=["query_id", "hash"])
+        queries = read_parquet(ingest_dir / QUERIES, columns=["query_id", "hash"])
         qpos = pc.index_in(self.query_ids, value_set=queries["query_id"]).to_numpy()
         self.query_hash = queries["hash"].to_numpy()[qpos]
-        pos = pq.read_table(ingest_dir / POSITIVES, columns=["query_id", "doc_idx"])
+        pos = read_parquet(ingest_dir / POSITIVES, columns=["query_id", "doc_idx"])
         self.pos_qidx = pc.index_in(pos["query_id"], value_set=self.query_ids).to_numpy(
             zero_copy_only=False).astype(np.int64)
         self.pos_didx = pos["doc_idx"].to_numpy().astype(np.int64)

@@ -24,7 +24,7 @@ SAMPLE = ROOT / "data" / "sample"
 SCIFACT = ROOT.parent / "shared" / "data" / "scifact"
 GOLDEN = Path(__file__).resolve().parent / "golden" / "hashes.json"
 TEACHER_PRESETS = ("cross-encoder", "rocketqa")  # their teacher is replaced by the tests' tiny cross-encoder
-SKIP = {"provenance.json", "run.json", "report.json", "report.md", "report.html", "scores.png", ".negmine-outputs.json"}
+SKIP = {"provenance.json", "run.json", "report.json", "report.md", "report.html", "scores.svg", ".negmine-outputs.json"}
 
 
 def data_hash(path: Path) -> str:

@@ -117,7 +117,7 @@ def test_report_files_and_command(tmp_path):
     assert sum(report["positives"]["rank_histogram"].values()) == report["positives"]["retrieved"]
     assert report["scores"]["negatives"]["count"] == 300 and report["scores"]["positives"]["count"] == 416
     assert report["removed"]["positive"] == report["positives"]["retrieved"]
-    assert (out / "scores.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "scores.svg").read_text().startswith("<svg") and "negatives (300)" in (out / "scores.svg").read_text()
     printed = runner.invoke(app, ["report", str(out)])
     assert printed.exit_code == 0 and "# negmine mining report" in printed.stdout
     assert runner.invoke(app, ["report", str(cfg)]).stdout == printed.stdout

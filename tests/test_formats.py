@@ -91,3 +91,19 @@ def test_one_training_step_accepts_the_format(exported, tiny_bi_encoders, tiny_c
         _train_bi(tiny_bi_encoders[0], ds, loss, tmp_path)
     else:
         _train_ce(tiny_cross_encoder, ds, loss, tmp_path)
+
+
+def test_jsonl_rows_are_byte_for_byte_what_the_json_module_writes():
+    """Export writes JSON Lines column by column (each distinct text escaped once a chunk); every value kind must
+    come out exactly as json.JSONEncoder(ensure_ascii=False) writes it."""
+    import json
+
+    from negmine.export import _jsonl
+
+    rows = {"anchor": ["q\u2028\"x", "é\\", None, "a%s%%"], "score": [1.5, float("nan"), float("inf"), -float("inf")],
+            "ids": [["a", "b"], [], ["\n", [1, None]], ["x", 2.5, float("nan")]], "n": [1, True, False, 10**20], "f": [0.1, 1e-300, -0.0, 3.0],
+            "%weird\"key": ["1", "2", "3", "4"], "nested": [{"a": [1.0]}, None, {}, {"b": "\t"}]}
+    enc = json.JSONEncoder(ensure_ascii=False)
+    want = "".join(enc.encode(dict(zip(rows, v))) + "\n" for v in zip(*rows.values()))
+    assert _jsonl(rows) == want
+    assert _jsonl({"a": []}) == ""

@@ -151,13 +151,13 @@ def test_slow_answers_429_500_and_dropped_connections_are_retried(tmp_path):
         if n == 1 and kind == 2:
             return Reply(drop=True)
         if n == 1 and kind == 3:
-            return Reply(delay=1.5, content="{\"false_negatives\": []}")  # past the timeout: its answer is lost
+            return Reply(delay=8.0, content="{\"false_negatives\": []}")  # past the timeout: its answer is lost
         return rule(req)
 
     with ScriptedServer(rule) as plain:
         expected = negmine.mine(CONFIG, judge_overrides(tmp_path / "plain", plain))
     with ScriptedServer(script) as server:
-        r = negmine.mine(CONFIG, judge_overrides(tmp_path, server, "judge.timeout=0.5", "judge.concurrency=8"))
+        r = negmine.mine(CONFIG, judge_overrides(tmp_path, server, "judge.timeout=3", "judge.concurrency=8"))
         first_failures = sum(1 for q in seen if sum(map(ord, q)) % 5 < 4)
         assert first_failures > 0 and r.stages["judge"].stats["retries"] == first_failures
         assert server.calls == 60 + first_failures

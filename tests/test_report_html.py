@@ -58,7 +58,7 @@ def test_report_html_is_self_contained_and_lists_the_examples_negatives(tmp_path
     # nothing fetched from anywhere: no script, no external URL, the plot inline
     assert "<script" not in page.lower()
     assert not re.search(r"""(src|href)\s*=\s*["']?(https?:|//)""", page)
-    assert 'src="data:image/png;base64,' in page and "<svg" in page
+    assert 'aria-label="histogram of positive and negative scores"' in page and page.count("<svg") >= 2
     assert "Content-Security-Policy" in page
     report = json.loads((out / "report.json").read_text())
     ids = pq.read_table(out / "ids.parquet").to_pylist()
@@ -114,7 +114,7 @@ def test_report_html_renders_in_chromium_without_errors_and_shows_the_examples(t
     assert result.values["examples"] == EXAMPLES
     assert result.values["negative_rows"] == sum(len(ex["negatives"]) for ex in report["examples"])
     assert result.values["candidate_rows"] == sum(ex["candidates"] for ex in report["examples"])
-    assert result.values["images_loaded"] is True and result.values["svg_plots"] >= 1
+    assert result.values["images_loaded"] is True and result.values["svg_plots"] >= 2
     assert result.values["visible"] is True
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
@@ -131,5 +131,5 @@ def test_a_script_in_a_document_does_not_run_in_the_browser(tmp_path):
     }, screenshot=tmp_path / "evil.png")
     assert result.errors == []  # no injected console.error, no CSP violation either
     assert result.values["title"] == "negmine mining report"
-    assert result.values["scripts"] == 0 and result.values["images"] == 1  # only the inline plot
+    assert result.values["scripts"] == 0 and result.values["images"] == 0  # plots are inline SVG; the <img> is text
     assert result.values["shown"] is True

@@ -16,6 +16,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from negmine import schema, tables
+from negmine.io import read_parquet
 from negmine.progress import bar
 from negmine.stage import Config, Context, Inputs, Params, Stage
 
@@ -26,7 +27,7 @@ NEVER = np.int8(127)  # relax level of a row that no allowed loosening keeps
 
 def _positive_aggregate(path: Path, query_ids: pa.Array, how: str) -> np.ndarray:
     """Per mined query (by position): min, mean or max of its positives' scores; NaN where none was scored."""
-    t = pq.read_table(path, columns=["query_id", "teacher_score"])
+    t = read_parquet(path, columns=["query_id", "teacher_score"])
     g = t.group_by("query_id").aggregate([("teacher_score", how)])
     out = np.full(len(query_ids), np.nan, dtype=np.float32)
     idx = pc.index_in(g["query_id"], value_set=query_ids)
