@@ -185,16 +185,13 @@ def encode_texts(model, texts: list[str], params: dict[str, Any], prompt: str) -
         return out
 
 
-def _content_keys(texts: list[str]) -> np.ndarray:
-    return np.fromiter((key64(t) for t in texts), dtype=np.int64, count=len(texts))
-
-
 def encode(params: dict[str, Any], model_path: Path, ingest_dir: Path, work_dir: Path) -> dict[str, Any]:
     """Fill `work_dir` with doc shards, the doc -> unique-text map and the mined queries' embeddings; resumable."""
     n_docs = tables.num_docs(ingest_dir)
     query_texts = tables.mined_queries(ingest_dir)["text"].to_pylist()
-    # the texts' hashes are small; the texts themselves are re-read shard by shard
-    keys = _content_keys(list(tables.iter_doc_texts(ingest_dir)))
+    # the texts' hashes are small (streamed: a list of a million texts peaked at 2.4 GB); the texts themselves
+    # are re-read shard by shard
+    keys = np.fromiter((key64(t) for t in tables.iter_doc_texts(ingest_dir)), dtype=np.int64, count=n_docs)
     _, first, inverse = np.unique(keys, return_index=True, return_inverse=True)
     order = np.argsort(first, kind="stable")  # unique texts in corpus order
     unique_docs = first[order]  # corpus row of each unique text
