@@ -31,10 +31,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from negmine import tables
+from negmine.formats.clustered import CLUSTERS_FILE
 from negmine.stage import Config, Context, Inputs, Params, Stage
 
 VERSION = "1"
-CLUSTERS_FILE = "clusters.parquet"
 SCHEMA = pa.schema([("query_id", pa.string()), ("cluster_id", pa.int32())])
 # the query-vector settings of [dense] (negmine.encode.KEY_SETTINGS less the documents' own)
 QUERY_SETTINGS = ("query_prompt", "max_seq_length", "normalize", "precision", "backend")

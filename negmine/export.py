@@ -303,7 +303,7 @@ def _run(inputs: Inputs, params: Params, out_dir: Path) -> dict[str, Any]:
     negatives = (inputs["judge"] if "judge" in inputs else inputs["sample"]) / schema.NEGATIVES_FILE
     judge = next((inputs[n] for n in ("judge", "judge-pool") if n in inputs), None)
     relabeled = judge / schema.RELABELED_FILE if judge is not None else None
-    from negmine.cluster import CLUSTERS_FILE
+    from negmine.formats.clustered import CLUSTERS_FILE
 
     clusters = inputs["cluster"] / CLUSTERS_FILE if "cluster" in inputs else None
     # every earlier stage's key: all are in this stage's key through the stages it reads

@@ -20,6 +20,7 @@ from typing import Any
 from negmine.formats import FORMATS, Options, QueryRecord, empty_rows
 
 FOLDER = "clusters"
+CLUSTERS_FILE = "clusters.parquet"  # the cluster stage's output: query_id, cluster_id (negmine.cluster)
 ST_FORMATS = ("triplet", "n-tuple", "labeled-pair", "labeled-list", "margin-mse")  # sentence-transformers'
 FLAG_FORMATS = ("flagembedding",)
 CHUNK = 4096  # queries a text lookup
