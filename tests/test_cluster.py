@@ -123,6 +123,8 @@ def test_with_the_dense_retriever_the_encode_entry_vectors_are_clustered(tmp_pat
     ("cluster.clusters=-1", "[cluster] clusters"), ("cluster.batch_size=0", "[cluster] batch_size"),
     ("cluster.niter=0", "[cluster] niter"), ("cluster.seed=-3", "[cluster] seed"),
     ("cluster.clusters=2.5", "[cluster] clusters"), ("cluster.on=3", "[cluster] on"),
+    ("cluster.batch_size=nan", "[cluster] batch_size"), ("cluster.niter=inf", "[cluster] niter"),
+    ("cluster.clusters=''", "[cluster] clusters"), ("cluster.seed=4294967296", "[cluster] seed"),
 ])
 def test_bad_cluster_settings_are_refused_before_any_work(tmp_path, setting, fragment):
     with pytest.raises(ConfigError, match=fragment.replace("[", r"\[").replace("]", r"\]")):
