@@ -64,7 +64,12 @@ ROWS: dict[str, list[str] | None] = {
     # the shipped default as users get it (three triplet rows a query since 11/2026: the same rows as
     # dense-top3-triplet); `simans` is the default before it
     "recommended": ["@configs/recommended.toml"],
+    # the recommended rows in topic-clustered batches (TAS-B): trained on clusters/triplet/, the DatasetDict with
+    # one split a query cluster, with the PROPORTIONAL multi-dataset batch sampler, so each batch is one cluster;
+    # the preset's [cluster] batch_size (32) is this harness's --batch-size default
+    "dense-top3-clustered": ["@configs/clustered.toml"],
 }
+CLUSTERED = {"dense-top3-clustered"}  # rows trained on the clustered DatasetDict beside their rows file
 
 
 def load_beir(split: str, max_docs: int | None) -> tuple[dict[str, str], dict[str, str], dict[str, set[str]]]:
@@ -167,11 +172,18 @@ def mine_rows(name: str, overrides: list[str], work: Path, docs: int | None) -> 
     return rows_file(name, overrides, work)
 
 
-def train(rows_path: Path | None, pairs: list[tuple[str, str]], seed: int, out: Path, args) -> tuple[str, int]:
-    """Fine-tune MiniLM on the rows (or on (query, positive) pairs for in-batch only).
+def clustered_dir(rows_path: Path) -> Path:
+    """The clustered DatasetDict negmine wrote beside a row's flat rows file ([cluster] on)."""
+    return rows_path.parent / "clusters" / rows_path.stem
+
+
+def train(rows_path: Path | None, pairs: list[tuple[str, str]], seed: int, out: Path, args,
+          clustered: bool = False) -> tuple[str, int]:
+    """Fine-tune MiniLM on the rows (or on (query, positive) pairs for in-batch only); `clustered`: on the
+    row's clustered DatasetDict, one cluster a batch (PROPORTIONAL multi-dataset sampling).
 
     Returns the model folder and the number of training rows."""
-    from datasets import Dataset, load_dataset
+    from datasets import Dataset, load_dataset, load_from_disk
     from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer
     from sentence_transformers import SentenceTransformerTrainingArguments
     from sentence_transformers.sentence_transformer import losses
@@ -179,28 +191,40 @@ def train(rows_path: Path | None, pairs: list[tuple[str, str]], seed: int, out: 
     model = SentenceTransformer(base_model(), device=args.device)
     if args.max_seq_length:
         model.max_seq_length = args.max_seq_length
+    extra = {}
     if rows_path is None:
         ds = Dataset.from_dict({"anchor": [a for a, _ in pairs], "positive": [p for _, p in pairs]})
+    elif clustered:
+        from sentence_transformers.sentence_transformer.training_args import MultiDatasetBatchSamplers
+
+        ds = load_from_disk(str(clustered_dir(rows_path)))
+        extra["multi_dataset_batch_sampler"] = MultiDatasetBatchSamplers.PROPORTIONAL
     else:
         ds = load_dataset("parquet", data_files=str(rows_path), split="train")
     targs = SentenceTransformerTrainingArguments(
         output_dir=str(out / "trainer"), num_train_epochs=args.epochs, max_steps=args.max_steps or -1,
         per_device_train_batch_size=args.batch_size, learning_rate=args.lr, warmup_steps=0.1, seed=seed,
         data_seed=seed, report_to=[], save_strategy="no", use_cpu=args.device == "cpu", bf16=args.bf16, disable_tqdm=True,
-        batch_sampler="no_duplicates", logging_steps=1000)
+        batch_sampler="no_duplicates", logging_steps=1000, **extra)
     SentenceTransformerTrainer(model=model, args=targs, train_dataset=ds,
                                loss=losses.MultipleNegativesRankingLoss(model)).train()
     model.save(str(out / "model"))
-    return str(out / "model"), len(ds)
+    return str(out / "model"), sum(len(d) for d in ds.values()) if clustered else len(ds)
 
 
-def rows_fingerprint(rows_path: Path | None, pairs: list[tuple[str, str]]) -> str:
+def rows_fingerprint(rows_path: Path | None, pairs: list[tuple[str, str]], clustered: bool = False) -> str:
     """Hash of the training rows themselves: a finished run is reused only for the same rows, so editing a
-    preset (or negmine's mining) reruns that row instead of reporting the old one under the new name."""
+    preset (or negmine's mining) reruns that row instead of reporting the old one under the new name. Clustered
+    rows are hashed split by split, so the same rows in other clusters are other training data."""
     import pyarrow.parquet as pq
 
     if rows_path is None:
         items = iter(pairs)
+    elif clustered:
+        from datasets import load_from_disk
+
+        dd = load_from_disk(str(clustered_dir(rows_path)))
+        items = ((split, *row) for split, d in dd.items() for row in zip(*(d[c] for c in d.column_names)))
     else:
         t = pq.read_table(rows_path)
         items = zip(*(t[c].to_pylist() for c in t.column_names))
@@ -336,7 +360,7 @@ def report_eci(args, order: list[str], work: Path, pairs: list[tuple[str, str]],
                 continue
             if not args.eci_mined_only:
                 path = mine_rows(name, ROWS[name], work, args.docs or None)
-        sha = rows_fingerprint(path, pairs)
+        sha = rows_fingerprint(path, pairs, name in CLUSTERED)
         if eci.get(name, {}).get("rows_sha") != sha:
             eci[name] = {"rows_sha": sha, **eci_of_rows(path, train_groups, corpus)}
             args.eci_json.parent.mkdir(parents=True, exist_ok=True)
@@ -444,7 +468,7 @@ def main() -> None:
                         raise SystemExit(f"{name}: no mined rows at {path}; mine them first with --mine-only")
                 else:
                     path = mine_rows(name, ROWS[name], work, args.docs or None)
-                mined[name] = (path, rows_fingerprint(path, pairs))
+                mined[name] = (path, rows_fingerprint(path, pairs, name in CLUSTERED))
                 if args.mine_only:
                     print(f"{name}: {mined[name][1]} ({path})", file=sys.stderr, flush=True)
             rows_path, rows_sha = mined[name]
@@ -469,7 +493,7 @@ def main() -> None:
                 print(f"warning: zero-shot nDCG@10 {result['ndcg@10']:.4f} is not MTEB's {MTEB_ZERO_SHOT}: the "
                       "evaluation differs from the published one", file=sys.stderr, flush=True)
         else:
-            model_dir, n_rows = train(rows_path, pairs, seed, work / f"{name}-{seed}", args)
+            model_dir, n_rows = train(rows_path, pairs, seed, work / f"{name}-{seed}", args, name in CLUSTERED)
             t1 = time.perf_counter()
             result = evaluate(model_dir, corpus, queries, test_qrels, args.batch_size, args.max_seq_length,
                               args.device)

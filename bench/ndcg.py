@@ -9,7 +9,8 @@ compare with fp32 (cosine of each vector to its fp32 twin, overlap of each query
     .venv/bin/python bench/ndcg.py [--precisions fp32,auto] [--data PATH] [--json bench/results/precision-ndcg.json]
     .venv/bin/python bench/ndcg.py --negatives [--docs 1000]
 
-`--negatives` mines SciFact train with negmine itself (configs/dense.toml and configs/recommended.toml), once
+`--negatives` mines SciFact train with negmine itself (configs/dense.toml and configs/recommended.toml, or
+`--presets`), once
 with every model in fp32 and once at the default precision, on a corpus slice of `--docs` documents (the train
 positives included; 0 = all), and reports per query the Jaccard of the two runs' negative sets.
 """
@@ -76,7 +77,7 @@ def negatives(args: argparse.Namespace) -> dict:
     # vectors differ only in the last bits
     arms = {"fp32": ["dense.precision='fp32'"], "auto": ["dense.precision='auto'"],
             "fp32-fixed": ["dense.precision='fp32'", "dense.batch_tokens=0"]}
-    for preset in ("dense", "recommended"):
+    for preset in args.presets.split(","):
         sets = {}
         for arm in ("fp32", "auto") + (("fp32-fixed",) if args.noise_floor else ()):
             out = work / f"out-{preset}-{arm}"
@@ -109,6 +110,8 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=REPO / "bench" / "results" / "precision-ndcg.json")
     ap.add_argument("--negatives", action="store_true", help="negative-set agreement instead of nDCG@10")
     ap.add_argument("--docs", type=int, default=1000, help="--negatives: corpus slice (0 = whole corpus)")
+    ap.add_argument("--presets", default="dense,recommended",
+                    help="--negatives: the presets in configs/ to mine (e.g. simans, a sampled one)")
     ap.add_argument("--noise-floor", action="store_true",
                     help="--negatives: also compare fp32 with fp32 in fixed batches (no token budget)")
     args = ap.parse_args()

@@ -137,6 +137,13 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "hub_repo": None,  # file type hf: also push the DatasetDict to this Hub dataset repo (ORG/NAME), online and
         # logged in; a location only, in no key
     },
+    "cluster": {  # topic-clustered batches, TAS-B (negmine.cluster): k-means over the query vectors
+        "on": False,
+        "clusters": 0,  # k; 0 = mined queries / (4 x batch_size), at least 1
+        "batch_size": 32,  # the trainer's batch size: smaller clusters are merged until each has this many queries
+        "seed": 42,
+        "niter": 20,  # k-means iterations
+    },
     "judge": {  # an LLM judge of false negatives (negmine.judge); off while model is ""
         "model": "",  # the model id the endpoint serves; "" = no judge
         "base_url": "",  # an OpenAI-compatible endpoint, such as "http://127.0.0.1:8000/v1"
@@ -288,6 +295,10 @@ RANGES: dict[tuple[str, str], tuple[float, float, bool, bool]] = {
     ("sample", "temperature"): (0.0, _INF, True, True),
     ("sample", "simans_a"): (0.0, _INF, True, True),
     ("sample", "simans_b"): (-_INF, _INF, True, True),
+    ("cluster", "clusters"): (0, 1_000_000, False, False),
+    ("cluster", "batch_size"): (1, _INF, False, True),
+    ("cluster", "seed"): (0, 2**31 - 1, False, False),  # faiss takes a 32-bit seed
+    ("cluster", "niter"): (1, 10_000, False, False),
     ("judge", "max_candidates"): (1, 100, False, False),
     ("judge", "max_positives"): (1, _INF, False, True),
     ("judge", "max_chars"): (1, _INF, False, True),

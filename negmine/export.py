@@ -164,22 +164,25 @@ def _only_positives(rec: QueryRecord, keep: list[int]) -> QueryRecord | None:
 
     return QueryRecord(rec.qid, rec.text, pick(rec.pos_ids), pick(rec.pos_titles), pick(rec.pos_bodies),
                        pick(rec.pos_texts), pick(rec.pos_teacher), pick(rec.pos_scores), rec.neg, rec.neg_titles,
-                       rec.neg_bodies, rec.neg_texts)
+                       rec.neg_bodies, rec.neg_texts, rec.cluster)
 
 
 def export(params: Mapping[str, Any], ingest_dir: Path, negatives_path: Path, provenance: dict[str, Any],
            out_dir: Path, teacher_positives: Path | None = None, source_positives: Path | None = None,
-           relabeled: Path | None = None, texts: tables.Texts | None = None) -> dict[str, Any]:
+           relabeled: Path | None = None, clusters: Path | None = None,
+           texts: tables.Texts | None = None) -> dict[str, Any]:
     """Write every configured format. `teacher_positives` / `source_positives` hold the positives' teacher
     scores and the scores on the filters' scale (teacher's or retriever's; None for fused RRF scores);
-    `relabeled`, candidates a judge made positives (negmine.judge), joins every format's positives; `texts`, an
-    open text store of the ingest entry (one is made and dropped here if not given)."""
+    `relabeled`, candidates a judge made positives (negmine.judge), joins every format's positives; `clusters`,
+    each query's topic cluster (negmine.cluster): a `cluster_id` in the audit layout and the clustered layouts
+    (negmine.formats.clustered); `texts`, an open text store of the ingest entry (one is made and dropped here
+    if not given)."""
     if texts is not None:
         return _export(texts, params, ingest_dir, negatives_path, provenance, out_dir, teacher_positives,
-                       source_positives, relabeled)
+                       source_positives, relabeled, clusters)
     with tables.Texts(ingest_dir) as own:
         return _export(own, params, ingest_dir, negatives_path, provenance, out_dir, teacher_positives,
-                       source_positives, relabeled)
+                       source_positives, relabeled, clusters)
 
 
 def _add_relabeled(path: Path | None, positives: dict[str, tuple[list[str], list[int]]],
@@ -203,12 +206,18 @@ def _add_relabeled(path: Path | None, positives: dict[str, tuple[list[str], list
 
 def _export(texts: tables.Texts, params: Mapping[str, Any], ingest_dir: Path, negatives_path: Path,
             provenance: dict[str, Any], out_dir: Path, teacher_positives: Path | None,
-            source_positives: Path | None, relabeled: Path | None = None) -> dict[str, Any]:
+            source_positives: Path | None, relabeled: Path | None = None,
+            clusters_path: Path | None = None) -> dict[str, Any]:
     positives = tables.positives_by_query(ingest_dir)
     query_ids = tables.mined_query_ids(ingest_dir)
     teacher, source = _scores_by_pair(teacher_positives), _scores_by_pair(source_positives)
     n_relabeled = _add_relabeled(relabeled, positives, teacher, source)
-    opts = Options(params["num_negatives"], teacher_positives is not None, params["scores"], params["score_type"])
+    clusters: dict[str, int] = {}
+    if clusters_path is not None:
+        ct = pq.read_table(clusters_path)
+        clusters = dict(zip(ct["query_id"].to_pylist(), ct["cluster_id"].to_pylist()))
+    opts = Options(params["num_negatives"], teacher_positives is not None, params["scores"], params["score_type"],
+                   clusters_path is not None)
     formats = {fmt: FORMATS[fmt] for fmt in params["formats"]}
     # every table a format writes: its main one ("") and its companions, each in every file type
     schemas: dict[tuple[str, str], pa.Schema] = {}
@@ -251,7 +260,7 @@ def _export(texts: tables.Texts, params: Mapping[str, Any], ingest_dir: Path, ne
         return QueryRecord(qid, texts.queries[qid], pos_ids, pt, pb, texts.join(pt, pb),
                            [teacher[(qid, d)] for d in pos_ids] if opts.teacher else None,
                            [source[(qid, d)] for d in pos_ids] if source else None,
-                           neg, nt, nb, texts.join(nt, nb))
+                           neg, nt, nb, texts.join(nt, nb), clusters.get(qid))
 
     try:
         for chunk in bar(_query_groups(negatives_path), desc="export", unit="chunk"):
@@ -300,6 +309,14 @@ def _export(texts: tables.Texts, params: Mapping[str, Any], ingest_dir: Path, ne
     files = {sink.path.relative_to(out_dir).as_posix(): sink.rows for sink in sinks.values()}
     stats = {"files": files, "queries_with_negatives": len(written), "queries_left_out": skipped,
              "repeated_queries_written_once": repeated}
+    if clusters_path is not None:
+        from negmine.formats import clustered
+
+        negs = {qid: neg for chunk in _query_groups(negatives_path) for qid, neg in chunk}
+        layout = {f: schemas[(f, "")] for f in clustered.clustered_formats(formats)}
+        stats["clustered_rows"] = clustered.write(
+            out_dir, layout, opts, layout, clusters, negs, query_ids.to_pylist(), lookup, record,
+            lambda path, sch, kind: _Sink(path, sch, metadata, kind), hf_out.finish_dict)
     if relabeled is not None:
         stats["relabeled_positives"] = n_relabeled
     return stats
@@ -310,7 +327,7 @@ def _reads(cfg: Config) -> tuple[str, ...]:
 
     judge = judge_stage(cfg)
     return ("ingest", "retrieve") + (("score",) if cfg["score"]["teacher"] else ()) + ("exclude", "sample") + (
-        (judge,) if judge else ())
+        (judge,) if judge else ()) + (("cluster",) if cfg["cluster"]["on"] else ())
 
 
 def _params(cfg: Config, ctx: Context) -> dict[str, Any]:
@@ -333,10 +350,14 @@ def _run(inputs: Inputs, params: Params, out_dir: Path) -> dict[str, Any]:
     negatives = (inputs["judge"] if "judge" in inputs else inputs["sample"]) / schema.NEGATIVES_FILE
     judge = next((inputs[n] for n in ("judge", "judge-pool") if n in inputs), None)
     relabeled = judge / schema.RELABELED_FILE if judge is not None else None
+    from negmine.formats.clustered import CLUSTERS_FILE
+
+    clusters = inputs["cluster"] / CLUSTERS_FILE if "cluster" in inputs else None
     # every earlier stage's key: all are in this stage's key through the stages it reads
     prov = {**thaw(params["provenance"]), "stage_keys": {s: r.key for s, r in inputs.log.items()}}
     with tables.Texts(ingest_dir) as texts:  # one copy of the corpus's texts, for the rows and the examples
-        stats = export(params, ingest_dir, negatives, prov, out_dir, teacher_pos, source_pos, relabeled, texts)
+        stats = export(params, ingest_dir, negatives, prov, out_dir, teacher_pos, source_pos, relabeled, clusters,
+                       texts)
         _report(inputs, params, ingest_dir, negatives, source_pos, out_dir, prov, stats, texts)
     return stats
 

@@ -30,12 +30,12 @@ STAGES = ("ingest", "index", "retrieve", "score", "exclude", "sample", "export")
 def stages() -> list[Stage]:
     """Every declared stage in the order it runs: data that the CLI, `negmine cache`, the report and any engine
     read. Retrievers contribute theirs from their registry."""
-    from negmine import export, ingest, judge, retrievers, sample, score
+    from negmine import cluster, export, ingest, judge, retrievers, sample, score
     from negmine.filters import exclude
     from negmine.retrievers import pool
 
     return [ingest.STAGE, *retrievers.stages(), pool.stage(), score.STAGE, exclude.STAGE, judge.POOL_STAGE,
-            sample.STAGE, judge.STAGE, export.STAGE]
+            sample.STAGE, judge.STAGE, cluster.STAGE, export.STAGE]
 
 
 def plan(cfg: dict[str, Any], until: str = "export") -> list[Stage]:

@@ -22,29 +22,33 @@ from negmine import schema, tables
 from negmine.hashing import seed_for
 from negmine.progress import bar
 from negmine.samplers import SAMPLERS
+from negmine.samplers.keys import combine, id_hashes, to_uniform
 from negmine.stage import Config, Context, Inputs, Stage
 
-VERSION = "3"  # bumped when the stage's output changes; 3: the stage contract (keys from its own params)
+VERSION = "4"  # bumped when the stage's output changes; 3: the stage contract (keys from its own params);
+# 4: draws keyed by (seed, query id, document id), not by candidate position
 BASE = ("strategy", "num_negatives", "rank_min", "rank_max", "seed", "shortage")  # [sample] settings of every
 # strategy; each sampler adds its own options
 
 
-def _pad(positives: tables.Positives, qidx: int, taken: set[int], need: int, rng: np.random.Generator,
-         params: Mapping[str, Any]) -> list[int]:
-    """Random corpus documents for one query that pass the exclusions and are not taken yet."""
-    out: list[int] = []
-    n_docs = positives.n_docs
-    for _ in range(20):  # rejection rounds; a tiny corpus may run out, which is then a shortage
-        draw = rng.integers(0, n_docs, size=max(4 * need, 16))
-        reasons = positives.reasons(np.full(len(draw), qidx, dtype=np.int64), draw,
+def _pad(positives: tables.Positives, qidx: int, query_seed: int, taken: set[int], need: int,
+         corpus_hashes: np.ndarray, params: Mapping[str, Any]) -> list[int]:
+    """Random corpus documents for one query that pass the exclusions and are not taken yet: those with the
+    smallest keys of (seed, query id, document id), so the fillers do not depend on the candidates' order."""
+    keys = combine(query_seed, corpus_hashes)
+    n_docs = len(keys)
+    if not need or not n_docs:
+        return []
+    width = min(n_docs, max(4 * need, 16))
+    while True:  # widen until enough pass or the corpus is exhausted, which is then a shortage
+        first = np.argpartition(keys, width - 1)[:width] if width < n_docs else np.arange(n_docs)
+        first = first[np.argsort(keys[first], kind="stable")]
+        reasons = positives.reasons(np.full(len(first), qidx, dtype=np.int64), first,
                                     params["query_text"], params["duplicates"])
-        for d in draw[reasons == 0].tolist():
-            if d not in taken:
-                taken.add(d)
-                out.append(d)
-                if len(out) == need:
-                    return out
-    return out
+        out = [d for d in first[reasons == 0].tolist() if d not in taken][:need]
+        if len(out) == need or width == n_docs:
+            return out
+        width = min(n_docs, width * 4)
 
 
 def sample(params: Mapping[str, Any], ingest_dir: Path, filtered_path: Path, out_dir: Path) -> dict[str, Any]:
@@ -56,6 +60,7 @@ def sample(params: Mapping[str, Any], ingest_dir: Path, filtered_path: Path, out
     query_ids = tables.mined_query_ids(ingest_dir)
     positives = tables.Positives(ingest_dir) if padding else None
     doc_ids = tables.doc_ids(ingest_dir) if padding else None
+    corpus_hashes = id_hashes(doc_ids) if padding else None
     qindex = {q: i for i, q in enumerate(query_ids.to_pylist())} if padding else {}
     outcomes: Counter = Counter()
     seen: set[str] = set()
@@ -68,8 +73,9 @@ def sample(params: Mapping[str, Any], ingest_dir: Path, filtered_path: Path, out
     def choose(qid: str, cand: pa.Table, arrays: tuple[np.ndarray, ...], sl: np.ndarray,
                cols: dict[str, list]) -> None:
         """Append one query's negatives to `cols` (sl: its rows in `cand`, possibly none)."""
-        rng = np.random.default_rng(seed_for(seed, qid))
-        ranks, scores, didx, levels, s_pos = (a[sl] for a in arrays)
+        qseed = seed_for(seed, qid)
+        rng = np.random.default_rng(qseed)
+        ranks, scores, didx, levels, s_pos, u = (a[sl] for a in arrays)
         # eligible: rows the filters keep as configured; `relax` loosens one level at a time while short
         level = 0
         eligible = np.flatnonzero(levels == 0)
@@ -77,7 +83,8 @@ def sample(params: Mapping[str, Any], ingest_dir: Path, filtered_path: Path, out
             level += 1
             eligible = np.flatnonzero(levels <= level)
         pick_local = eligible[sampler(ranks[eligible], scores[eligible], n, rng,
-                                      {**opts, "s_pos": float(s_pos[0]) if len(s_pos) else float("nan")})]
+                                      {**opts, "s_pos": float(s_pos[0]) if len(s_pos) else float("nan"),
+                                       "u": u[eligible]})]
         pick = sl[pick_local]
         if relax and level and len(pick) == n:
             outcomes["relaxed"] += 1
@@ -91,7 +98,7 @@ def sample(params: Mapping[str, Any], ingest_dir: Path, filtered_path: Path, out
                 return
             if padding:
                 taken = set(didx[pick_local].tolist())
-                pads = _pad(positives, qindex[qid], taken, n - len(pick), rng, params)
+                pads = _pad(positives, qindex[qid], qseed, taken, n - len(pick), corpus_hashes, params)
         outcomes["full" if len(pick) == n else "padded" if len(pick) + len(pads) == n else "short"] += 1
         cols_add(qid, cand, pick, cols)
         if pads:
@@ -125,13 +132,18 @@ def sample(params: Mapping[str, Any], ingest_dir: Path, filtered_path: Path, out
             cand = pf.read_row_group(g)
             cand = cand.filter(pc.and_(pc.greater_equal(cand["rank"], lo), pc.less_equal(cand["rank"], hi)))
             qids = cand["query_id"].to_numpy(zero_copy_only=False)
-            arrays = (cand["rank"].to_numpy(), cand["filter_score"].to_numpy(zero_copy_only=False),
-                      cand["doc_idx"].to_numpy(), cand["relax_level"].to_numpy(),
-                      cand["positive_score"].to_numpy(zero_copy_only=False))
             cols: dict[str, list] = {name: [] for name in schema.NEGATIVES.names}
             if len(qids):
                 # rows are grouped by query, in rank order (retrieval writes them so); split at each new id
                 bounds = np.flatnonzero(qids[1:] != qids[:-1]) + 1
+                # each candidate's keyed uniform, for the whole chunk at once: the query seed repeated over its rows
+                starts = np.concatenate([[0], bounds])
+                qseeds = np.array([seed_for(seed, str(qids[i])) for i in starts], dtype=np.uint64)
+                row_seeds = np.repeat(qseeds, np.diff(np.concatenate([starts, [len(qids)]])))
+                u = to_uniform(combine(row_seeds, id_hashes(cand["doc_id"])))
+                arrays = (cand["rank"].to_numpy(), cand["filter_score"].to_numpy(zero_copy_only=False),
+                          cand["doc_idx"].to_numpy(), cand["relax_level"].to_numpy(),
+                          cand["positive_score"].to_numpy(zero_copy_only=False), u)
                 for sl in np.split(np.arange(len(qids)), bounds):
                     qid = str(qids[sl[0]])
                     seen.add(qid)
@@ -140,7 +152,7 @@ def sample(params: Mapping[str, Any], ingest_dir: Path, filtered_path: Path, out
         # queries with no candidate left in the window: a shortage of all n
         cols = {name: [] for name in schema.NEGATIVES.names}
         none = (empty, np.array([], dtype=np.float32), empty, np.array([], dtype=np.int8),
-                np.array([], dtype=np.float32))
+                np.array([], dtype=np.float32), np.array([], dtype=np.float64))
         for qid in query_ids.to_pylist():
             if qid not in seen:
                 choose(qid, pa.table({}), none, empty, cols)

@@ -163,11 +163,20 @@ def test_embedding_near_duplicates(tmp_path, tiny_bi_encoders):
 SCORES = np.array([0.9, 0.8, 0.7, 0.5, 0.3, 0.1])
 RANKS = np.arange(1, 7)
 OPTS = {"temperature": 0.2, "simans_a": 5.0, "simans_b": 0.0, "s_pos": 0.75}
+DOC_IDS = [f"d{i}" for i in range(6)]
+
+
+def _opts(seed: int) -> dict:
+    """OPTS with the candidates' keyed uniforms for this seed (what the sample stage hands a sampler)."""
+    from negmine.hashing import seed_for
+    from negmine.samplers.keys import uniforms
+
+    return {**OPTS, "u": uniforms(seed_for(seed, "q"), DOC_IDS)}
 
 
 @pytest.mark.parametrize("name", sorted(SAMPLERS))
 def test_each_sampler_is_deterministic_for_a_seed(name):
-    draw = lambda seed: SAMPLERS[name](RANKS, SCORES, 3, np.random.default_rng(seed), OPTS).tolist()  # noqa: E731
+    draw = lambda seed: SAMPLERS[name](RANKS, SCORES, 3, np.random.default_rng(seed), _opts(seed)).tolist()  # noqa: E731
     assert draw(7) == draw(7)
     picks = draw(7)
     assert len(picks) == len(set(picks)) == 3
@@ -188,7 +197,7 @@ def _chi_square_p(observed: np.ndarray, expected_p: np.ndarray) -> float:
 ])
 def test_each_sampler_follows_its_distribution(name, expected):
     draws = 6000
-    counts = Counter(int(SAMPLERS[name](RANKS, SCORES, 1, np.random.default_rng(seed), OPTS)[0])
+    counts = Counter(int(SAMPLERS[name](RANKS, SCORES, 1, np.random.default_rng(seed), _opts(seed))[0])
                      for seed in range(draws))
     observed = np.array([counts[i] for i in range(6)])
     assert _chi_square_p(observed, expected) > 0.001
@@ -197,14 +206,14 @@ def test_each_sampler_follows_its_distribution(name, expected):
 def test_top1_random_always_keeps_the_best_and_draws_the_rest_uniformly():
     counts = Counter()
     for seed in range(3000):
-        picks = SAMPLERS["top1-random"](RANKS, SCORES, 2, np.random.default_rng(seed), OPTS).tolist()
+        picks = SAMPLERS["top1-random"](RANKS, SCORES, 2, np.random.default_rng(seed), _opts(seed)).tolist()
         assert picks[0] == 0
         counts[picks[1]] += 1
     assert _chi_square_p(np.array([counts[i] for i in range(1, 6)]), np.full(5, 0.2)) > 0.001
 
 
 def test_top_sampler_takes_the_best_ranks():
-    assert SAMPLERS["top"](RANKS[::-1], SCORES, 2, np.random.default_rng(0), OPTS).tolist() == [5, 4]
+    assert SAMPLERS["top"](RANKS[::-1], SCORES, 2, np.random.default_rng(0), _opts(0)).tolist() == [5, 4]
 
 
 @pytest.mark.parametrize("strategy", ["softmax", "simans", "top1-random"])

@@ -29,6 +29,7 @@ class QueryRecord:
     neg_titles: list[str]
     neg_bodies: list[str]
     neg_texts: list[str]
+    cluster: int | None = None  # the query's topic cluster ([cluster] on; negmine.cluster)
 
 
 @dataclass
@@ -37,6 +38,7 @@ class Options:
     teacher: bool  # teacher scores exist
     scores: bool  # labeled formats carry scores instead of 0/1 labels
     score_type: str = ""  # of the scores the filters read (probability, logit, cosine, dot, bm25, rrf)
+    clusters: bool = False  # every record has a cluster ([cluster] on): audit layouts name it
 
 
 def left_out(q: QueryRecord, fmt: str, skipped: dict[str, int], need: int = 1) -> bool:

@@ -1,4 +1,5 @@
-"""negmine's audit layout: ids, ranks and scores, no texts; one row per mined query (empty lists when none)."""
+"""negmine's audit layout: ids, ranks and scores, no texts; one row per mined query (empty lists when none);
+with [cluster] on, the query's `cluster_id` too."""
 from __future__ import annotations
 
 import pyarrow as pa
@@ -10,7 +11,8 @@ def schema(o: Options) -> pa.Schema:
     s, f = pa.string(), pa.list_(pa.float32())
     cols = [("query_id", s), ("positive_ids", pa.list_(s)), ("negative_ids", pa.list_(s)),
             ("negative_ranks", pa.list_(pa.int32())), ("negative_scores", f), ("negative_retrievers", pa.list_(s))]
-    return pa.schema(cols + ([("positive_teacher_scores", f), ("negative_teacher_scores", f)] if o.teacher else []))
+    cols += [("positive_teacher_scores", f), ("negative_teacher_scores", f)] if o.teacher else []
+    return pa.schema(cols + ([("cluster_id", pa.int32())] if o.clusters else []))
 
 
 def rows(q: QueryRecord, o: Options, out: dict, skipped: dict) -> None:
@@ -23,6 +25,8 @@ def rows(q: QueryRecord, o: Options, out: dict, skipped: dict) -> None:
     if o.teacher:
         out["positive_teacher_scores"].append(q.pos_teacher)
         out["negative_teacher_scores"].append(q.neg["teacher_score"])
+    if o.clusters:
+        out["cluster_id"].append(q.cluster)
 
 
 register(Format("ids", schema, rows, every_query=True, help="ids, ranks and scores (audits)"))

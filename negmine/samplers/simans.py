@@ -15,7 +15,7 @@ from negmine.samplers import Sampler, gumbel_top_k, in_rank_order, register
 def sample_simans(ranks: np.ndarray, scores: np.ndarray, n: int, rng: np.random.Generator,
                   opts: dict[str, Any]) -> np.ndarray:
     d = np.asarray(scores, dtype=np.float64) - opts["s_pos"] + opts["simans_b"]
-    return in_rank_order(gumbel_top_k(-opts["simans_a"] * d * d, n, rng), ranks)
+    return in_rank_order(gumbel_top_k(-opts["simans_a"] * d * d, n, opts["u"]), ranks)
 
 
 register(Sampler("simans", sample_simans, options={"simans_a": 0.5, "simans_b": 0.0}, needs_positive_scores=True,
