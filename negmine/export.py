@@ -128,13 +128,14 @@ def _only_positives(rec: QueryRecord, keep: list[int]) -> QueryRecord | None:
 
 def export(params: Mapping[str, Any], ingest_dir: Path, negatives_path: Path, provenance: dict[str, Any],
            out_dir: Path, teacher_positives: Path | None = None, source_positives: Path | None = None,
-           relabeled: Path | None = None) -> dict[str, Any]:
+           relabeled: Path | None = None, negative_teachers: Path | None = None) -> dict[str, Any]:
     """Write every configured format. `teacher_positives` / `source_positives` hold the positives' teacher
     scores and the scores on the filters' scale (teacher's or retriever's; None for fused RRF scores);
-    `relabeled`, candidates a judge made positives (negmine.judge), joins every format's positives."""
+    `relabeled`, candidates a judge made positives (negmine.judge), joins every format's positives;
+    `negative_teachers`, which teacher of an ensemble gave each negative (negmine.samplers.ensemble)."""
     with tables.Texts(ingest_dir) as texts:
         return _export(texts, params, ingest_dir, negatives_path, provenance, out_dir, teacher_positives,
-                       source_positives, relabeled)
+                       source_positives, relabeled, negative_teachers)
 
 
 def _add_relabeled(path: Path | None, positives: dict[str, tuple[list[str], list[int]]],
@@ -158,12 +159,18 @@ def _add_relabeled(path: Path | None, positives: dict[str, tuple[list[str], list
 
 def _export(texts: tables.Texts, params: Mapping[str, Any], ingest_dir: Path, negatives_path: Path,
             provenance: dict[str, Any], out_dir: Path, teacher_positives: Path | None,
-            source_positives: Path | None, relabeled: Path | None = None) -> dict[str, Any]:
+            source_positives: Path | None, relabeled: Path | None = None,
+            negative_teachers: Path | None = None) -> dict[str, Any]:
     positives = tables.positives_by_query(ingest_dir)
     query_ids = tables.mined_query_ids(ingest_dir)
     teacher, source = _scores_by_pair(teacher_positives), _scores_by_pair(source_positives)
     n_relabeled = _add_relabeled(relabeled, positives, teacher, source)
-    opts = Options(params["num_negatives"], teacher_positives is not None, params["scores"], params["score_type"])
+    opts = Options(params["num_negatives"], teacher_positives is not None, params["scores"], params["score_type"],
+                   ensemble=negative_teachers is not None)
+    given_by: dict[tuple[str, str], str] = {}
+    if negative_teachers is not None:
+        t = pq.read_table(negative_teachers, columns=["query_id", "doc_id", "teacher"])
+        given_by = dict(zip(zip(t["query_id"].to_pylist(), t["doc_id"].to_pylist()), t["teacher"].to_pylist()))
     formats = {fmt: FORMATS[fmt] for fmt in params["formats"]}
     # every table a format writes: its main one ("") and its companions, each in every file type
     schemas: dict[tuple[str, str], pa.Schema] = {}
@@ -200,6 +207,8 @@ def _export(texts: tables.Texts, params: Mapping[str, Any], ingest_dir: Path, ne
 
     def record(qid: str, neg: dict[str, list], found: dict[int, tuple[str, str]]) -> QueryRecord:
         pos_ids, pos_idx = positives[qid]
+        if opts.ensemble:
+            neg = {**neg, "teacher": [given_by.get((qid, d)) for d in neg["doc_id"]]}
         pt, pb = [found[i][0] for i in pos_idx], [found[i][1] for i in pos_idx]
         nt, nb = [found[i][0] for i in neg["doc_idx"]], [found[i][1] for i in neg["doc_idx"]]
         return QueryRecord(qid, texts.queries[qid], pos_ids, pt, pb, texts.join(pt, pb),
@@ -289,7 +298,12 @@ def _run(inputs: Inputs, params: Params, out_dir: Path) -> dict[str, Any]:
     relabeled = judge / schema.RELABELED_FILE if judge is not None else None
     # every earlier stage's key: all are in this stage's key through the stages it reads
     prov = {**thaw(params["provenance"]), "stage_keys": {s: r.key for s, r in inputs.log.items()}}
-    stats = export(params, ingest_dir, negatives, prov, out_dir, teacher_pos, source_pos, relabeled)
+    # an ensemble's sample stage names the teacher of each negative (negmine.samplers.ensemble)
+    from negmine.samplers.ensemble import TEACHERS_FILE
+
+    given_by = inputs["sample"] / TEACHERS_FILE
+    stats = export(params, ingest_dir, negatives, prov, out_dir, teacher_pos, source_pos, relabeled,
+                   given_by if given_by.is_file() else None)
     (out_dir / "provenance.json").write_text(json.dumps(prov, indent=2, sort_keys=True) + "\n")
     log = {s: {"key": r.key, "status": r.status, "seconds": r.seconds, "stats": r.stats} for s, r in inputs.log.items()}
     rep = report.build(log, negatives, inputs["exclude"] / schema.EXCLUDED_FILE, source_pos, params["score_type"],

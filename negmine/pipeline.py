@@ -33,9 +33,12 @@ def stages() -> list[Stage]:
     from negmine import export, ingest, judge, retrievers, sample, score
     from negmine.filters import exclude
     from negmine.retrievers import pool
+    from negmine.samplers import ensemble
 
-    return [ingest.STAGE, *retrievers.stages(), pool.stage(), score.STAGE, exclude.STAGE, judge.POOL_STAGE,
-            sample.STAGE, judge.STAGE, export.STAGE]
+    # the sample stage, or with [ensemble] teachers their agreement and cross/intra sampling (same name, same key
+    # without teachers: negmine.samplers.ensemble)
+    return [ingest.STAGE, *retrievers.stages(), pool.stage(), score.STAGE, score.TEACHERS_STAGE, exclude.STAGE,
+            judge.POOL_STAGE, ensemble.stage(sample.STAGE), judge.STAGE, export.STAGE]
 
 
 def plan(cfg: dict[str, Any], until: str = "export") -> list[Stage]:

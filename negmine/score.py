@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -22,6 +23,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from negmine import schema, tables
@@ -31,7 +33,7 @@ from negmine.errors import ConfigError
 from negmine.hashing import file_sha256
 from negmine.hashing import key64 as _key
 from negmine.progress import bar
-from negmine.stage import Config, Context, Stage, reads
+from negmine.stage import Config, Context, Inputs, Stage, reads
 
 VERSION = "2"  # 2: reads the ingest tables' positives; writes positive_scores.parquet
 log = logging.getLogger("negmine.score")
@@ -200,17 +202,10 @@ def _fill_store(store: Path, need: pa.Table, all_q: pa.Array, all_i: np.ndarray,
     return have, new
 
 
-def score(params: Mapping[str, Any], model_path: Path, store: Path, ingest_dir: Path, candidates_path: Path,
-          out_dir: Path) -> dict[str, Any]:
-    """Write the candidates (with teacher_score) and the positives' teacher scores; score only pairs the store
-    lacks."""
-    texts = tables.Texts(ingest_dir)
-    cands = pq.read_table(candidates_path, columns=["query_id", "doc_idx"])
-    pos_q, pos_d, pos_rows, _ = tables.positive_pairs(ingest_dir, tables.mined_query_ids(ingest_dir))
-    pos_i = pos_rows.tolist()
-    # every pair to score, as (query id, corpus row); candidates first, then positives
-    all_q = pa.concat_arrays([cands["query_id"].combine_chunks(), pa.array(pos_q, pa.string())])
-    all_i = np.concatenate([cands["doc_idx"].to_numpy(), np.asarray(pos_i, dtype=np.int64)])
+def pair_scores(params: Mapping[str, Any], model_path: Path, store: Path, texts: tables.Texts, all_q: pa.Array,
+                all_i: np.ndarray) -> tuple[np.ndarray, int, int]:
+    """A model teacher's score of every (query id, corpus row) pair, through its pair store: (scores, pairs scored
+    now, distinct pairs). Only pairs the store lacks are scored."""
     qkey_of = {q: _key(t) for q, t in texts.queries.items()}
     # document keys from the exact retrieval texts, computed for the rows in use only
     uniq_rows, inverse = np.unique(all_i, return_inverse=True)
@@ -232,6 +227,22 @@ def score(params: Mapping[str, Any], model_path: Path, store: Path, ingest_dir: 
     values = scored["score"].to_numpy(zero_copy_only=False).astype(np.float32)
     if np.isnan(values).any():
         raise RuntimeError("teacher scores missing after scoring; the pair store may be damaged: clear the cache")
+    distinct = int(need.group_by(["qkey", "dkey"]).aggregate([]).num_rows)
+    return values, new, distinct
+
+
+def score(params: Mapping[str, Any], model_path: Path, store: Path, ingest_dir: Path, candidates_path: Path,
+          out_dir: Path) -> dict[str, Any]:
+    """Write the candidates (with teacher_score) and the positives' teacher scores; score only pairs the store
+    lacks."""
+    texts = tables.Texts(ingest_dir)
+    cands = pq.read_table(candidates_path, columns=["query_id", "doc_idx"])
+    pos_q, pos_d, pos_rows, _ = tables.positive_pairs(ingest_dir, tables.mined_query_ids(ingest_dir))
+    pos_i = pos_rows.tolist()
+    # every pair to score, as (query id, corpus row); candidates first, then positives
+    all_q = pa.concat_arrays([cands["query_id"].combine_chunks(), pa.array(pos_q, pa.string())])
+    all_i = np.concatenate([cands["doc_idx"].to_numpy(), np.asarray(pos_i, dtype=np.int64)])
+    values, new, distinct = pair_scores(params, model_path, store, texts, all_q, all_i)
     n_c = cands.num_rows
     meta = {b"negmine.score_type": score_type(params).encode()}
     col = schema.CANDIDATES.get_field_index("teacher_score")
@@ -248,8 +259,7 @@ def score(params: Mapping[str, Any], model_path: Path, store: Path, ingest_dir: 
                              "teacher_score": pa.array(values[n_c:], pa.float32())},
                             schema=schema.POSITIVE_SCORES).replace_schema_metadata(meta),
                    out_dir / schema.POSITIVE_SCORES_FILE)
-    distinct = int(need.group_by(["qkey", "dkey"]).aggregate([]).num_rows)
-    return {"teacher": params["kind"], "score_type": score_type(params), "pairs": need.num_rows,
+    return {"teacher": params["kind"], "score_type": score_type(params), "pairs": len(all_i),
             "distinct_pairs": distinct, "scored_now": new, "from_store": distinct - new}
 
 
@@ -277,3 +287,236 @@ STAGE = Stage(
              "batch_size": "speed only", "device": "speed only",
              "flush_pairs": "how much a killed run loses, not the scores",
              "workers": "speed only: teacher actors on the Ray engine"})
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Several teachers ([ensemble] teachers): NV-Retriever's teacher ensembles (Moreira et al. 2024, arXiv:2407.15831,
+# section 4.3). Each teacher scores every candidate and every positive; a model teacher through its own pair store
+# (the one a single [score] teacher with the same model and settings uses), so adding a teacher never rescores the
+# others; a retriever teacher ("bm25", "dense") with its own index, for candidates another retriever found too.
+
+TEACHERS_FILE = "teacher_scores.parquet"  # one row a candidate (the retrieve stage's order), a column a teacher
+TEACHER_POSITIVES_FILE = "teacher_positive_scores.parquet"  # one row a positive pair, a column a teacher
+RETRIEVER_TEACHERS = ("bm25", "dense")  # retrievers that can score any (query, document) pair
+MODEL_KEYS = ("kind", "activation", "normalize", "max_length", "query_prompt", "doc_prompt")  # a table may set
+RESERVED = ("query_id", "doc_id", "doc_idx", "rank")  # columns of the teachers' tables
+_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+
+
+def check_teacher_entries(value: Any, where: str) -> list[Any]:
+    """[ensemble] teachers: a list of names ("bm25", "dense", "teacher") and tables naming a model; one line if
+    anything is wrong."""
+    from negmine.config import CHOICES
+
+    if not isinstance(value, list):
+        raise ConfigError(f"{where} must be a list, such as [\"bm25\", \"dense\"], got {value!r}")
+    types = {"name": str, "model": str, "kind": str, "activation": str, "normalize": bool, "max_length": int,
+             "query_prompt": str, "doc_prompt": str}
+    for i, entry in enumerate(value):
+        if isinstance(entry, str):
+            if entry not in (*RETRIEVER_TEACHERS, "teacher"):
+                raise ConfigError(f"{where} has {entry!r}; a name is one of {', '.join(RETRIEVER_TEACHERS)} or "
+                                  "\"teacher\" (the [score] teacher); a model is a table {name, model, kind, ...}")
+            continue
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{where} entry {i + 1} is {entry!r}; give a name or a table {{name, model, ...}}")
+        unknown = sorted(set(entry) - set(types))
+        if unknown:
+            raise ConfigError(f"{where} entry {i + 1} has unknown key {unknown[0]!r}; known keys: {', '.join(types)}")
+        if "model" not in entry:
+            raise ConfigError(f"{where} entry {i + 1} has no model; give model = \"PATH or HF id\" (\"\" = the "
+                              "packaged all-MiniLM-L6-v2)")
+        for key, typ in types.items():
+            v = entry.get(key)
+            if v is not None and (not isinstance(v, typ) or (typ is int and isinstance(v, bool))):
+                raise ConfigError(f"{where} entry {i + 1}: {key} must be {typ.__name__}, got {v!r}")
+        if entry.get("max_length", 0) < 0:
+            raise ConfigError(f"{where} entry {i + 1}: max_length is {entry['max_length']}; it must be >= 0")
+        for key in ("kind", "activation"):
+            if key in entry and entry[key] not in CHOICES[("score", key)]:
+                raise ConfigError(f"{where} entry {i + 1}: {key} is {entry[key]!r}; choose one of "
+                                  f"{', '.join(CHOICES[('score', key)])}")
+    return value
+
+
+def teacher_specs(cfg: Config) -> list[dict[str, Any]]:
+    """The configured teachers, each {"name", "retriever"} or {"name", "model", settings}; a table's unset
+    settings are the [score] section's."""
+    sc, out = cfg["score"], []
+    for entry in cfg["ensemble"]["teachers"]:
+        if entry == "teacher":
+            out.append({"name": "teacher", "model": sc["teacher"], **{k: sc[k] for k in MODEL_KEYS}})
+        elif isinstance(entry, str):
+            out.append({"name": entry, "retriever": entry})
+        else:
+            name = entry.get("name") or Path(entry["model"]).name or "all-MiniLM-L6-v2"
+            out.append({"name": name, "model": entry["model"], **{k: entry.get(k, sc[k]) for k in MODEL_KEYS}})
+    return out
+
+
+def teacher_type(cfg: Config, spec: Mapping[str, Any]) -> str:
+    """A teacher's score type: its retriever's, or the model's (probability, logit, cosine, dot)."""
+    if "retriever" in spec:
+        from negmine.retrievers import RETRIEVERS
+
+        return RETRIEVERS[spec["retriever"]].score_type(cfg)
+    return score_type(spec)
+
+
+def uses_teachers(cfg: Config) -> bool:
+    e = cfg["ensemble"]
+    return bool(e["teachers"]) and (e["sampling"] != "none" or e["agreement"])
+
+
+def check_ensemble(cfg: Config) -> None:
+    """Consistency of [ensemble] with the rest (its own values: `check_teacher_entries`)."""
+    e = cfg["ensemble"]
+    where = "[ensemble] teachers"
+    check_teacher_entries(e["teachers"], where)  # again: a config built by hand skips load_config's checks
+    if not e["teachers"]:
+        if e["sampling"] != "none" or e["agreement"]:
+            raise ConfigError(f"[ensemble] {'sampling' if e['sampling'] != 'none' else 'agreement'} needs teachers: "
+                              "set [ensemble] teachers, such as [\"bm25\", \"dense\"]")
+        return
+    if not uses_teachers(cfg):
+        raise ConfigError("[ensemble] teachers are set but nothing uses them: set [ensemble] sampling = \"cross\" "
+                          "or \"intra\", or agreement = true (or leave teachers out)")
+    specs = teacher_specs(cfg)
+    names = [s["name"] for s in specs]
+    for spec in specs:
+        n = spec["name"]
+        if not _NAME.fullmatch(n) or n in RESERVED:
+            raise ConfigError(f"{where} has a teacher named {n!r}; give it a name of letters, digits, '_', '.', '-' "
+                              f"(not {', '.join(RESERVED)})")
+        if names.count(n) > 1:
+            raise ConfigError(f"{where} names {n!r} twice; give each teacher its own name")
+        if "retriever" in spec and spec["retriever"] not in cfg["retrieve"]["retrievers"]:
+            raise ConfigError(f"{where} has {n!r}, which is not among [retrieve] retrievers "
+                              f"{cfg['retrieve']['retrievers']}; add it there so that its index is built")
+        if n == "teacher" and "retriever" not in spec and not cfg["score"]["teacher"]:
+            raise ConfigError(f"{where} has \"teacher\" but no [score] teacher is configured; set [score] teacher "
+                              "or name a model as a table {name, model}")
+    s = cfg["sample"]
+    if e["sampling"] != "none" and s["shortage"] in ("pad-random", "relax"):
+        raise ConfigError(f"[sample] shortage {s['shortage']!r} is not available with [ensemble] sampling "
+                          f"{e['sampling']!r}; use \"keep-fewer\" or \"drop\"")
+    if e["sampling"] == "intra" and s["strategy"] != "top":
+        raise ConfigError(f"[ensemble] sampling \"intra\" takes each teacher's best candidates in turn, so [sample] "
+                          f"strategy must be \"top\" (it is {s['strategy']!r}); use sampling \"cross\" to draw "
+                          "with another strategy from one teacher's ranking")
+    if e["sampling"] == "cross":
+        from negmine.samplers import SAMPLERS
+
+        if SAMPLERS[s["strategy"]].needs_positive_scores:
+            for spec in specs:  # the strategy reads the chosen teacher's positive score
+                if teacher_type(cfg, spec) == "rrf":
+                    raise ConfigError(f"[sample] {s['strategy']} needs positive scores; teacher {spec['name']!r} "
+                                      "has none")
+
+
+def _teacher_params(cfg: Config, ctx: Context) -> dict[str, Any]:
+    from negmine.encode import resolve_model
+
+    sc, teachers, paths, stores = cfg["score"], [], {}, {}
+    for spec in teacher_specs(cfg):
+        t = {"name": spec["name"], "score_type": teacher_type(cfg, spec)}
+        if "retriever" in spec:
+            t["retriever"] = spec["retriever"]
+        else:
+            path = resolve_model(spec["model"], f"[ensemble] teachers {spec['name']!r} model")
+            fp = ctx.fingerprint(path)
+            settings = {**{k: spec[k] for k in MODEL_KEYS}, "precision": resolved_precision(sc), "device": sc["device"]}
+            t.update({"model": fp, **{k: spec[k] for k in KEY_SETTINGS}, "precision": settings["precision"]})
+            paths[spec["name"]] = str(path)
+            stores[spec["name"]] = str(store_dir(ctx.cache_root, fp, settings))
+        teachers.append(t)
+    p = {"teachers": teachers, "model_paths": paths, "stores": stores, "batch_size": sc["batch_size"],
+         "device": sc["device"], "flush_pairs": sc["flush_pairs"], "workers": sc["workers"],
+         "memory_budget": cfg["run"]["memory_budget"]}
+    if any(t.get("retriever") == "bm25" for t in teachers):
+        p["bm25"] = dict(cfg["bm25"])  # how the index reads queries (tokenizer); the index's key covers the rest
+    return p
+
+
+def _teacher_reads(cfg: Config) -> tuple[str, ...]:
+    names = {s.get("retriever") for s in teacher_specs(cfg)}
+    return ("ingest", "retrieve") + (("index",) if "bm25" in names else ()) + (("encode",) if "dense" in names else ())
+
+
+def _retriever_scores(name: str, params: Mapping[str, Any], inputs: Inputs, texts: tables.Texts,
+                      qpos: np.ndarray, all_i: np.ndarray, queries: list[str]) -> np.ndarray:
+    """A retriever's own score of every (query position, corpus row) pair, found by it or not."""
+    step = 50_000
+    out = np.zeros(len(all_i), dtype=np.float32)
+    if name == "bm25":
+        from negmine.memory import budget_bytes
+        from negmine.retrievers.bm25 import BLOCK_SHARE, Searcher
+
+        searcher = Searcher(params["bm25"], inputs["index"], int(BLOCK_SHARE * budget_bytes(params["memory_budget"])))
+        try:
+            for a in range(0, len(all_i), step):
+                out[a:a + step] = searcher.score_pairs([queries[q] for q in qpos[a:a + step]], all_i[a:a + step])
+        finally:
+            searcher.close()
+        return out
+    from negmine.encode import doc_vectors
+
+    qvec = np.load(inputs["encode"] / "queries.npy", mmap_mode="r")
+    for a in range(0, len(all_i), step):
+        q = np.asarray(qvec[qpos[a:a + step]], dtype=np.float32)
+        out[a:a + step] = np.einsum("ij,ij->i", q, doc_vectors(inputs["encode"], all_i[a:a + step]))
+    return out
+
+
+def score_teachers(inputs: Inputs, params: Mapping[str, Any], out_dir: Path) -> dict[str, Any]:
+    """Every teacher's score of every candidate and positive: `teacher_scores.parquet` (the retrieve stage's
+    candidate rows, in order) and `teacher_positive_scores.parquet`, a float32 column a teacher, each teacher's
+    name and score type in the files' metadata."""
+    ingest_dir = inputs["ingest"]
+    texts = tables.Texts(ingest_dir)
+    queries = tables.mined_queries(ingest_dir)
+    qids = queries["query_id"].combine_chunks()
+    cands = pq.read_table(inputs["retrieve"] / schema.CANDIDATES_FILE, columns=["query_id", "doc_idx"])
+    pos_q, pos_d, pos_rows, pos_qpos = tables.positive_pairs(ingest_dir, qids)
+    all_q = pa.concat_arrays([cands["query_id"].combine_chunks(), pa.array(pos_q, pa.string())])
+    all_i = np.concatenate([cands["doc_idx"].to_numpy(), np.asarray(pos_rows, dtype=np.int64)])
+    qpos = np.concatenate([pc.index_in(cands["query_id"], value_set=qids).to_numpy(zero_copy_only=False),
+                           np.asarray(pos_qpos, dtype=np.int64)]).astype(np.int64)
+    n_c = cands.num_rows
+    columns: dict[str, np.ndarray] = {}
+    stats: dict[str, Any] = {}
+    for t in params["teachers"]:
+        name = t["name"]
+        if "retriever" in t:
+            columns[name] = _retriever_scores(t["retriever"], params, inputs, texts, qpos, all_i,
+                                              queries["text"].to_pylist())
+            stats[name] = {"score_type": t["score_type"], "retriever": t["retriever"]}
+            continue
+        tp = {**{k: t[k] for k in KEY_SETTINGS}, "precision": t["precision"], "batch_size": params["batch_size"],
+              "device": params["device"], "flush_pairs": params["flush_pairs"], "workers": params["workers"]}
+        values, new, distinct = pair_scores(tp, Path(params["model_paths"][name]), Path(params["stores"][name]),
+                                            texts, all_q, all_i)
+        columns[name] = values
+        stats[name] = {"score_type": t["score_type"], "kind": t["kind"], "distinct_pairs": distinct,
+                       "scored_now": new, "from_store": distinct - new}
+    meta = {b"negmine.teachers": json.dumps([{"name": t["name"], "score_type": t["score_type"]}
+                                             for t in params["teachers"]]).encode()}
+    cand_cols = {"query_id": cands["query_id"], "doc_idx": cands["doc_idx"]}
+    pq.write_table(pa.table({**cand_cols, **{n: pa.array(v[:n_c], pa.float32()) for n, v in columns.items()}})
+                   .replace_schema_metadata(meta), out_dir / TEACHERS_FILE)
+    pos_cols = {"query_id": pa.array(pos_q, pa.string()), "doc_id": pa.array(pos_d, pa.string()),
+                "doc_idx": pa.array(np.asarray(pos_rows, dtype=np.int64), pa.int64())}
+    pq.write_table(pa.table({**pos_cols, **{n: pa.array(v[n_c:], pa.float32()) for n, v in columns.items()}})
+                   .replace_schema_metadata(meta), out_dir / TEACHER_POSITIVES_FILE)
+    return {"teachers": stats, "candidates": n_c, "positives": len(pos_q)}
+
+
+TEACHERS_STAGE = Stage(
+    name="teachers", version="1", command="score", reads=_teacher_reads, params=_teacher_params, section="ensemble",
+    run=score_teachers, outputs=(TEACHERS_FILE, TEACHER_POSITIVES_FILE), enabled=uses_teachers,
+    unkeyed={"model_paths": "where the models are; their files enter the key by their content (teachers)",
+             "stores": "the pair stores shared by runs of each teacher and settings (keyed by both)",
+             "batch_size": "speed only", "device": "speed only",
+             "flush_pairs": "how much a killed run loses, not the scores",
+             "workers": "speed only: teacher actors on the Ray engine",
+             "memory_budget": "sizes the BM25 product blocks: bounds memory, not the scores"})

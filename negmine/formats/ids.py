@@ -10,7 +10,8 @@ def schema(o: Options) -> pa.Schema:
     s, f = pa.string(), pa.list_(pa.float32())
     cols = [("query_id", s), ("positive_ids", pa.list_(s)), ("negative_ids", pa.list_(s)),
             ("negative_ranks", pa.list_(pa.int32())), ("negative_scores", f), ("negative_retrievers", pa.list_(s))]
-    return pa.schema(cols + ([("positive_teacher_scores", f), ("negative_teacher_scores", f)] if o.teacher else []))
+    cols += [("positive_teacher_scores", f), ("negative_teacher_scores", f)] if o.teacher else []
+    return pa.schema(cols + ([("negative_teachers", pa.list_(s))] if o.ensemble else []))
 
 
 def rows(q: QueryRecord, o: Options, out: dict, skipped: dict) -> None:
@@ -23,6 +24,8 @@ def rows(q: QueryRecord, o: Options, out: dict, skipped: dict) -> None:
     if o.teacher:
         out["positive_teacher_scores"].append(q.pos_teacher)
         out["negative_teacher_scores"].append(q.neg["teacher_score"])
+    if o.ensemble:  # which teacher of the ensemble gave each negative
+        out["negative_teachers"].append(q.neg["teacher"])
 
 
 register(Format("ids", schema, rows, every_query=True, help="ids, ranks and scores (audits)"))
