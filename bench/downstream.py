@@ -64,6 +64,10 @@ ROWS: dict[str, list[str] | None] = {
     # the shipped default as users get it (three triplet rows a query since 11/2026: the same rows as
     # dense-top3-triplet); `simans` is the default before it
     "recommended": ["@configs/recommended.toml"],
+    # a teacher ensemble (issue 12): BM25 and dense both retrieve and both score every candidate; the agreement
+    # filter drops what either scores within 5% of the weakest positive, then each teacher's best in turn, three
+    # negatives a query as triplet rows (as recommended)
+    "ensemble": ["@configs/ensemble.toml"],
 }
 
 
