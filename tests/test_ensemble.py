@@ -139,7 +139,8 @@ def test_cross_sampling_gives_each_query_the_hashed_teachers_top_n_of_its_filter
     assert "## Negatives by teacher" in report
     for name in names:
         assert f"| {name} | {stats['by_teacher'][name]} |" in report
-    assert "Negatives by teacher" in (tmp_path / "out" / "report.html").read_text()
+    page = (tmp_path / "out" / "report.html").read_text()
+    assert "Negatives by teacher" in page and "cross-sample ensembling: teacher" in page  # the examples say who
 
 
 def test_intra_sampling_with_agreement_on_the_sample(tmp_path, tiny_cross_encoder):
