@@ -380,7 +380,7 @@ def _coerce(section: str, key: str, value: Any, origin: str, known: dict[str, di
 
         return None if value is None or value == "" else parse_bytes(value, where)
     if (section, key) == ("ensemble", "teachers"):
-        from negmine.score import check_teacher_entries
+        from negmine.teachers import check_teacher_entries
 
         return check_teacher_entries(value, where)
     if (section, key) in OPTIONAL_NUMBERS:
@@ -531,7 +531,7 @@ def _check_consistency(cfg: dict[str, Any]) -> None:
         raise ConfigError("[sample] shortage \"relax\" loosens the [filter] method step by step: set [filter] "
                           "method and relax_steps >= 1")
     _check_judge(cfg["judge"])
-    from negmine.score import check_ensemble
+    from negmine.teachers import check_ensemble
 
     check_ensemble(cfg)
     e = cfg["export"]

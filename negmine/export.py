@@ -299,9 +299,9 @@ def _run(inputs: Inputs, params: Params, out_dir: Path) -> dict[str, Any]:
     # every earlier stage's key: all are in this stage's key through the stages it reads
     prov = {**thaw(params["provenance"]), "stage_keys": {s: r.key for s, r in inputs.log.items()}}
     # an ensemble's sample stage names the teacher of each negative (negmine.samplers.ensemble)
-    from negmine.samplers.ensemble import TEACHERS_FILE
+    from negmine.teachers import NEGATIVE_TEACHERS_FILE
 
-    given_by = inputs["sample"] / TEACHERS_FILE
+    given_by = inputs["sample"] / NEGATIVE_TEACHERS_FILE
     stats = export(params, ingest_dir, negatives, prov, out_dir, teacher_pos, source_pos, relabeled,
                    given_by if given_by.is_file() else None)
     (out_dir / "provenance.json").write_text(json.dumps(prov, indent=2, sort_keys=True) + "\n")

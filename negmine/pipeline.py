@@ -35,10 +35,10 @@ def stages() -> list[Stage]:
     from negmine.retrievers import pool
     from negmine.samplers import ensemble
 
-    # the sample stage, or with [ensemble] teachers their agreement and cross/intra sampling (same name, same key
-    # without teachers: negmine.samplers.ensemble)
+    # the sample stage, or with [ensemble] teachers their agreement and cross/intra sampling under the same name
+    # (negmine.samplers.ensemble: a config enables one of the two)
     return [ingest.STAGE, *retrievers.stages(), pool.stage(), score.STAGE, score.TEACHERS_STAGE, exclude.STAGE,
-            judge.POOL_STAGE, ensemble.stage(sample.STAGE), judge.STAGE, export.STAGE]
+            judge.POOL_STAGE, *ensemble.stages(sample.STAGE), judge.STAGE, export.STAGE]
 
 
 def plan(cfg: dict[str, Any], until: str = "export") -> list[Stage]:

@@ -15,7 +15,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import tempfile
 from collections.abc import Mapping
 from pathlib import Path
@@ -34,6 +33,8 @@ from negmine.hashing import file_sha256
 from negmine.hashing import key64 as _key
 from negmine.progress import bar
 from negmine.stage import Config, Context, Inputs, Stage, reads
+from negmine.teachers import (MODEL_KEYS, TEACHER_POSITIVES_FILE, TEACHERS_FILE, teacher_specs, teacher_type,
+                               uses_teachers)
 
 VERSION = "2"  # 2: reads the ingest tables' positives; writes positive_scores.parquet
 log = logging.getLogger("negmine.score")
@@ -295,125 +296,6 @@ STAGE = Stage(
 # (the one a single [score] teacher with the same model and settings uses), so adding a teacher never rescores the
 # others; a retriever teacher ("bm25", "dense") with its own index, for candidates another retriever found too.
 
-TEACHERS_FILE = "teacher_scores.parquet"  # one row a candidate (the retrieve stage's order), a column a teacher
-TEACHER_POSITIVES_FILE = "teacher_positive_scores.parquet"  # one row a positive pair, a column a teacher
-RETRIEVER_TEACHERS = ("bm25", "dense")  # retrievers that can score any (query, document) pair
-MODEL_KEYS = ("kind", "activation", "normalize", "max_length", "query_prompt", "doc_prompt")  # a table may set
-RESERVED = ("query_id", "doc_id", "doc_idx", "rank")  # columns of the teachers' tables
-_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-
-
-def check_teacher_entries(value: Any, where: str) -> list[Any]:
-    """[ensemble] teachers: a list of names ("bm25", "dense", "teacher") and tables naming a model; one line if
-    anything is wrong."""
-    from negmine.config import CHOICES
-
-    if not isinstance(value, list):
-        raise ConfigError(f"{where} must be a list, such as [\"bm25\", \"dense\"], got {value!r}")
-    types = {"name": str, "model": str, "kind": str, "activation": str, "normalize": bool, "max_length": int,
-             "query_prompt": str, "doc_prompt": str}
-    for i, entry in enumerate(value):
-        if isinstance(entry, str):
-            if entry not in (*RETRIEVER_TEACHERS, "teacher"):
-                raise ConfigError(f"{where} has {entry!r}; a name is one of {', '.join(RETRIEVER_TEACHERS)} or "
-                                  "\"teacher\" (the [score] teacher); a model is a table {name, model, kind, ...}")
-            continue
-        if not isinstance(entry, dict):
-            raise ConfigError(f"{where} entry {i + 1} is {entry!r}; give a name or a table {{name, model, ...}}")
-        unknown = sorted(set(entry) - set(types))
-        if unknown:
-            raise ConfigError(f"{where} entry {i + 1} has unknown key {unknown[0]!r}; known keys: {', '.join(types)}")
-        if "model" not in entry:
-            raise ConfigError(f"{where} entry {i + 1} has no model; give model = \"PATH or HF id\" (\"\" = the "
-                              "packaged all-MiniLM-L6-v2)")
-        for key, typ in types.items():
-            v = entry.get(key)
-            if v is not None and (not isinstance(v, typ) or (typ is int and isinstance(v, bool))):
-                raise ConfigError(f"{where} entry {i + 1}: {key} must be {typ.__name__}, got {v!r}")
-        if entry.get("max_length", 0) < 0:
-            raise ConfigError(f"{where} entry {i + 1}: max_length is {entry['max_length']}; it must be >= 0")
-        for key in ("kind", "activation"):
-            if key in entry and entry[key] not in CHOICES[("score", key)]:
-                raise ConfigError(f"{where} entry {i + 1}: {key} is {entry[key]!r}; choose one of "
-                                  f"{', '.join(CHOICES[('score', key)])}")
-    return value
-
-
-def teacher_specs(cfg: Config) -> list[dict[str, Any]]:
-    """The configured teachers, each {"name", "retriever"} or {"name", "model", settings}; a table's unset
-    settings are the [score] section's."""
-    sc, out = cfg["score"], []
-    for entry in cfg["ensemble"]["teachers"]:
-        if entry == "teacher":
-            out.append({"name": "teacher", "model": sc["teacher"], **{k: sc[k] for k in MODEL_KEYS}})
-        elif isinstance(entry, str):
-            out.append({"name": entry, "retriever": entry})
-        else:
-            name = entry.get("name") or Path(entry["model"]).name or "all-MiniLM-L6-v2"
-            out.append({"name": name, "model": entry["model"], **{k: entry.get(k, sc[k]) for k in MODEL_KEYS}})
-    return out
-
-
-def teacher_type(cfg: Config, spec: Mapping[str, Any]) -> str:
-    """A teacher's score type: its retriever's, or the model's (probability, logit, cosine, dot)."""
-    if "retriever" in spec:
-        from negmine.retrievers import RETRIEVERS
-
-        return RETRIEVERS[spec["retriever"]].score_type(cfg)
-    return score_type(spec)
-
-
-def uses_teachers(cfg: Config) -> bool:
-    e = cfg["ensemble"]
-    return bool(e["teachers"]) and (e["sampling"] != "none" or e["agreement"])
-
-
-def check_ensemble(cfg: Config) -> None:
-    """Consistency of [ensemble] with the rest (its own values: `check_teacher_entries`)."""
-    e = cfg["ensemble"]
-    where = "[ensemble] teachers"
-    check_teacher_entries(e["teachers"], where)  # again: a config built by hand skips load_config's checks
-    if not e["teachers"]:
-        if e["sampling"] != "none" or e["agreement"]:
-            raise ConfigError(f"[ensemble] {'sampling' if e['sampling'] != 'none' else 'agreement'} needs teachers: "
-                              "set [ensemble] teachers, such as [\"bm25\", \"dense\"]")
-        return
-    if not uses_teachers(cfg):
-        raise ConfigError("[ensemble] teachers are set but nothing uses them: set [ensemble] sampling = \"cross\" "
-                          "or \"intra\", or agreement = true (or leave teachers out)")
-    specs = teacher_specs(cfg)
-    names = [s["name"] for s in specs]
-    for spec in specs:
-        n = spec["name"]
-        if not _NAME.fullmatch(n) or n in RESERVED:
-            raise ConfigError(f"{where} has a teacher named {n!r}; give it a name of letters, digits, '_', '.', '-' "
-                              f"(not {', '.join(RESERVED)})")
-        if names.count(n) > 1:
-            raise ConfigError(f"{where} names {n!r} twice; give each teacher its own name")
-        if "retriever" in spec and spec["retriever"] not in cfg["retrieve"]["retrievers"]:
-            raise ConfigError(f"{where} has {n!r}, which is not among [retrieve] retrievers "
-                              f"{cfg['retrieve']['retrievers']}; add it there so that its index is built")
-        if n == "teacher" and "retriever" not in spec and not cfg["score"]["teacher"]:
-            raise ConfigError(f"{where} has \"teacher\" but no [score] teacher is configured; set [score] teacher "
-                              "or name a model as a table {name, model}")
-    s = cfg["sample"]
-    if e["sampling"] != "none" and s["shortage"] in ("pad-random", "relax"):
-        raise ConfigError(f"[sample] shortage {s['shortage']!r} is not available with [ensemble] sampling "
-                          f"{e['sampling']!r}; use \"keep-fewer\" or \"drop\"")
-    if e["sampling"] == "intra" and s["strategy"] != "top":
-        raise ConfigError(f"[ensemble] sampling \"intra\" takes each teacher's best candidates in turn, so [sample] "
-                          f"strategy must be \"top\" (it is {s['strategy']!r}); use sampling \"cross\" to draw "
-                          "with another strategy from one teacher's ranking")
-    if e["sampling"] == "cross":
-        from negmine.samplers import SAMPLERS
-
-        if SAMPLERS[s["strategy"]].needs_positive_scores:
-            for spec in specs:  # the strategy reads the chosen teacher's positive score
-                if teacher_type(cfg, spec) == "rrf":
-                    raise ConfigError(f"[sample] {s['strategy']} needs positive scores; teacher {spec['name']!r} "
-                                      "has none")
-
-
 def _teacher_params(cfg: Config, ctx: Context) -> dict[str, Any]:
     from negmine.encode import resolve_model
 
@@ -433,39 +315,25 @@ def _teacher_params(cfg: Config, ctx: Context) -> dict[str, Any]:
     p = {"teachers": teachers, "model_paths": paths, "stores": stores, "batch_size": sc["batch_size"],
          "device": sc["device"], "flush_pairs": sc["flush_pairs"], "workers": sc["workers"],
          "memory_budget": cfg["run"]["memory_budget"]}
-    if any(t.get("retriever") == "bm25" for t in teachers):
-        p["bm25"] = dict(cfg["bm25"])  # how the index reads queries (tokenizer); the index's key covers the rest
+    # a retriever teacher's section (how BM25 reads a query), less what changes only the speed of its stages
+    from negmine.config import SPEED_ONLY
+    from negmine.retrievers import RETRIEVERS
+
+    p["sections"] = {}
+    for t in teachers:
+        if "retriever" in t:
+            r = RETRIEVERS[t["retriever"]]
+            fast = {k for st in r.stages for k in st.unkeyed}
+            p["sections"][r.name] = {k: v for k, v in (cfg.get(r.section) or {}).items()
+                                     if (r.section, k) not in SPEED_ONLY and k not in fast}
     return p
 
 
 def _teacher_reads(cfg: Config) -> tuple[str, ...]:
-    names = {s.get("retriever") for s in teacher_specs(cfg)}
-    return ("ingest", "retrieve") + (("index",) if "bm25" in names else ()) + (("encode",) if "dense" in names else ())
+    from negmine.retrievers import RETRIEVERS
 
-
-def _retriever_scores(name: str, params: Mapping[str, Any], inputs: Inputs, texts: tables.Texts,
-                      qpos: np.ndarray, all_i: np.ndarray, queries: list[str]) -> np.ndarray:
-    """A retriever's own score of every (query position, corpus row) pair, found by it or not."""
-    step = 50_000
-    out = np.zeros(len(all_i), dtype=np.float32)
-    if name == "bm25":
-        from negmine.memory import budget_bytes
-        from negmine.retrievers.bm25 import BLOCK_SHARE, Searcher
-
-        searcher = Searcher(params["bm25"], inputs["index"], int(BLOCK_SHARE * budget_bytes(params["memory_budget"])))
-        try:
-            for a in range(0, len(all_i), step):
-                out[a:a + step] = searcher.score_pairs([queries[q] for q in qpos[a:a + step]], all_i[a:a + step])
-        finally:
-            searcher.close()
-        return out
-    from negmine.encode import doc_vectors
-
-    qvec = np.load(inputs["encode"] / "queries.npy", mmap_mode="r")
-    for a in range(0, len(all_i), step):
-        q = np.asarray(qvec[qpos[a:a + step]], dtype=np.float32)
-        out[a:a + step] = np.einsum("ij,ij->i", q, doc_vectors(inputs["encode"], all_i[a:a + step]))
-    return out
+    names = [s["retriever"] for s in teacher_specs(cfg) if "retriever" in s]
+    return ("ingest", "retrieve") + tuple(dict.fromkeys(r for n in names for r in RETRIEVERS[n].pair_reads))
 
 
 def score_teachers(inputs: Inputs, params: Mapping[str, Any], out_dir: Path) -> dict[str, Any]:
@@ -487,9 +355,13 @@ def score_teachers(inputs: Inputs, params: Mapping[str, Any], out_dir: Path) -> 
     stats: dict[str, Any] = {}
     for t in params["teachers"]:
         name = t["name"]
-        if "retriever" in t:
-            columns[name] = _retriever_scores(t["retriever"], params, inputs, texts, qpos, all_i,
-                                              queries["text"].to_pylist())
+        if "retriever" in t:  # its own scorer (negmine.retrievers), reading the entries its stages made
+            from negmine.retrievers import RETRIEVERS
+
+            r = RETRIEVERS[t["retriever"]]
+            columns[name] = r.score_pairs({s: inputs[s] for s in r.pair_reads},
+                                          {**params["sections"][t["retriever"]], "memory_budget": params["memory_budget"]},
+                                          queries["text"].to_pylist(), qpos, all_i)
             stats[name] = {"score_type": t["score_type"], "retriever": t["retriever"]}
             continue
         tp = {**{k: t[k] for k in KEY_SETTINGS}, "precision": t["precision"], "batch_size": params["batch_size"],

@@ -196,7 +196,9 @@ def stories(stages: Mapping[str, Path], query_ids: list[str], score_type: str,
     by_q = {name: _group(t) for name, t in (("cand", cand), ("excl", excl), ("kept", kept), ("neg", neg),
                                            ("pos", pos))}
     # a teacher ensemble's sampling names the teacher of each negative (negmine.samplers.ensemble)
-    given = stages["sample"] / "negative_teachers.parquet"
+    from negmine.teachers import NEGATIVE_TEACHERS_FILE
+
+    given = stages["sample"] / NEGATIVE_TEACHERS_FILE
     if given.is_file():
         by_q["given"] = _group(_rows(given, ids, ["query_id", "doc_id", "teacher", "teacher_rank"]))
     # an LLM judge (after sampling, or on the pool before it): its verdicts decide what it removed or relabelled

@@ -222,17 +222,22 @@ def test_changing_the_sampling_or_the_alpha_reuses_the_teachers_scores(tmp_path,
     assert (_stage_table(again, "sample", "negatives.parquet").equals(_stage_table(a, "sample", "negatives.parquet")))
 
 
-def test_without_teachers_the_sample_stage_keeps_its_parameters_and_key():
+def test_a_config_runs_one_sample_stage_the_plain_one_unchanged_without_teachers():
     from negmine import sample
     from negmine.config import load_config
-    from negmine.pipeline import stages
+    from negmine.pipeline import plan
     from negmine.stage import Context
 
-    cfg = load_config(None, [f"input.path='{SAMPLE}'"])
     ctx = Context(Path("/nonexistent"), lambda p: "fp")
-    wrapped = next(s for s in stages() if s.name == "sample")
-    assert wrapped.params(cfg, ctx) == sample.STAGE.params(cfg, ctx)
-    assert wrapped.reads(cfg) == sample.STAGE.reads(cfg) and wrapped.version == sample.STAGE.version
+    cfg = load_config(None, [f"input.path='{SAMPLE}'"])
+    [alone] = [s for s in plan(cfg) if s.name == "sample"]
+    assert alone.params(cfg, ctx) == sample.STAGE.params(cfg, ctx)  # so its cache key is what it was
+    assert alone.reads(cfg) == sample.STAGE.reads(cfg) and alone.version == sample.STAGE.version
+    assert "teachers" not in [s.name for s in plan(cfg)]
+    cfg = load_config(None, [f"input.path='{SAMPLE}'", "ensemble.teachers=['bm25']", "ensemble.agreement=true"])
+    [ens] = [s for s in plan(cfg) if s.name == "sample"]
+    assert "teachers" in ens.reads(cfg) and ens.params(cfg, ctx)["teachers"] == ["bm25"]
+    assert [s.name for s in plan(cfg)].index("teachers") < [s.name for s in plan(cfg)].index("sample")
 
 
 # ---------------------------------------------------------------------------------------- bad settings

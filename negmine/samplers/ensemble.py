@@ -13,13 +13,14 @@ query's negatives are chosen from its filtered candidates inside the [sample] ra
   whose best was already taken adds its next best).
 Which teacher gave each negative is written beside the negatives (`negative_teachers.parquet`) and counted.
 
-`stage(plain)` is the `sample` stage: the plain one (its parameters and key unchanged) while no ensemble is
-configured, this one otherwise, as `negmine.retrievers.pool` is one retriever's search or a fusion.
+`stages(plain)` are the two `sample` stages: the plain one (its parameters and key unchanged) while no ensemble
+is configured, this one otherwise; a config enables exactly one of them.
 """
 from __future__ import annotations
 
 import tempfile
 from collections import Counter
+from dataclasses import replace
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -34,9 +35,10 @@ from negmine.filters.agreement import agreement, keep_all, vetoes
 from negmine.hashing import seed_for
 from negmine.samplers import SAMPLERS
 from negmine.stage import Config, Context, Inputs, Params, Stage
+from negmine.teachers import (NEGATIVE_TEACHERS_FILE, TEACHER_POSITIVES_FILE, TEACHERS_FILE, teacher_specs,
+                              uses_teachers)
 
 VERSION = "1"
-TEACHERS_FILE = "negative_teachers.parquet"  # beside negatives.parquet: the teacher that gave each negative
 PROVENANCE = pa.schema([("query_id", pa.string()), ("doc_id", pa.string()), ("teacher", pa.string()),
                         ("teacher_rank", pa.int32()), ("ensemble_score", pa.float32())])
 
@@ -113,19 +115,17 @@ def _teacher_matrix(pool: pa.Table, path: Path, names: list[str]) -> np.ndarray:
 
 
 def ensemble_sample(params: Mapping[str, Any], ingest_dir: Path, pool_path: Path, teachers_dir: Path,
-                    out_dir: Path) -> dict[str, Any]:
-    """The agreement filter (when on), then cross- or intra-sampling, or the plain sample stage on the agreed
+                    out_dir: Path, plain: Stage) -> dict[str, Any]:
+    """The agreement filter (when on), then cross- or intra-sampling, or the `plain` sample stage on the agreed
     pool (sampling "none")."""
-    from negmine import sample as plain_sample
     from negmine import tables
-    from negmine.score import TEACHER_POSITIVES_FILE, TEACHERS_FILE as SCORES_FILE
 
     names = list(params["teachers"])
     query_ids = tables.mined_query_ids(ingest_dir)
     qindex = {q: i for i, q in enumerate(query_ids.to_pylist())}
     pf = pq.ParquetFile(pool_path)
     pool = pf.read()
-    scores = _teacher_matrix(pool, teachers_dir / SCORES_FILE, names)
+    scores = _teacher_matrix(pool, teachers_dir / TEACHERS_FILE, names)
     pos = _positive_matrix(teachers_dir / TEACHER_POSITIVES_FILE, names, query_ids, params["positive_score"])
     qrow = np.array([qindex[q] for q in pool["query_id"].to_pylist()], dtype=np.int64)
     # the agreement filter, over the whole pool (before the rank window), as the exclude stage's filters
@@ -145,7 +145,8 @@ def ensemble_sample(params: Mapping[str, Any], ingest_dir: Path, pool_path: Path
                     t = pool.slice(offset, pf.metadata.row_group(g).num_rows)
                     writer.write_table(t.filter(pa.array(agree[offset:offset + t.num_rows])))
                     offset += t.num_rows
-            stats = plain_sample.sample(params, ingest_dir, agreed, out_dir)
+            # the plain stage reads the pool as the exclude stage's kept.parquet: hand it the agreed one
+            stats = plain.run(Inputs("sample", {"ingest": ingest_dir, "exclude": Path(tmp)}), params, out_dir)
         return {**stats, "agreement": stats_agree}
     return _pick(params, pool, scores, pos, qrow, agree, names, query_ids, out_dir) | (
         {"agreement": stats_agree} if stats_agree else {})
@@ -204,7 +205,7 @@ def _pick(params: Mapping[str, Any], pool: pa.Table, scores: np.ndarray, pos: np
                          schema=schema.NEGATIVES)
     pq.write_table(negatives, out_dir / schema.NEGATIVES_FILE)
     prov["query_id"], prov["doc_id"] = chosen["query_id"], chosen["doc_id"]
-    pq.write_table(pa.table(prov, schema=PROVENANCE), out_dir / TEACHERS_FILE)
+    pq.write_table(pa.table(prov, schema=PROVENANCE), out_dir / NEGATIVE_TEACHERS_FILE)
     stats = {"negatives": chosen.num_rows, "queries": len(query_ids), "outcomes": dict(outcomes), "window": [lo, hi],
              "strategy": strategy, "num_negatives": n, "ensemble": mode, "teachers": names,
              "by_teacher": {name: by_teacher.get(name, 0) for name in names}}
@@ -213,36 +214,26 @@ def _pick(params: Mapping[str, Any], pool: pa.Table, scores: np.ndarray, pos: np
     return stats
 
 
-def _uses(cfg: Config) -> bool:
-    from negmine.score import uses_teachers
-
-    return uses_teachers(cfg)
-
-
-def stage(plain: Stage) -> Stage:
-    """The `sample` stage: `plain` (the same parameters, so the same key) without an ensemble, else the ensemble's
-    agreement filter and sampling, which read the `teachers` stage too."""
+def stages(plain: Stage) -> list[Stage]:
+    """The `sample` stage twice: `plain` while no ensemble is configured (its parameters, so its key, unchanged),
+    and the ensemble's agreement filter and sampling, which read the `teachers` stage too, when one is."""
 
     def reads(cfg: Config) -> tuple[str, ...]:
-        return plain.reads(cfg) + (("teachers",) if _uses(cfg) else ())
+        return plain.reads(cfg) + ("teachers",)
 
     def params(cfg: Config, ctx: Context) -> dict[str, Any]:
-        p = dict(plain.params(cfg, ctx))
-        if _uses(cfg):
-            from negmine.score import teacher_specs
-
-            e = cfg["ensemble"]
-            p.update({"ensemble_version": VERSION, "ensemble": e["sampling"], "agreement": e["agreement"],
-                      "agreement_alpha": e["agreement_alpha"], "positive_score": cfg["filter"]["positive_score"],
-                      "teachers": [s["name"] for s in teacher_specs(cfg)]})
-        return p
+        e = cfg["ensemble"]
+        return {**plain.params(cfg, ctx), "ensemble": e["sampling"],
+                "agreement": e["agreement"], "agreement_alpha": e["agreement_alpha"],
+                "positive_score": cfg["filter"]["positive_score"], "teachers": [s["name"] for s in teacher_specs(cfg)]}
 
     def run(inputs: Inputs, p: Params, out_dir: Path) -> dict[str, Any]:
-        if "ensemble_version" not in p:
-            return plain.run(inputs, p, out_dir)
         pool = (inputs["judge-pool"] if "judge-pool" in inputs else inputs["exclude"]) / schema.KEPT_FILE
-        return ensemble_sample(p, inputs["ingest"], pool, inputs["teachers"], out_dir)
+        return ensemble_sample(p, inputs["ingest"], pool, inputs["teachers"], out_dir, plain)
 
-    return Stage(name=plain.name, version=plain.version, command=plain.command, reads=reads, params=params, run=run,
-                 outputs=plain.outputs, enabled=plain.enabled, unkeyed=plain.unkeyed, section=plain.section,
-                 resumable=plain.resumable, reads_log=plain.reads_log, files=plain.files)
+    alone = replace(plain, enabled=lambda cfg: plain.enabled(cfg) and not uses_teachers(cfg))
+    ensemble = Stage(name=plain.name, version=f"{plain.version}-ensemble{VERSION}", command=plain.command,
+                     reads=reads, params=params, run=run, outputs=plain.outputs,
+                     enabled=lambda cfg: plain.enabled(cfg) and uses_teachers(cfg), unkeyed=plain.unkeyed,
+                     section=plain.section)
+    return [alone, ensemble]
