@@ -31,6 +31,9 @@ ROWS: dict[str, list[str] | None] = {
     "ensemble-intra-no-agreement": [*_ENSEMBLE, "ensemble.agreement=false"],
     "ensemble-cross-no-agreement": [*_ENSEMBLE, "ensemble.sampling='cross'", "ensemble.agreement=false"],
     "ensemble-cross": [*_ENSEMBLE, "ensemble.sampling='cross'"],
+    # the agreement's threshold: below 0.9 of the best positive's score under both teachers, or merely below it
+    "ensemble-alpha-0.9": [*_ENSEMBLE, "ensemble.agreement_alpha=0.9"],
+    "ensemble-alpha-1.0": [*_ENSEMBLE, "ensemble.agreement_alpha=1.0"],
 }
 
 
