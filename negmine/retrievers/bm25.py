@@ -530,6 +530,7 @@ INDEX = Stage(name="index", version=VERSION, command="index", reads=reads("inges
                                         "the index is the same"},
               enabled=lambda cfg: "bm25" in cfg["retrieve"]["retrievers"])
 
+
 def bm25_pair_scores(entries: Mapping[str, Path], params: Mapping[str, Any], queries: list[str], qpos: np.ndarray,
                      rows: np.ndarray) -> np.ndarray:
     """The BM25 score of each (query position, corpus row) pair, from the saved index: BM25 as a teacher."""

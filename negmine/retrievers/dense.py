@@ -189,6 +189,7 @@ ANN = Stage(
     run=lambda inputs, params, out: build_ann(params, inputs["encode"], out), outputs=("faiss.index", "ann.json"),
     enabled=lambda cfg: _uses_dense(cfg) and cfg["dense"]["index"] != "flat")
 
+
 def dense_pair_scores(entries: Mapping[str, Path], params: Mapping[str, Any], queries: list[str], qpos: np.ndarray,
                       rows: np.ndarray) -> np.ndarray:
     """The inner product of each (query position, corpus row) pair's vectors (cosine when normalised): the dense
