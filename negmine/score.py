@@ -341,7 +341,6 @@ def score_teachers(inputs: Inputs, params: Mapping[str, Any], out_dir: Path) -> 
     candidate rows, in order) and `teacher_positive_scores.parquet`, a float32 column a teacher, each teacher's
     name and score type in the files' metadata."""
     ingest_dir = inputs["ingest"]
-    texts = tables.Texts(ingest_dir)
     queries = tables.mined_queries(ingest_dir)
     qids = queries["query_id"].combine_chunks()
     cands = pq.read_table(inputs["retrieve"] / schema.CANDIDATES_FILE, columns=["query_id", "doc_idx"])
@@ -359,15 +358,16 @@ def score_teachers(inputs: Inputs, params: Mapping[str, Any], out_dir: Path) -> 
             from negmine.retrievers import RETRIEVERS
 
             r = RETRIEVERS[t["retriever"]]
-            columns[name] = r.score_pairs({s: inputs[s] for s in r.pair_reads},
-                                          {**params["sections"][t["retriever"]], "memory_budget": params["memory_budget"]},
+            settings = {**params["sections"][t["retriever"]], "memory_budget": params["memory_budget"]}
+            columns[name] = r.score_pairs({s: inputs[s] for s in r.pair_reads}, settings,
                                           queries["text"].to_pylist(), qpos, all_i)
             stats[name] = {"score_type": t["score_type"], "retriever": t["retriever"]}
             continue
         tp = {**{k: t[k] for k in KEY_SETTINGS}, "precision": t["precision"], "batch_size": params["batch_size"],
               "device": params["device"], "flush_pairs": params["flush_pairs"], "workers": params["workers"]}
-        values, new, distinct = pair_scores(tp, Path(params["model_paths"][name]), Path(params["stores"][name]),
-                                            texts, all_q, all_i)
+        with tables.Texts(ingest_dir) as texts:
+            values, new, distinct = pair_scores(tp, Path(params["model_paths"][name]), Path(params["stores"][name]),
+                                                texts, all_q, all_i)
         columns[name] = values
         stats[name] = {"score_type": t["score_type"], "kind": t["kind"], "distinct_pairs": distinct,
                        "scored_now": new, "from_store": distinct - new}
