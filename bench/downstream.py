@@ -68,6 +68,10 @@ ROWS: dict[str, list[str] | None] = {
     # one split a query cluster, with the PROPORTIONAL multi-dataset batch sampler, so each batch is one cluster;
     # the preset's [cluster] batch_size (32) is this harness's --batch-size default
     "dense-top3-clustered": ["@configs/clustered.toml"],
+    # a teacher ensemble (issue 12): BM25 and dense both retrieve and both score every candidate; the agreement
+    # filter drops what either scores within 5% of the weakest positive, then each teacher's best in turn, three
+    # negatives a query as triplet rows (as recommended)
+    "ensemble": ["@configs/ensemble.toml"],
 }
 CLUSTERED = {"dense-top3-clustered"}  # rows trained on the clustered DatasetDict beside their rows file
 

@@ -20,9 +20,21 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from downstream import ROWS  # noqa: E402  (the rows and their overrides: one definition)
+from downstream import ROWS as DOWNSTREAM_ROWS  # noqa: E402  (the rows and their overrides: one definition)
 
 ROOT = Path(__file__).resolve().parents[1]
+# variants measured here only (no downstream row): the teacher ensemble's parts taken apart, three negatives a
+# query as configs/ensemble.toml, so each compares with `ensemble` and with dense-top3-triplet
+_ENSEMBLE = ["@configs/ensemble.toml"]
+ROWS: dict[str, list[str] | None] = {
+    **DOWNSTREAM_ROWS,
+    "ensemble-intra-no-agreement": [*_ENSEMBLE, "ensemble.agreement=false"],
+    "ensemble-cross-no-agreement": [*_ENSEMBLE, "ensemble.sampling='cross'", "ensemble.agreement=false"],
+    "ensemble-cross": [*_ENSEMBLE, "ensemble.sampling='cross'"],
+    # the agreement's threshold: below 0.9 of the best positive's score under both teachers, or merely below it
+    "ensemble-alpha-0.9": [*_ENSEMBLE, "ensemble.agreement_alpha=0.9"],
+    "ensemble-alpha-1.0": [*_ENSEMBLE, "ensemble.agreement_alpha=1.0"],
+}
 
 
 def eval_row(name: str, data: Path, work: Path, frac: float) -> dict:
@@ -54,7 +66,8 @@ def eval_row(name: str, data: Path, work: Path, frac: float) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--rows", default=",".join(n for n, o in ROWS.items() if o is not None))
+    ap.add_argument("--rows", default=",".join(n for n, o in DOWNSTREAM_ROWS.items() if o is not None),
+                    help="comma-separated rows: " + ", ".join(n for n, o in ROWS.items() if o is not None))
     ap.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "cisi")
     ap.add_argument("--holdout-frac", type=float, default=0.3)
     ap.add_argument("--work", type=Path, default=ROOT / "bench" / ".work" / "false-negatives")

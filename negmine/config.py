@@ -165,6 +165,14 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "flush_calls": 1,  # verdicts a store part: a killed run repeats fewer than this many calls
         "dry_run": False,  # print the call and token estimate and stop before any call (negmine run --dry-run)
     },
+    "ensemble": {  # several teachers (negmine.score's teachers stage, negmine.samplers.ensemble); off while empty
+        "teachers": [],  # each a retriever of [retrieve] retrievers ("bm25", "dense"), "teacher" (the [score]
+        # teacher) or a table {name, model, kind, activation, normalize, max_length, query_prompt, doc_prompt}
+        "sampling": "none",  # none (the [sample] strategy) | cross (one teacher a query, chosen by hash) | intra
+        # (each teacher's best in turn)
+        "agreement": False,  # keep a candidate only if every teacher scores it below its perc-pos threshold
+        "agreement_alpha": 0.95,  # that threshold: alpha x the query's positive score under each teacher
+    },
     "run": {
         "cache_dir": None,  # default: .negmine/cache beside the config (or the current directory)
         "low_memory": False,  # glibc: fixed 1 MiB mmap threshold; about -30% peak memory, +20-30% encode time
@@ -195,6 +203,7 @@ CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("judge", "on"): ("negatives", "pool"),
     ("judge", "on_false_negative"): ("drop", "relabel"),
     ("judge", "on_no_verdict"): ("keep", "drop"),
+    ("ensemble", "sampling"): ("none", "cross", "intra"),
 }
 LIST_CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("export", "file_types"): ("parquet", "jsonl", "hf"),
@@ -311,6 +320,7 @@ RANGES: dict[tuple[str, str], tuple[float, float, bool, bool]] = {
     ("judge", "max_calls"): (0, _INF, False, True),
     ("judge", "max_tokens"): (0, _INF, False, True),
     ("judge", "flush_calls"): (1, _INF, False, True),
+    ("ensemble", "agreement_alpha"): (0.0, 1.0, False, False),
 }
 
 
@@ -380,6 +390,10 @@ def _coerce(section: str, key: str, value: Any, origin: str, known: dict[str, di
         from negmine.memory import parse_bytes
 
         return None if value is None or value == "" else parse_bytes(value, where)
+    if (section, key) == ("ensemble", "teachers"):
+        from negmine.teachers import check_teacher_entries
+
+        return check_teacher_entries(value, where)
     if (section, key) in OPTIONAL_NUMBERS:
         if value is None or value == "":
             return None
@@ -528,6 +542,9 @@ def _check_consistency(cfg: dict[str, Any]) -> None:
         raise ConfigError("[sample] shortage \"relax\" loosens the [filter] method step by step: set [filter] "
                           "method and relax_steps >= 1")
     _check_judge(cfg["judge"])
+    from negmine.teachers import check_ensemble
+
+    check_ensemble(cfg)
     e = cfg["export"]
     if "hf" in e["file_types"] and importlib.util.find_spec("datasets") is None:
         raise ConfigError("[export] file_types \"hf\" writes a Hugging Face DatasetDict: install it with "

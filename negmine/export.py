@@ -170,19 +170,20 @@ def _only_positives(rec: QueryRecord, keep: list[int]) -> QueryRecord | None:
 def export(params: Mapping[str, Any], ingest_dir: Path, negatives_path: Path, provenance: dict[str, Any],
            out_dir: Path, teacher_positives: Path | None = None, source_positives: Path | None = None,
            relabeled: Path | None = None, clusters: Path | None = None,
-           texts: tables.Texts | None = None) -> dict[str, Any]:
+           negative_teachers: Path | None = None, texts: tables.Texts | None = None) -> dict[str, Any]:
     """Write every configured format. `teacher_positives` / `source_positives` hold the positives' teacher
     scores and the scores on the filters' scale (teacher's or retriever's; None for fused RRF scores);
     `relabeled`, candidates a judge made positives (negmine.judge), joins every format's positives; `clusters`,
     each query's topic cluster (negmine.cluster): a `cluster_id` in the audit layout and the clustered layouts
-    (negmine.formats.clustered); `texts`, an open text store of the ingest entry (one is made and dropped here
+    (negmine.formats.clustered); `negative_teachers`, which teacher of an ensemble gave each negative
+    (negmine.samplers.ensemble); `texts`, an open text store of the ingest entry (one is made and dropped here
     if not given)."""
     if texts is not None:
         return _export(texts, params, ingest_dir, negatives_path, provenance, out_dir, teacher_positives,
-                       source_positives, relabeled, clusters)
+                       source_positives, relabeled, clusters, negative_teachers)
     with tables.Texts(ingest_dir) as own:
         return _export(own, params, ingest_dir, negatives_path, provenance, out_dir, teacher_positives,
-                       source_positives, relabeled, clusters)
+                       source_positives, relabeled, clusters, negative_teachers)
 
 
 def _add_relabeled(path: Path | None, positives: dict[str, tuple[list[str], list[int]]],
@@ -207,17 +208,21 @@ def _add_relabeled(path: Path | None, positives: dict[str, tuple[list[str], list
 def _export(texts: tables.Texts, params: Mapping[str, Any], ingest_dir: Path, negatives_path: Path,
             provenance: dict[str, Any], out_dir: Path, teacher_positives: Path | None,
             source_positives: Path | None, relabeled: Path | None = None,
-            clusters_path: Path | None = None) -> dict[str, Any]:
+            clusters_path: Path | None = None, negative_teachers: Path | None = None) -> dict[str, Any]:
     positives = tables.positives_by_query(ingest_dir)
     query_ids = tables.mined_query_ids(ingest_dir)
     teacher, source = _scores_by_pair(teacher_positives), _scores_by_pair(source_positives)
     n_relabeled = _add_relabeled(relabeled, positives, teacher, source)
     clusters: dict[str, int] = {}
     if clusters_path is not None:
-        ct = pq.read_table(clusters_path)
+        ct = read_parquet(clusters_path)
         clusters = dict(zip(ct["query_id"].to_pylist(), ct["cluster_id"].to_pylist()))
     opts = Options(params["num_negatives"], teacher_positives is not None, params["scores"], params["score_type"],
-                   clusters_path is not None)
+                   clusters_path is not None, ensemble=negative_teachers is not None)
+    given_by: dict[tuple[str, str], str] = {}
+    if negative_teachers is not None:
+        t = read_parquet(negative_teachers, columns=["query_id", "doc_id", "teacher"])
+        given_by = dict(zip(zip(t["query_id"].to_pylist(), t["doc_id"].to_pylist()), t["teacher"].to_pylist()))
     formats = {fmt: FORMATS[fmt] for fmt in params["formats"]}
     # every table a format writes: its main one ("") and its companions, each in every file type
     schemas: dict[tuple[str, str], pa.Schema] = {}
@@ -255,6 +260,8 @@ def _export(texts: tables.Texts, params: Mapping[str, Any], ingest_dir: Path, ne
 
     def record(qid: str, neg: dict[str, list], found: dict[int, tuple[str, str]]) -> QueryRecord:
         pos_ids, pos_idx = positives[qid]
+        if opts.ensemble:
+            neg = {**neg, "teacher": [given_by.get((qid, d)) for d in neg["doc_id"]]}
         pt, pb = [found[i][0] for i in pos_idx], [found[i][1] for i in pos_idx]
         nt, nb = [found[i][0] for i in neg["doc_idx"]], [found[i][1] for i in neg["doc_idx"]]
         return QueryRecord(qid, texts.queries[qid], pos_ids, pt, pb, texts.join(pt, pb),
@@ -355,9 +362,13 @@ def _run(inputs: Inputs, params: Params, out_dir: Path) -> dict[str, Any]:
     clusters = inputs["cluster"] / CLUSTERS_FILE if "cluster" in inputs else None
     # every earlier stage's key: all are in this stage's key through the stages it reads
     prov = {**thaw(params["provenance"]), "stage_keys": {s: r.key for s, r in inputs.log.items()}}
+    # an ensemble's sample stage names the teacher of each negative (negmine.samplers.ensemble)
+    from negmine.teachers import NEGATIVE_TEACHERS_FILE
+
+    given_by = inputs["sample"] / NEGATIVE_TEACHERS_FILE
     with tables.Texts(ingest_dir) as texts:  # one copy of the corpus's texts, for the rows and the examples
         stats = export(params, ingest_dir, negatives, prov, out_dir, teacher_pos, source_pos, relabeled, clusters,
-                       texts)
+                       given_by if given_by.is_file() else None, texts)
         _report(inputs, params, ingest_dir, negatives, source_pos, out_dir, prov, stats, texts)
     return stats
 

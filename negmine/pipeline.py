@@ -33,9 +33,12 @@ def stages() -> list[Stage]:
     from negmine import cluster, export, ingest, judge, retrievers, sample, score
     from negmine.filters import exclude
     from negmine.retrievers import pool
+    from negmine.samplers import ensemble
 
-    return [ingest.STAGE, *retrievers.stages(), pool.stage(), score.STAGE, exclude.STAGE, judge.POOL_STAGE,
-            sample.STAGE, judge.STAGE, cluster.STAGE, export.STAGE]
+    # the sample stage, or with [ensemble] teachers their agreement and cross/intra sampling under the same name
+    # (negmine.samplers.ensemble: a config enables one of the two)
+    return [ingest.STAGE, *retrievers.stages(), pool.stage(), score.STAGE, score.TEACHERS_STAGE, exclude.STAGE,
+            judge.POOL_STAGE, *ensemble.stages(sample.STAGE), judge.STAGE, cluster.STAGE, export.STAGE]
 
 
 def plan(cfg: dict[str, Any], until: str = "export") -> list[Stage]:

@@ -79,6 +79,10 @@ def build(stages: dict[str, Any], negatives_path: Path, excluded_path: Path, pos
     report["negatives"] = {"total": neg.num_rows, "by_retriever": share,
                            "queries": len(set(neg["query_id"].to_pylist()))}
     report["shortage"] = stages["sample"]["stats"].get("outcomes", {})
+    sampled = stages["sample"]["stats"]  # a teacher ensemble (negmine.samplers.ensemble): who gave what
+    if sampled.get("teachers") or sampled.get("agreement"):
+        report["ensemble"] = {k: sampled[k] for k in ("ensemble", "teachers", "by_teacher", "queries_by_teacher",
+                                                      "agreement") if sampled.get(k) is not None}
     for name in ("judge-pool", "judge"):  # the LLM judge's verdicts and what they cost (negmine.judge)
         if name in stages:
             report["judge"] = stages[name]["stats"]
@@ -117,6 +121,7 @@ def markdown(report: dict[str, Any]) -> str:
     lines += ["", "## Negatives by retriever", "", "| found by | negatives | share |", "|---|---|---|"]
     total = max(1, neg["total"])
     lines += [f"| {k} | {v} | {v / total:.1%} |" for k, v in sorted(neg["by_retriever"].items())]
+    lines += _markdown_ensemble(report.get("ensemble"))
     lines += ["", "## Shortage", "", "| outcome | queries |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in sorted(report["shortage"].items())]
     j = report.get("judge")
@@ -317,6 +322,43 @@ def _example_html(st: QueryStory) -> str:
     return "".join(out)
 
 
+def _ensemble_rows(e: dict[str, Any]) -> tuple[str, list[tuple[Any, ...]], str]:
+    """(sentence, rows of teacher / negatives / share / queries it supplied / candidates it vetoed, agreement
+    sentence) of a teacher ensemble's sampling."""
+    by = e.get("by_teacher") or {}
+    total = max(1, sum(by.values()))
+    queries, vetoed = e.get("queries_by_teacher") or {}, (e.get("agreement") or {}).get("vetoes") or {}
+    names = e.get("teachers") or list(vetoed)
+    rows = [(n, by.get(n, "-"), f"{by[n] / total:.1%}" if n in by else "-", queries.get(n, "-"),
+             vetoed.get(n, "-")) for n in names]
+    mode = e.get("ensemble", "none")
+    how = {"cross": "cross-sampling (one teacher a query, chosen by hash of seed and query id)",
+           "intra": "intra-sampling (each teacher's best in turn)"}.get(mode, "the [sample] strategy")
+    a = e.get("agreement")
+    agreed = (f"Agreement filter (perc-pos, alpha {a['alpha']:g}, under every teacher): kept {a['kept']} of "
+              f"{a['candidates']} candidates, dropped {a['dropped']}." if a else "")
+    return f"Teachers {', '.join(names)}; negatives chosen by {how}.", rows, agreed
+
+
+def _markdown_ensemble(e: dict[str, Any] | None) -> list[str]:
+    if not e:
+        return []
+    sentence, rows, agreed = _ensemble_rows(e)
+    lines = ["", "## Negatives by teacher", "", sentence, "",
+             "| teacher | negatives | share | queries supplied | candidates vetoed |", "|---|---|---|---|---|"]
+    lines += ["| " + " | ".join(str(v) for v in row) + " |" for row in rows]
+    return lines + (["", agreed] if agreed else [])
+
+
+def _html_ensemble(e: dict[str, Any] | None) -> str:
+    if not e:
+        return ""
+    sentence, rows, agreed = _ensemble_rows(e)
+    return ("<h2>Negatives by teacher</h2>" + f"<p>{_e(sentence)}</p>"
+            + _rows_html(["teacher", "negatives", "share", "queries supplied", "candidates vetoed"], rows)
+            + (f"<p>{_e(agreed)}</p>" if agreed else ""))
+
+
 def _per_retriever(c: Any) -> str | None:
     return "; ".join(f"{name} #{rk} {_fmt(sc)}" for name, (rk, sc) in c.retriever_scores.items()) or None
 
@@ -360,6 +402,7 @@ def to_html(report: dict[str, Any], stories: Sequence[QueryStory], histogram: st
         "<h2>Negatives by retriever</h2>",
         _rows_html(["found by", "negatives", "share"],
                    [(k, v, f"{v / total:.1%}") for k, v in sorted(neg["by_retriever"].items())]),
+        _html_ensemble(report.get("ensemble")),
         "<h2>Shortage</h2>", _rows_html(["outcome", "queries"], sorted(report["shortage"].items())),
         "<h2>Files</h2>", _rows_html(["file", "rows"], list(report["export"]["files"].items())),
         "<h2>Stages</h2>",

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from negmine import schema, tables
@@ -31,7 +32,9 @@ from negmine.errors import ConfigError
 from negmine.hashing import file_sha256
 from negmine.hashing import key64 as _key
 from negmine.progress import bar
-from negmine.stage import Config, Context, Stage, reads
+from negmine.stage import Config, Context, Inputs, Stage, reads
+from negmine.teachers import (MODEL_KEYS, TEACHER_POSITIVES_FILE, TEACHERS_FILE, teacher_specs, teacher_type,
+                               uses_teachers)
 
 VERSION = "2"  # 2: reads the ingest tables' positives; writes positive_scores.parquet
 log = logging.getLogger("negmine.score")
@@ -200,17 +203,10 @@ def _fill_store(store: Path, need: pa.Table, all_q: pa.Array, all_i: np.ndarray,
     return have, new
 
 
-def score(params: Mapping[str, Any], model_path: Path, store: Path, ingest_dir: Path, candidates_path: Path,
-          out_dir: Path) -> dict[str, Any]:
-    """Write the candidates (with teacher_score) and the positives' teacher scores; score only pairs the store
-    lacks."""
-    texts = tables.Texts(ingest_dir)
-    cands = pq.read_table(candidates_path, columns=["query_id", "doc_idx"])
-    pos_q, pos_d, pos_rows, _ = tables.positive_pairs(ingest_dir, tables.mined_query_ids(ingest_dir))
-    pos_i = pos_rows.tolist()
-    # every pair to score, as (query id, corpus row); candidates first, then positives
-    all_q = pa.concat_arrays([cands["query_id"].combine_chunks(), pa.array(pos_q, pa.string())])
-    all_i = np.concatenate([cands["doc_idx"].to_numpy(), np.asarray(pos_i, dtype=np.int64)])
+def pair_scores(params: Mapping[str, Any], model_path: Path, store: Path, texts: tables.Texts, all_q: pa.Array,
+                all_i: np.ndarray) -> tuple[np.ndarray, int, int]:
+    """A model teacher's score of every (query id, corpus row) pair, through its pair store: (scores, pairs scored
+    now, distinct pairs). Only pairs the store lacks are scored."""
     qkey_of = {q: _key(t) for q, t in texts.queries.items()}
     # document keys from the exact retrieval texts, computed for the rows in use only
     uniq_rows, inverse = np.unique(all_i, return_inverse=True)
@@ -232,6 +228,22 @@ def score(params: Mapping[str, Any], model_path: Path, store: Path, ingest_dir: 
     values = scored["score"].to_numpy(zero_copy_only=False).astype(np.float32)
     if np.isnan(values).any():
         raise RuntimeError("teacher scores missing after scoring; the pair store may be damaged: clear the cache")
+    distinct = int(need.group_by(["qkey", "dkey"]).aggregate([]).num_rows)
+    return values, new, distinct
+
+
+def score(params: Mapping[str, Any], model_path: Path, store: Path, ingest_dir: Path, candidates_path: Path,
+          out_dir: Path) -> dict[str, Any]:
+    """Write the candidates (with teacher_score) and the positives' teacher scores; score only pairs the store
+    lacks."""
+    texts = tables.Texts(ingest_dir)
+    cands = pq.read_table(candidates_path, columns=["query_id", "doc_idx"])
+    pos_q, pos_d, pos_rows, _ = tables.positive_pairs(ingest_dir, tables.mined_query_ids(ingest_dir))
+    pos_i = pos_rows.tolist()
+    # every pair to score, as (query id, corpus row); candidates first, then positives
+    all_q = pa.concat_arrays([cands["query_id"].combine_chunks(), pa.array(pos_q, pa.string())])
+    all_i = np.concatenate([cands["doc_idx"].to_numpy(), np.asarray(pos_i, dtype=np.int64)])
+    values, new, distinct = pair_scores(params, model_path, store, texts, all_q, all_i)
     n_c = cands.num_rows
     meta = {b"negmine.score_type": score_type(params).encode()}
     col = schema.CANDIDATES.get_field_index("teacher_score")
@@ -248,8 +260,7 @@ def score(params: Mapping[str, Any], model_path: Path, store: Path, ingest_dir: 
                              "teacher_score": pa.array(values[n_c:], pa.float32())},
                             schema=schema.POSITIVE_SCORES).replace_schema_metadata(meta),
                    out_dir / schema.POSITIVE_SCORES_FILE)
-    distinct = int(need.group_by(["qkey", "dkey"]).aggregate([]).num_rows)
-    return {"teacher": params["kind"], "score_type": score_type(params), "pairs": need.num_rows,
+    return {"teacher": params["kind"], "score_type": score_type(params), "pairs": len(all_i),
             "distinct_pairs": distinct, "scored_now": new, "from_store": distinct - new}
 
 
@@ -277,3 +288,107 @@ STAGE = Stage(
              "batch_size": "speed only", "device": "speed only",
              "flush_pairs": "how much a killed run loses, not the scores",
              "workers": "speed only: teacher actors on the Ray engine"})
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Several teachers ([ensemble] teachers): NV-Retriever's teacher ensembles (Moreira et al. 2024, arXiv:2407.15831,
+# section 4.3). Each teacher scores every candidate and every positive; a model teacher through its own pair store
+# (the one a single [score] teacher with the same model and settings uses), so adding a teacher never rescores the
+# others; a retriever teacher ("bm25", "dense") with its own index, for candidates another retriever found too.
+
+def _teacher_params(cfg: Config, ctx: Context) -> dict[str, Any]:
+    from negmine.encode import resolve_model
+
+    sc, teachers, paths, stores = cfg["score"], [], {}, {}
+    for spec in teacher_specs(cfg):
+        t = {"name": spec["name"], "score_type": teacher_type(cfg, spec)}
+        if "retriever" in spec:
+            t["retriever"] = spec["retriever"]
+        else:
+            path = resolve_model(spec["model"], f"[ensemble] teachers {spec['name']!r} model")
+            fp = ctx.fingerprint(path)
+            settings = {**{k: spec[k] for k in MODEL_KEYS}, "precision": resolved_precision(sc), "device": sc["device"]}
+            t.update({"model": fp, **{k: spec[k] for k in KEY_SETTINGS}, "precision": settings["precision"]})
+            paths[spec["name"]] = str(path)
+            stores[spec["name"]] = str(store_dir(ctx.cache_root, fp, settings))
+        teachers.append(t)
+    p = {"teachers": teachers, "model_paths": paths, "stores": stores, "batch_size": sc["batch_size"],
+         "device": sc["device"], "flush_pairs": sc["flush_pairs"], "workers": sc["workers"],
+         "memory_budget": cfg["run"]["memory_budget"]}
+    # a retriever teacher's section (how BM25 reads a query), less what changes only the speed of its stages
+    from negmine.config import SPEED_ONLY
+    from negmine.retrievers import RETRIEVERS
+
+    p["sections"] = {}
+    for t in teachers:
+        if "retriever" in t:
+            r = RETRIEVERS[t["retriever"]]
+            fast = {k for st in r.stages for k in st.unkeyed}
+            p["sections"][r.name] = {k: v for k, v in (cfg.get(r.section) or {}).items()
+                                     if (r.section, k) not in SPEED_ONLY and k not in fast}
+    return p
+
+
+def _teacher_reads(cfg: Config) -> tuple[str, ...]:
+    from negmine.retrievers import RETRIEVERS
+
+    names = [s["retriever"] for s in teacher_specs(cfg) if "retriever" in s]
+    return ("ingest", "retrieve") + tuple(dict.fromkeys(r for n in names for r in RETRIEVERS[n].pair_reads))
+
+
+def score_teachers(inputs: Inputs, params: Mapping[str, Any], out_dir: Path) -> dict[str, Any]:
+    """Every teacher's score of every candidate and positive: `teacher_scores.parquet` (the retrieve stage's
+    candidate rows, in order) and `teacher_positive_scores.parquet`, a float32 column a teacher, each teacher's
+    name and score type in the files' metadata."""
+    ingest_dir = inputs["ingest"]
+    queries = tables.mined_queries(ingest_dir)
+    qids = queries["query_id"].combine_chunks()
+    cands = pq.read_table(inputs["retrieve"] / schema.CANDIDATES_FILE, columns=["query_id", "doc_idx"])
+    pos_q, pos_d, pos_rows, pos_qpos = tables.positive_pairs(ingest_dir, qids)
+    all_q = pa.concat_arrays([cands["query_id"].combine_chunks(), pa.array(pos_q, pa.string())])
+    all_i = np.concatenate([cands["doc_idx"].to_numpy(), np.asarray(pos_rows, dtype=np.int64)])
+    qpos = np.concatenate([pc.index_in(cands["query_id"], value_set=qids).to_numpy(zero_copy_only=False),
+                           np.asarray(pos_qpos, dtype=np.int64)]).astype(np.int64)
+    n_c = cands.num_rows
+    columns: dict[str, np.ndarray] = {}
+    stats: dict[str, Any] = {}
+    for t in params["teachers"]:
+        name = t["name"]
+        if "retriever" in t:  # its own scorer (negmine.retrievers), reading the entries its stages made
+            from negmine.retrievers import RETRIEVERS
+
+            r = RETRIEVERS[t["retriever"]]
+            settings = {**params["sections"][t["retriever"]], "memory_budget": params["memory_budget"]}
+            columns[name] = r.score_pairs({s: inputs[s] for s in r.pair_reads}, settings,
+                                          queries["text"].to_pylist(), qpos, all_i)
+            stats[name] = {"score_type": t["score_type"], "retriever": t["retriever"]}
+            continue
+        tp = {**{k: t[k] for k in KEY_SETTINGS}, "precision": t["precision"], "batch_size": params["batch_size"],
+              "device": params["device"], "flush_pairs": params["flush_pairs"], "workers": params["workers"]}
+        with tables.Texts(ingest_dir) as texts:
+            values, new, distinct = pair_scores(tp, Path(params["model_paths"][name]), Path(params["stores"][name]),
+                                                texts, all_q, all_i)
+        columns[name] = values
+        stats[name] = {"score_type": t["score_type"], "kind": t["kind"], "distinct_pairs": distinct,
+                       "scored_now": new, "from_store": distinct - new}
+    meta = {b"negmine.teachers": json.dumps([{"name": t["name"], "score_type": t["score_type"]}
+                                             for t in params["teachers"]]).encode()}
+    cand_cols = {"query_id": cands["query_id"], "doc_idx": cands["doc_idx"]}
+    pq.write_table(pa.table({**cand_cols, **{n: pa.array(v[:n_c], pa.float32()) for n, v in columns.items()}})
+                   .replace_schema_metadata(meta), out_dir / TEACHERS_FILE)
+    pos_cols = {"query_id": pa.array(pos_q, pa.string()), "doc_id": pa.array(pos_d, pa.string()),
+                "doc_idx": pa.array(np.asarray(pos_rows, dtype=np.int64), pa.int64())}
+    pq.write_table(pa.table({**pos_cols, **{n: pa.array(v[n_c:], pa.float32()) for n, v in columns.items()}})
+                   .replace_schema_metadata(meta), out_dir / TEACHER_POSITIVES_FILE)
+    return {"teachers": stats, "candidates": n_c, "positives": len(pos_q)}
+
+
+TEACHERS_STAGE = Stage(
+    name="teachers", version="1", command="score", reads=_teacher_reads, params=_teacher_params, section="ensemble",
+    run=score_teachers, outputs=(TEACHERS_FILE, TEACHER_POSITIVES_FILE), enabled=uses_teachers,
+    unkeyed={"model_paths": "where the models are; their files enter the key by their content (teachers)",
+             "stores": "the pair stores shared by runs of each teacher and settings (keyed by both)",
+             "batch_size": "speed only", "device": "speed only",
+             "flush_pairs": "how much a killed run loses, not the scores",
+             "workers": "speed only: teacher actors on the Ray engine",
+             "memory_budget": "sizes the BM25 product blocks: bounds memory, not the scores"})

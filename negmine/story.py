@@ -197,6 +197,12 @@ def stories(stages: Mapping[str, Path], query_ids: list[str], score_type: str, w
                   "teacher": _pair_scores(stages["score"] / schema.POSITIVE_SCORES_FILE, ids) if teacher else {}}
     by_q = {name: _group(t) for name, t in (("cand", cand), ("excl", excl), ("kept", kept), ("neg", neg),
                                            ("pos", pos))}
+    # a teacher ensemble's sampling names the teacher of each negative (negmine.samplers.ensemble)
+    from negmine.teachers import NEGATIVE_TEACHERS_FILE
+
+    given = stages["sample"] / NEGATIVE_TEACHERS_FILE
+    if given.is_file():
+        by_q["given"] = _group(_rows(given, ids, ["query_id", "doc_id", "teacher", "teacher_rank"]))
     # an LLM judge (after sampling, or on the pool before it): its verdicts decide what it removed or relabelled
     judge_name = next((n for n in ("judge", "judge-pool") if n in stages), None)
     judge = _meta(stages[judge_name])["params"] if judge_name else None
@@ -235,6 +241,7 @@ def _story(qid: str, text: str, rows: Mapping[str, list[dict[str, Any]]], pos_sc
     verdict = {r["doc_id"]: r["verdict"] for r in rows.get("verdict", [])}
     level = {r["doc_id"]: r["relax_level"] for r in rows["kept"]}
     sampled = {r["doc_id"] for r in rows["neg"] if r["source"] == "sample"}
+    given = {r["doc_id"]: (r["teacher"], r["teacher_rank"]) for r in rows.get("given", [])}
     lo, hi = smp["rank_min"], smp["rank_max"] or smp["top_k"]
     n, policy = smp["num_negatives"], smp["shortage"]
     in_window = [r for r in rows["cand"] if r["doc_id"] in level and lo <= r["rank"] <= hi]
@@ -283,6 +290,9 @@ def _story(qid: str, text: str, rows: Mapping[str, list[dict[str, Any]]], pos_sc
             c.outcome, c.code = "sampled", "sampled"
             c.reason = f"sampled by {smp['strategy']}" + (
                 f" (filter {method} relaxed to level {level[d]})" if level.get(d, 0) > 0 else "")
+            if d in given:  # an ensemble: which teacher gave it, at which place of its own ranking
+                c.reason = (f"sampled by {smp['ensemble']}-sample ensembling: teacher {given[d][0]}'s "
+                            f"#{given[d][1]}")
         elif d not in level:  # neither kept nor removed: the stages disagree with each other
             raise NegmineError(f"query {qid!r}: candidate {d!r} is neither kept nor excluded by the exclude stage; "
                                "the cache entries do not belong together: run `negmine run` again")
@@ -299,6 +309,9 @@ def _story(qid: str, text: str, rows: Mapping[str, list[dict[str, Any]]], pos_sc
         else:
             c.outcome, c.code = "not sampled", "not_drawn"
             c.reason = f"eligible, not drawn by {smp['strategy']} ({len(sampled)} of {eligible} eligible taken)"
+            if smp.get("agreement"):  # the teachers' scores are not among these entries: both are possible
+                c.reason = (f"eligible, not taken ({len(sampled)} of {eligible} taken) or vetoed by the [ensemble] "
+                            f"agreement filter (alpha {smp['agreement_alpha']:g})")
         c.title, c.text = texts.get(r["doc_idx"], ("", ""))
         cands.append(c)
     for r in rows["neg"]:

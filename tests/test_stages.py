@@ -127,7 +127,8 @@ def test_no_stage_module_imports_another_stage_module():
 def test_the_stage_list_is_data_in_pipeline_order():
     names = [s.name for s in pipeline.stages()]
     assert names == ["ingest", "index", "encode", "ann", "retrieve-bm25", "retrieve-dense", "retrieve", "score",
-                     "exclude", "judge-pool", "sample", "judge", "cluster", "export"]
+                     "teachers", "exclude", "judge-pool", "sample", "sample", "judge", "cluster", "export"]
+    # sample: plain, or with [ensemble] teachers (negmine.samplers.ensemble); a config enables one
     assert [s.command for s in pipeline.stages()] == sorted((s.command for s in pipeline.stages()),
                                                            key=pipeline.STAGES.index)
     cfg = negmine.load_config(None, ["retrieve.retrievers=['bm25','dense']", "dense.index='hnsw'"])

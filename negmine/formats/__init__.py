@@ -25,7 +25,7 @@ class QueryRecord:
     pos_texts: list[str]  # title + sep + text, as retrieved
     pos_teacher: list[float] | None  # the teacher's scores, with a teacher
     pos_scores: list[float] | None  # the scores the filters used (teacher's or retriever's); None for RRF
-    neg: dict[str, list]  # doc_id, doc_idx, rank, score, teacher_score, filter_score
+    neg: dict[str, list]  # doc_id, doc_idx, rank, score, teacher_score, filter_score (and teacher: ensembles)
     neg_titles: list[str]
     neg_bodies: list[str]
     neg_texts: list[str]
@@ -39,6 +39,7 @@ class Options:
     scores: bool  # labeled formats carry scores instead of 0/1 labels
     score_type: str = ""  # of the scores the filters read (probability, logit, cosine, dot, bm25, rrf)
     clusters: bool = False  # every record has a cluster ([cluster] on): audit layouts name it
+    ensemble: bool = False  # a teacher ensemble sampled: neg["teacher"] names the teacher of each negative
 
 
 def left_out(q: QueryRecord, fmt: str, skipped: dict[str, int], need: int = 1) -> bool:

@@ -12,7 +12,8 @@ def schema(o: Options) -> pa.Schema:
     cols = [("query_id", s), ("positive_ids", pa.list_(s)), ("negative_ids", pa.list_(s)),
             ("negative_ranks", pa.list_(pa.int32())), ("negative_scores", f), ("negative_retrievers", pa.list_(s))]
     cols += [("positive_teacher_scores", f), ("negative_teacher_scores", f)] if o.teacher else []
-    return pa.schema(cols + ([("cluster_id", pa.int32())] if o.clusters else []))
+    return pa.schema(cols + ([("cluster_id", pa.int32())] if o.clusters else [])
+                     + ([("negative_teachers", pa.list_(s))] if o.ensemble else []))
 
 
 def rows(q: QueryRecord, o: Options, out: dict, skipped: dict) -> None:
@@ -27,6 +28,8 @@ def rows(q: QueryRecord, o: Options, out: dict, skipped: dict) -> None:
         out["negative_teacher_scores"].append(q.neg["teacher_score"])
     if o.clusters:
         out["cluster_id"].append(q.cluster)
+    if o.ensemble:  # which teacher of the ensemble gave each negative
+        out["negative_teachers"].append(q.neg["teacher"])
 
 
 register(Format("ids", schema, rows, every_query=True, help="ids, ranks and scores (audits)"))

@@ -29,6 +29,11 @@ class Retriever:
     score_type: Callable[[Config], str]  # bm25, cosine, dot, ...
     help: str = ""
     defaults: Mapping[str, Any] = field(default_factory=dict)  # its section's settings, when config lacks them
+    # its own score of any (query, corpus row) pairs, found by it or not, so that it can be a teacher of an
+    # ensemble (negmine.teachers): (entries of `pair_reads`, its section's settings and the memory budget, the
+    # mined queries' texts, each pair's query position and corpus row) -> scores
+    score_pairs: Callable[[Mapping[str, Path], Mapping[str, Any], list[str], Any, Any], Any] | None = None
+    pair_reads: tuple[str, ...] = ()  # the stages whose entries score_pairs reads
 
 
 RETRIEVERS: dict[str, Retriever] = {}

@@ -530,8 +530,25 @@ INDEX = Stage(name="index", version=VERSION, command="index", reads=reads("inges
                                         "the index is the same"},
               enabled=lambda cfg: "bm25" in cfg["retrieve"]["retrievers"])
 
+
+def bm25_pair_scores(entries: Mapping[str, Path], params: Mapping[str, Any], queries: list[str], qpos: np.ndarray,
+                     rows: np.ndarray) -> np.ndarray:
+    """The BM25 score of each (query position, corpus row) pair, from the saved index: BM25 as a teacher."""
+    from negmine.memory import budget_bytes
+
+    searcher = Searcher(params, entries["index"], int(BLOCK_SHARE * budget_bytes(params["memory_budget"])))
+    out = np.zeros(len(rows), dtype=np.float32)
+    try:
+        for a in range(0, len(rows), 50_000):
+            out[a:a + 50_000] = searcher.score_pairs([queries[q] for q in qpos[a:a + 50_000]], rows[a:a + 50_000])
+    finally:
+        searcher.close()
+    return out
+
+
 register(Retriever(
     name="bm25", section="bm25", stages=(INDEX,), score_type=lambda cfg: "bm25", help="lexical (bm25s or rank-bm25)",
+    score_pairs=bm25_pair_scores, pair_reads=("index",),
     search=search_stage("bm25", "3", reads("ingest", "index"),
                         lambda cfg, ctx: {"top_k": cfg["retrieve"]["top_k"],
                                           "chunk_size": cfg["retrieve"]["chunk_size"],
