@@ -403,18 +403,22 @@ class Searcher:
     def score_pairs(self, texts: list[str], doc_idx: np.ndarray) -> np.ndarray:
         """BM25 score of each (query text, corpus row) pair, retrieved or not (used for positives)."""
         if self.backend == "bm25s":
-            q = self._query_matrix(texts)
-            docs = np.asarray(doc_idx, dtype=np.int64)
-            out = np.zeros(len(docs), dtype=np.float32)
-            for a, b in self._blocks(q, len(texts), self.max_block_bytes // 2):
-                qs, rows = self._restrict(q[a:b])
-                out[a:b] = _pair_sums(qs, rows, docs[a:b])
-            if self.nonoccurrence is not None:
-                out += (q @ self.nonoccurrence).astype(np.float32)
-            return out
+            return self.score_pairs_matrix(self._query_matrix(texts), doc_idx)
         tokens = self.tok.tokenize(texts, update_vocab=True, return_as="string", show_progress=False)
         return np.array([self.model.get_batch_scores(t, [int(d)])[0] for t, d in zip(tokens, doc_idx)],
                         dtype=np.float32)
+
+    def score_pairs_matrix(self, q, doc_idx: np.ndarray) -> np.ndarray:
+        """The score of each (query row of the CSR matrix `q` over the index's terms, corpus row) pair: the sum
+        over their shared terms of the query weight times the index's value."""
+        docs = np.asarray(doc_idx, dtype=np.int64)
+        out = np.zeros(len(docs), dtype=np.float32)
+        for a, b in self._blocks(q, q.shape[0], self.max_block_bytes // 2):
+            qs, rows = self._restrict(q[a:b])
+            out[a:b] = _pair_sums(qs, rows, docs[a:b])
+        if self.nonoccurrence is not None:
+            out += (q @ self.nonoccurrence).astype(np.float32)
+        return out
 
     def _blocks(self, q, step: int, index_bytes: int) -> Iterator[tuple[int, int]]:
         """Consecutive query ranges [a, b) of at most `step` queries whose terms' index rows (8 bytes an entry)
@@ -444,42 +448,49 @@ class Searcher:
 
         bm25s rows with fewer than k matching documents end in padding: doc index -1, score -inf.
         """
+        if self.backend == "bm25s":
+            return self.search_matrix(self._query_matrix(texts), k)
         k = min(k, self.n_docs)
         docs = np.empty((len(texts), k), dtype=np.int64)
         scores = np.empty((len(texts), k), dtype=np.float32)
-        if self.backend == "bm25s":
-            docs.fill(-1)
-            scores.fill(-np.inf)  # rows with fewer than k matching documents are padded; callers drop the padding
-            q = self._query_matrix(texts)
-            extra = q @ self.nonoccurrence if self.nonoccurrence is not None else None
-            # worst case a block's product is dense: bound it by half of max_block_bytes (value + index per entry;
-            # with the dense rows and argpartition's work arrays of bm25l / bm25+, about 4x that)
-            per_entry = 32 if extra is not None else 8
-            step = max(1, self.max_block_bytes // 2 // (per_entry * self.n_docs))
-            for a, b in self._blocks(q, step, self.max_block_bytes // 2):
-                qs, rows = self._restrict(q[a:b])
-                block = qs @ rows  # rows are independent: a row's sums do not depend on its block
-                del qs, rows
-                if extra is not None:
-                    dense = block.toarray()
-                    dense += extra[a:b, None]
-                    for i, row in enumerate(dense):
-                        top = top_k_indices(row, k)
-                        docs[a + i, :len(top)], scores[a + i, :len(top)] = top, row[top]
-                    continue
-                indptr, indices, data = block.indptr, block.indices, block.data
-                for i in range(block.shape[0]):
-                    lo, hi = indptr[i], indptr[i + 1]
-                    row_docs = indices[lo:hi]
-                    top = top_k_indices(data[lo:hi], k, row_docs)
-                    docs[a + i, :len(top)] = row_docs[top]
-                    scores[a + i, :len(top)] = data[lo:hi][top]
-        else:
-            tokens = self.tok.tokenize(texts, update_vocab=True, return_as="string", show_progress=False)
-            for i, q in enumerate(tokens):
-                s = np.asarray(self.model.get_scores(q), dtype=np.float32)
-                top = top_k_indices(s, k)
-                docs[i], scores[i] = top, s[top]
+        tokens = self.tok.tokenize(texts, update_vocab=True, return_as="string", show_progress=False)
+        for i, q in enumerate(tokens):
+            s = np.asarray(self.model.get_scores(q), dtype=np.float32)
+            top = top_k_indices(s, k)
+            docs[i], scores[i] = top, s[top]
+        order = np.lexsort((docs, -scores), axis=-1)
+        return np.take_along_axis(docs, order, -1), np.take_along_axis(scores, order, -1)
+
+    def search_matrix(self, q, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """`search` for queries given as a CSR matrix over the index's terms (bm25s' term counts, or a learned
+        sparse encoder's weights): (doc indices, scores), each (queries, k), sorted by score then doc index; rows
+        with fewer than k documents sharing a term end in padding (doc index -1, score -inf)."""
+        k = min(k, self.n_docs)
+        docs = np.full((q.shape[0], k), -1, dtype=np.int64)
+        scores = np.full((q.shape[0], k), -np.inf, dtype=np.float32)  # callers drop the padding
+        extra = q @ self.nonoccurrence if self.nonoccurrence is not None else None
+        # worst case a block's product is dense: bound it by half of max_block_bytes (value + index per entry;
+        # with the dense rows and argpartition's work arrays of bm25l / bm25+, about 4x that)
+        per_entry = 32 if extra is not None else 8
+        step = max(1, self.max_block_bytes // 2 // (per_entry * self.n_docs))
+        for a, b in self._blocks(q, step, self.max_block_bytes // 2):
+            qs, rows = self._restrict(q[a:b])
+            block = qs @ rows  # rows are independent: a row's sums do not depend on its block
+            del qs, rows
+            if extra is not None:
+                dense = block.toarray()
+                dense += extra[a:b, None]
+                for i, row in enumerate(dense):
+                    top = top_k_indices(row, k)
+                    docs[a + i, :len(top)], scores[a + i, :len(top)] = top, row[top]
+                continue
+            indptr, indices, data = block.indptr, block.indices, block.data
+            for i in range(block.shape[0]):
+                lo, hi = indptr[i], indptr[i + 1]
+                row_docs = indices[lo:hi]
+                top = top_k_indices(data[lo:hi], k, row_docs)
+                docs[a + i, :len(top)] = row_docs[top]
+                scores[a + i, :len(top)] = data[lo:hi][top]
         order = np.lexsort((docs, -scores), axis=-1)
         return np.take_along_axis(docs, order, -1), np.take_along_axis(scores, order, -1)
 
