@@ -334,3 +334,42 @@ def test_ray_engine_writes_the_local_engines_sparse_outputs(splade, tmp_path) ->
         np.testing.assert_allclose(x.data, y.data, rtol=1e-6)
     assert pq.read_table(on_ray.stages["retrieve"].path / "candidates.parquet").equals(
         pq.read_table(local.stages["retrieve"].path / "candidates.parquet"))
+
+
+def _inference_free_splade(folder: Path) -> Path:
+    """An inference-free SPLADE (as OpenSearch's): queries are a static weight per token of the query, documents
+    go through the MLM head; a Router picks the side by encode_query / encode_document."""
+    import torch
+    from sentence_transformers import SparseEncoder
+    from sentence_transformers.sparse_encoder.modules import (MLMTransformer, Router, SparseStaticEmbedding,
+                                                              SpladePooling)
+
+    hf = _tiny_splade(folder / "base", 3).parent / "hf"
+    mlm = MLMTransformer(str(hf), max_seq_length=64)
+    torch.manual_seed(4)
+    static = SparseStaticEmbedding(tokenizer=mlm.tokenizer, weight=torch.rand(len(mlm.tokenizer.get_vocab())) + 0.1,
+                                   frozen=True)
+    router = Router.for_query_document(query_modules=[static],
+                                       document_modules=[mlm, SpladePooling("max", "log1p_relu")])
+    SparseEncoder(modules=[router], device="cpu").save(str(folder / "st"))
+    return folder / "st"
+
+
+def test_inference_free_splade_encodes_queries_by_its_static_table(tmp_path) -> None:
+    """Queries take the static side (a weight for each of the query's own tokens, no model run), documents the
+    MLM side; the search is the same sparse product."""
+
+    model = _inference_free_splade(tmp_path / "ifree")
+    result = negmine.mine(None, _over(tmp_path, model), until="retrieve")
+    queries = sparse_mod.load_csr(result.stages["sparse-encode"].path / "queries.npz")
+    from negmine import tables
+    from transformers import BertTokenizerFast
+
+    tok = BertTokenizerFast.from_pretrained(str(tmp_path / "ifree" / "base" / "hf"))
+    texts = tables.mined_queries(result.stages["ingest"].path)["text"].to_pylist()
+    special = {tok.cls_token_id, tok.sep_token_id, tok.pad_token_id}  # [UNK] is a token like any other
+    for i in range(queries.shape[0]):
+        tokens = {t for t in tok(texts[i])["input_ids"] if t not in special}
+        assert set(queries[i].indices) == tokens  # only the query's own tokens: nothing is expanded
+    cands = pq.read_table(result.stages["retrieve"].path / "candidates.parquet")
+    assert cands.num_rows > 0 and set(cands["retriever"].to_pylist()) == {"sparse"}

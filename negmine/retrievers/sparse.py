@@ -183,14 +183,17 @@ def encode(params: Mapping[str, Any], model_path: Path, ingest_dir: Path, work_d
                 progress.update(n)
                 log.debug("%s written", name)
     shards = doc_shards(work_dir)
-    dims = {int(load_csr(s).shape[1]) for s in shards[:1]}
-    dim = dims.pop() if dims else 0
+    dim = int(load_csr(shards[0]).shape[1])
     if not (work_dir / "queries.npz").is_file():  # no mined queries
         import scipy.sparse as sp
 
         save_csr(work_dir / "queries.npz", sp.csr_matrix((0, dim), dtype=np.float32))
     doc_nnz = sum(int(load_csr(s).nnz) for s in shards)
-    q_nnz = int(load_csr(work_dir / "queries.npz").nnz)
+    query_vectors = load_csr(work_dir / "queries.npz")
+    if query_vectors.shape[1] != dim:  # a router whose two sides name different vocabularies
+        raise ConfigError(f"[sparse] model {model_path}: its query vectors have {query_vectors.shape[1]} "
+                          f"dimensions and its document vectors {dim}; both sides must share one vocabulary")
+    q_nnz = int(query_vectors.nnz)
     info = {"documents": n_docs, "shards": n_shards, "dim": dim, "queries": len(query_texts),
             "doc_entries": doc_nnz, "doc_active_dims": doc_nnz / n_docs if n_docs else 0.0,
             "query_active_dims": q_nnz / len(query_texts) if query_texts else 0.0,
