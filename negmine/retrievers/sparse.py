@@ -1,6 +1,6 @@
 """Learned sparse retrieval: a sentence-transformers `SparseEncoder` (SPLADE: Formal et al., "SPLADE: Sparse Lexical
 and Expansion Model for First Stage Ranking", SIGIR 2021, and "SPLADE v2", arXiv:2109.10086; or an inference-free
-model whose document side is a static table, Geng et al., arXiv:2411.04403) and an inverted index over its vectors.
+model, as OpenSearch's, whose query side is a static weight per token) and an inverted index over its vectors.
 
 Three stages, each cached by content:
 
