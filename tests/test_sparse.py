@@ -318,14 +318,17 @@ def test_ray_engine_writes_the_local_engines_sparse_outputs(splade, tmp_path) ->
     ray = pytest.importorskip("ray")
     import logging
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
-             configure_logging=True)
+    mine_started = not ray.is_initialized()  # a cluster another module left running is used as it is
+    if mine_started:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR,
+                 configure_logging=True)
     try:
         sets = ["sparse.shard_size=128", "sparse.workers=2", "retrieve.chunk_size=16", "sparse.max_active_dims=16"]
         local = negmine.mine(None, _over(tmp_path / "local", splade, *sets), until="retrieve")
         on_ray = negmine.mine(None, _over(tmp_path / "ray", splade, *sets, "run.engine='ray'"), until="retrieve")
     finally:
-        ray.shutdown()
+        if mine_started:
+            ray.shutdown()
     assert on_ray.stages["sparse-encode"].key == local.stages["sparse-encode"].key
     for name in ["docs-00000.npz", "docs-00003.npz", "queries.npz"]:
         x = sparse_mod.load_csr(local.stages["sparse-encode"].path / name)
