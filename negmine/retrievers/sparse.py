@@ -12,9 +12,10 @@ Three stages, each cached by content:
   range into .npy files, as the BM25 index is (`negmine.retrievers.bm25`): peak memory is one range's slice plus
   one shard, whatever the corpus.
 - the search scores a chunk of query vectors with sparse products against the rows of the terms they use, read
-  from the index files in blocks sized from `[run] memory_budget`: BM25's own `Searcher` code (`search_matrix`,
-  `score_pairs_matrix`), so ties, padding and memory bounds are those of BM25. A document sharing no term with
-  the query has score 0 and is not a candidate. Scores are dot products ("dot"), and every positive gets its own.
+  from the index files in blocks sized from `[run] memory_budget`: the code BM25 searches with
+  (`negmine.retrievers.inverted`), so ties, padding and memory bounds are those of BM25. A document sharing no
+  term with the query has score 0 and is not a candidate. Scores are dot products ("dot"); every positive gets
+  its own.
 """
 from __future__ import annotations
 
@@ -33,7 +34,7 @@ from negmine.io import atomic_path
 from negmine.memory import release_memory
 from negmine.progress import bar
 from negmine.retrievers import Retriever, register, search_stage
-from negmine.retrievers.bm25 import BLOCK_SHARE, Searcher, _npy_header, index_range_entries, term_ranges
+from negmine.retrievers.inverted import BLOCK_SHARE, InvertedIndex, index_range_entries, npy_header, term_ranges
 from negmine.stage import Config, Context, Inputs, Params, Stage, reads
 
 VERSION = "1"
@@ -222,8 +223,8 @@ def build_index(params: Mapping[str, Any], encode_dir: Path, out_dir: Path) -> d
     total = int(indptr[-1])
     ranges = term_ranges(indptr, index_range_entries(params["memory_budget"]))
     with open(out_dir / "data.npy", "wb") as data_fh, open(out_dir / "indices.npy", "wb") as indices_fh:
-        data_at = _npy_header(data_fh, np.float32, total)
-        indices_at = _npy_header(indices_fh, np.int32, total)
+        data_at = npy_header(data_fh, np.float32, total)
+        indices_at = npy_header(indices_fh, np.int32, total)
         for lo, hi in bar(ranges, desc="sparse: index", unit="range"):
             base = int(indptr[lo])
             data = np.empty(int(indptr[hi]) - base, dtype=np.float32)
@@ -254,12 +255,11 @@ def build_index(params: Mapping[str, Any], encode_dir: Path, out_dir: Path) -> d
     return out
 
 
-class SparseSearcher(Searcher):
-    """BM25's searcher over the sparse index: the same pread of term rows, budgeted blocks, sparse products, top-k
-    with ties to the lower corpus row, and positive scores (`search_matrix`, `score_pairs_matrix`), with query
-    vectors from the encoder instead of a tokenizer's term counts (so nothing of bm25s is loaded)."""
+class SparseSearcher(InvertedIndex):
+    """The shared inverted-index search (BM25's: pread of term rows, budgeted blocks, sparse products, top-k with
+    ties to the lower corpus row, positive scores) over the sparse index, with query vectors from the encoder."""
 
-    def __init__(self, index_dir: Path, max_block_bytes: int = 64 << 20) -> None:  # noqa: super() loads bm25s
+    def __init__(self, index_dir: Path, max_block_bytes: int = 64 << 20) -> None:
         self._files: list = []
         self.backend = "sparse"
         self.max_block_bytes = max_block_bytes
