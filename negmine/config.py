@@ -56,7 +56,7 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "lowercase": True,
     },
     "retrieve": {
-        "retrievers": ["bm25"],  # bm25 and/or dense; several are fused into one candidate pool
+        "retrievers": ["bm25"],  # bm25, dense and/or sparse; several are fused into one candidate pool
         "top_k": 100,
         "chunk_size": 1024,  # queries a chunk: bounds memory at chunk_size x top_k rows
         "fusion": "rrf",  # rrf: reciprocal rank fusion, cut to top_k | union: each retriever's top union_quota
@@ -255,7 +255,8 @@ OPTIONAL_NUMBERS = {("filter", k) for k in ("min_score", "max_score", "ce_max_pr
 # would record another run's value).
 SPEED_ONLY = {("retrieve", "chunk_size"), ("dense", "batch_size"), ("dense", "device"), ("score", "batch_size"),
               ("score", "device"), ("score", "flush_pairs"), ("dense", "workers"), ("score", "workers"),
-              ("dense", "devices"), ("judge", "concurrency"), ("judge", "flush_calls")}
+              ("dense", "devices"), ("judge", "concurrency"), ("judge", "flush_calls"), ("sparse", "batch_size"),
+              ("sparse", "device"), ("sparse", "workers")}
 
 _INF = math.inf
 # The range of every numeric setting: (low, high, low_open, high_open); NaN and infinities are refused for all.
@@ -280,6 +281,11 @@ RANGES: dict[tuple[str, str], tuple[float, float, bool, bool]] = {
     ("dense", "hnsw_ef_search"): (1, _INF, False, True),
     ("dense", "ivf_nlist"): (0, _INF, False, True),
     ("dense", "ivf_nprobe"): (1, _INF, False, True),
+    ("sparse", "max_length"): (0, _INF, False, True),
+    ("sparse", "max_active_dims"): (0, _INF, False, True),
+    ("sparse", "batch_size"): (1, _INF, False, True),
+    ("sparse", "shard_size"): (1, _INF, False, True),
+    ("sparse", "workers"): (1, 4096, False, False),
     ("score", "max_length"): (0, _INF, False, True),
     ("score", "batch_size"): (1, _INF, False, True),
     ("score", "flush_pairs"): (1, _INF, False, True),

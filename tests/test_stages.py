@@ -116,8 +116,9 @@ def _imports(path: Path) -> set[str]:
 
 def test_no_stage_module_imports_another_stage_module():
     modules = {s.run.__module__ for s in pipeline.stages()}
-    assert {"negmine.ingest", "negmine.retrievers.bm25", "negmine.retrievers.dense", "negmine.retrievers.pool",
-            "negmine.score", "negmine.filters.exclude", "negmine.sample", "negmine.export"} <= modules
+    assert {"negmine.ingest", "negmine.retrievers.bm25", "negmine.retrievers.dense", "negmine.retrievers.sparse",
+            "negmine.retrievers.pool", "negmine.score", "negmine.filters.exclude", "negmine.sample",
+            "negmine.export"} <= modules
     for module in modules:
         path = Path(importlib.import_module(module).__file__)
         wrong = (_imports(path) & modules) - {module}
@@ -126,8 +127,9 @@ def test_no_stage_module_imports_another_stage_module():
 
 def test_the_stage_list_is_data_in_pipeline_order():
     names = [s.name for s in pipeline.stages()]
-    assert names == ["ingest", "index", "encode", "ann", "retrieve-bm25", "retrieve-dense", "retrieve", "score",
-                     "teachers", "exclude", "judge-pool", "sample", "sample", "judge", "cluster", "export"]
+    assert names == ["ingest", "index", "encode", "ann", "sparse-encode", "sparse-index", "retrieve-bm25",
+                     "retrieve-dense", "retrieve-sparse", "retrieve", "score", "teachers", "exclude", "judge-pool",
+                     "sample", "sample", "judge", "cluster", "export"]
     # sample: plain, or with [ensemble] teachers (negmine.samplers.ensemble); a config enables one
     assert [s.command for s in pipeline.stages()] == sorted((s.command for s in pipeline.stages()),
                                                            key=pipeline.STAGES.index)

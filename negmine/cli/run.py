@@ -18,8 +18,8 @@ DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Run the stages befor
 
 _HELP = {
     "ingest": "Read and validate the input into corpus, queries and qrels tables.",
-    "index": "Build the BM25 index and/or encode the corpus for dense retrieval.",
-    "retrieve": "Retrieve the top-k candidates of every query that has a positive (BM25, dense, or fused).",
+    "index": "Build the BM25 index, encode the corpus for dense retrieval, and/or encode and index it for sparse.",
+    "retrieve": "Retrieve the top-k candidates of every query that has a positive (BM25, dense, sparse, or fused).",
     "score": "Score every candidate and positive with the [score] teacher (cross-encoder or bi-encoder).",
     "exclude": "Drop known positives, the query's own text and duplicates of positives.",
     "sample": "Choose each query's negatives from its kept candidates.",

@@ -69,4 +69,4 @@ def stages() -> list[Stage]:
 __all__ = ["Retriever", "RETRIEVERS", "register", "search_stage", "score_type", "stages"]
 
 # the built-in retrievers register themselves
-from negmine.retrievers import bm25, dense  # noqa: E402,F401,I001
+from negmine.retrievers import bm25, dense, sparse  # noqa: E402,F401,I001
