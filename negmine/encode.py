@@ -166,6 +166,95 @@ def token_batches(lengths: np.ndarray, budget: int) -> list[np.ndarray]:
     return batches
 
 
+class Tokenized:
+    """Texts tokenized once, unpadded, and padded batch by batch on demand.
+
+    Tokenizing is the host's share of encoding: sentence-transformers tokenizes each batch inside `encode`, and
+    token-budget batching needs every length before the batches are cut, so calling `encode` per batch
+    tokenized every text twice. Here one batched call of the fast tokenizer gives ids, lengths and masks; a
+    batch is then only a padded copy of its rows.
+    """
+
+    def __init__(self, columns: dict[str, list[list[int]]], pad: dict[str, int], left: bool,
+                 extra: dict[str, Any] | None = None) -> None:
+        self.columns, self.pad, self.left, self.extra = columns, pad, left, extra or {}
+        self.lengths = np.fromiter((len(x) for x in columns["input_ids"]), dtype=np.int64,
+                                   count=len(columns["input_ids"]))
+
+    def batch(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        """int64 arrays (rows x longest) of `rows`, padded as the tokenizer pads (value and side)."""
+        width = int(self.lengths[rows].max()) if len(rows) else 0
+        out = {}
+        for name, seqs in self.columns.items():
+            arr = np.full((len(rows), width), self.pad[name], dtype=np.int64)
+            for i, r in enumerate(rows):
+                seq = seqs[r]
+                if self.left:
+                    arr[i, width - len(seq):] = seq
+                else:
+                    arr[i, :len(seq)] = seq
+            out[name] = arr
+        return out
+
+
+# what a tokenizer pads each column with, beside input_ids (pad_token_id)
+_PAD_COLUMNS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def tokenize_for_forward(model, texts: list[str], prompt: str) -> Tokenized | None:
+    """`texts` tokenized once exactly as the model's own `preprocess` does (prompt, truncation, special tokens),
+    without padding; None for a model this does not cover (anything but one text Transformer with a fast
+    tokenizer first), which then keeps sentence-transformers' own `encode`."""
+    try:
+        from sentence_transformers.base.modules.transformer import Transformer
+    except ImportError:  # sentence-transformers < 6
+        return None
+    first = model[0]
+    tok = getattr(first, "tokenizer", None)
+    if not isinstance(first, Transformer) or tok is None or not getattr(tok, "is_fast", False) \
+            or list(getattr(first, "modality_config", {})) != ["text"] or model._can_flatten_inputs() \
+            or getattr(first, "query_expansion", None) is not None:
+        return None
+    # the module's own preprocess, told not to pad and to return lists: same kwargs, prompt and max length
+    feats = model.preprocess(texts, prompt=prompt or None,
+                             processing_kwargs={"common": {"return_tensors": None}, "text": {"padding": False}})
+    columns = {k: v for k, v in feats.items() if isinstance(v, list)}
+    if set(columns) - set(_PAD_COLUMNS) or "input_ids" not in columns:
+        return None
+    pad = {"input_ids": tok.pad_token_id or 0, "attention_mask": 0, "token_type_ids": tok.pad_token_type_id}
+    extra = {k: v for k, v in feats.items() if k not in columns}
+    return Tokenized(columns, pad, tok.padding_side == "left", extra)
+
+
+def _forward_batches(model, tokenized: Tokenized, texts: list[str], budget: int, normalize: bool) -> np.ndarray:
+    """The model's modules run on each padded token-budget batch, as `SentenceTransformer.encode` runs them.
+
+    Within a batch the rows go in encode's order (longest text in characters first, by the same unstable
+    argsort), so every matrix has the shape and row order it had when `encode` was called per batch, and the
+    vectors are bit for bit the same.
+    """
+    import torch
+
+    model.eval()
+    device = model.device
+    out: np.ndarray | None = None
+    with torch.inference_mode():
+        for idx in token_batches(tokenized.lengths, budget):
+            idx = idx[np.argsort([-len(texts[i]) for i in idx])]
+            feats: dict[str, Any] = {k: torch.from_numpy(v).to(device) for k, v in tokenized.batch(idx).items()}
+            feats.update(tokenized.extra)
+            emb = model(feats)["sentence_embedding"]
+            if model.truncate_dim is not None:
+                emb = emb[:, :model.truncate_dim]
+            if normalize:
+                emb = torch.nn.functional.normalize(emb, p=2, dim=1)
+            if out is None:
+                out = np.empty((len(texts), emb.shape[1]), dtype=np.float32)
+            out[idx] = emb.float().cpu().numpy()  # 16-bit types have no numpy twin; vectors are stored as float32
+    assert out is not None
+    return out
+
+
 def encode_texts(model, texts: list[str], params: dict[str, Any], prompt: str) -> np.ndarray:
     """float32 vectors of `texts`, in order: batched by token budget (or by count), in the resolved precision."""
     if not texts:
@@ -176,12 +265,15 @@ def encode_texts(model, texts: list[str], params: dict[str, Any], prompt: str) -
     with precision_mod.autocast(resolved_precision(params), model.device.type):
         if not budget:  # fixed batches of batch_size, length-sorted by sentence-transformers: its exact vectors
             return model.encode(texts, batch_size=params["batch_size"], **kwargs).float().cpu().numpy()
-        out: np.ndarray | None = None
+        tokenized = tokenize_for_forward(model, texts, prompt)
+        if tokenized is not None:
+            return _forward_batches(model, tokenized, texts, budget, params["normalize"])
+        out: np.ndarray | None = None  # another kind of model: encode per batch (it tokenizes again)
         for idx in token_batches(token_lengths(model, texts, prompt), budget):
             emb = model.encode([texts[i] for i in idx], batch_size=len(idx), **kwargs)
             if out is None:
                 out = np.empty((len(texts), emb.shape[1]), dtype=np.float32)
-            out[idx] = emb.float().cpu().numpy()  # 16-bit types have no numpy twin; vectors are stored as float32
+            out[idx] = emb.float().cpu().numpy()
         return out
 
 
