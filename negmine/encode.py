@@ -113,24 +113,35 @@ def quiet_hf() -> None:
         pass
 
 
-def load_model(params: dict[str, Any], path: Path):
-    """A SentenceTransformer from a local folder, with the configured backend and max length.
+def load_model(params: Mapping[str, Any], path: Path, cache_root: Path | None = None):
+    """A SentenceTransformer from a local folder (backend torch), or the model exported to ONNX and run by
+    onnxruntime or OpenVINO without torch (`negmine.backends`; the export is cached under `cache_root`).
 
-    The weights stay in fp32 whatever the precision: 16-bit precisions are applied by `encode_texts` (autocast).
+    torch weights stay in fp32 whatever the precision: 16-bit precisions are applied by `encode_texts` (autocast).
     """
+    backend, prec = params["backend"], resolved_precision(dict(params))
+    if backend != "torch":
+        from negmine import backends
+
+        if prec not in backends.PRECISIONS[backend]:
+            raise ConfigError(f"[dense] precision {prec} does not run on backend {backend}; use one of "
+                              f"{', '.join(backends.PRECISIONS[backend])} (or auto)")
+        backends.require(backend)
+        if cache_root is None:
+            import tempfile
+
+            cache_root = Path(tempfile.gettempdir()) / "negmine-exports"
+        fingerprint = params.get("model") or model_fingerprint(path, FingerprintMemo(cache_root / "fp.json"))
+        graph = backends.exported_model(path, fingerprint, backend, prec, cache_root)
+        return backends.RuntimeEncoder(path, graph, backend, prec, params["max_seq_length"])
+    if prec == "int8":
+        raise ConfigError("[dense] precision int8 needs backend onnx or openvino")
     quiet_hf()
-    if params["backend"] != "torch" and resolved_precision(params) != "fp32":
-        raise ConfigError(f"[dense] precision {params['precision']} needs backend torch; use precision fp32 or "
-                          "auto with another backend")
     from sentence_transformers import SentenceTransformer
 
-    kwargs: dict[str, Any] = {"device": params["device"] or None, "backend": params["backend"],
-                              "local_files_only": True}
+    kwargs: dict[str, Any] = {"device": params["device"] or None, "local_files_only": True}
     try:
         model = SentenceTransformer(str(path), **kwargs)
-    except ImportError as exc:
-        raise ConfigError(f"[dense] backend {params['backend']!r} needs extra packages ({exc}); "
-                          "pip install 'sentence-transformers[onnx]' or use backend torch") from None
     except (OSError, ValueError) as exc:
         raise ConfigError(f"[dense] cannot load model from {path}: {exc}") from None
     if params["max_seq_length"]:
@@ -257,6 +268,8 @@ def _forward_batches(model, tokenized: Tokenized, texts: list[str], budget: int,
 
 def encode_texts(model, texts: list[str], params: dict[str, Any], prompt: str) -> np.ndarray:
     """float32 vectors of `texts`, in order: batched by token budget (or by count), in the resolved precision."""
+    if not hasattr(model, "device"):  # an onnxruntime/OpenVINO model (negmine.backends): no torch
+        return model.encode(texts, prompt, params["batch_tokens"], params["batch_size"], params["normalize"])
     if not texts:
         return np.zeros((0, model.get_sentence_embedding_dimension() or 0), dtype=np.float32)
     kwargs = {"prompt": prompt or None, "normalize_embeddings": params["normalize"], "convert_to_tensor": True,
@@ -321,7 +334,7 @@ def encode(params: dict[str, Any], model_path: Path, ingest_dir: Path, work_dir:
     np.save(work_dir / "doc_to_unique.npy", doc_to_unique)
     dim = int(np.load(work_dir / "docs-00000.npy", mmap_mode="r").shape[1])
     info = {"documents": n_docs, "unique_texts": int(len(unique_docs)), "shards": n_shards, "dim": dim,
-            "precision": resolved_precision(params),
+            "precision": resolved_precision(params), "backend": params["backend"],
             "queries": len(query_texts), "score_type": "cosine" if params["normalize"] else "dot",
             "encoded_shards_this_run": len(todo)}
     (work_dir / "encode.json").write_text(json.dumps(info))
@@ -353,7 +366,8 @@ class ShardEncoder:
     def __init__(self, params: Mapping[str, Any], model_path: Path, work_dir: Path) -> None:
         release_memory()
         self.params, self.work_dir = params, work_dir
-        self.model = load_model(params, model_path)
+        # the cache's root (work_dir is <root>/encode/<key>): exported ONNX graphs are kept beside the stages
+        self.model = load_model(params, model_path, work_dir.parent.parent)
 
     def __call__(self, item: tuple[str, list[str], str]) -> tuple[str, int]:
         name, texts, prompt = item
