@@ -62,8 +62,14 @@ def test_auto_precision_on_cuda_follows_the_compute_capability():
 
 
 def test_auto_precision_is_fp32_off_torch_and_on_other_devices():
-    assert precision.resolve("auto", "cpu", backend="onnx", flags={"avx512_bf16"}) == "fp32"
+    assert precision.resolve("auto", "cpu", backend="onnx", flags={"avx512_bf16"}) == "fp32"  # int8 only if asked
     assert precision.resolve("auto", "mps", flags={"avx512_bf16"}) == "fp32"
+
+
+def test_auto_precision_on_openvino_follows_the_bf16_flags():
+    assert precision.resolve("auto", "cpu", backend="openvino", flags={"avx512f", "avx512_bf16"}) == "bf16"
+    assert precision.resolve("auto", "", backend="openvino", flags={"amx_bf16"}) == "bf16"
+    assert precision.resolve("auto", "cpu", backend="openvino", flags={"avx512f", "avx512_vnni"}) == "fp32"
 
 
 def test_an_explicit_precision_is_kept_whatever_the_hardware():
