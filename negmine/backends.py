@@ -59,8 +59,10 @@ def read_st_config(model_path: Path) -> dict[str, Any]:
         raise ConfigError(f"{model_path} has no readable modules.json: backends onnx and openvino need a "
                           "sentence-transformers model folder; use backend \"torch\"") from None
     kinds = [m["type"].rsplit(".", 1)[-1] for m in modules]
+    # the Transformer's own folder: "" in current saves, "0_Transformer" in older ones
+    sub = model_path / (modules[0].get("path") or "") if modules else model_path
     if kinds[:2] != ["Transformer", "Pooling"] or any(k not in _SUPPORTED_MODULES for k in kinds) \
-            or not (model_path / "tokenizer.json").is_file():
+            or not (sub / "tokenizer.json").is_file():
         raise ConfigError(f"{model_path} has modules {kinds}: backends onnx and openvino run Transformer, Pooling "
                           "and Normalize with a fast tokenizer (tokenizer.json) only; use backend \"torch\"")
     pooling_dir = model_path / next(m["path"] for m in modules if m["type"].endswith("Pooling"))
@@ -77,13 +79,13 @@ def read_st_config(model_path: Path) -> dict[str, Any]:
         raise ConfigError(f"{pooling_dir}/config.json pools by {modes + other}: backends onnx and openvino "
                           "support one of cls, mean or max pooling; use backend \"torch\"")
     st = {}
-    if (model_path / "sentence_bert_config.json").is_file():
-        st = json.loads((model_path / "sentence_bert_config.json").read_text())
+    if (sub / "sentence_bert_config.json").is_file():
+        st = json.loads((sub / "sentence_bert_config.json").read_text())
     tok_cfg = {}
-    if (model_path / "tokenizer_config.json").is_file():
-        tok_cfg = json.loads((model_path / "tokenizer_config.json").read_text())
+    if (sub / "tokenizer_config.json").is_file():
+        tok_cfg = json.loads((sub / "tokenizer_config.json").read_text())
     max_len = st.get("max_seq_length") or tok_cfg.get("model_max_length") or 512
-    return {"pooling": modes[0].split("_")[0], "include_prompt": pool.get("include_prompt", True),
+    return {"transformer_dir": sub, "pooling": modes[0].split("_")[0], "include_prompt": pool.get("include_prompt", True),
             "normalize": "Normalize" in kinds, "max_seq_length": int(min(max_len, 1_000_000)),
             "dim": int(pool.get("word_embedding_dimension") or pool.get("embedding_dimension") or 0),
             "pad_token": tok_cfg.get("pad_token") if isinstance(tok_cfg.get("pad_token"), str) else None}
@@ -141,7 +143,7 @@ def _export(model_path: Path, out: Path, int8: bool) -> None:
     import torch
     from transformers import AutoModel
 
-    model = AutoModel.from_pretrained(str(model_path)).eval()
+    model = AutoModel.from_pretrained(str(read_st_config(model_path)["transformer_dir"])).eval()
     import inspect
 
     names = [n for n in INPUTS if n in inspect.signature(model.forward).parameters]
@@ -181,7 +183,7 @@ class RuntimeEncoder:
         self.backend, self.precision = backend, precision
         self.cfg = read_st_config(model_path)
         self.max_seq_length = max_seq_length or self.cfg["max_seq_length"]
-        self.tokenizer = Tokenizer.from_file(str(model_path / "tokenizer.json"))
+        self.tokenizer = Tokenizer.from_file(str(self.cfg["transformer_dir"] / "tokenizer.json"))
         self.tokenizer.no_padding()
         self.tokenizer.enable_truncation(max_length=self.max_seq_length)
         pad = self.tokenizer.token_to_id(self.cfg["pad_token"]) if self.cfg["pad_token"] else None
