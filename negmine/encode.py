@@ -54,8 +54,12 @@ def key_settings(params: dict[str, Any]) -> dict[str, Any]:
     """
     out = {k: params[k] for k in KEY_SETTINGS}
     out["precision"] = resolved_precision(params)
-    if out["precision"] != "fp32":
+    if out["precision"] != "fp32" and params["backend"] == "torch":
         out["precision_mode"] = "autocast"
+    if params["backend"] != "torch":  # negmine's own export (sentence-transformers' ONNX backend used to be "onnx")
+        from negmine.backends import EXPORT_VERSION
+
+        out["export"] = EXPORT_VERSION
     return out
 
 
