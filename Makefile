@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
 	$(PIP) install --quiet --upgrade pip
 	$(PIP) install --quiet torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
-	$(PIP) install --quiet -e '.[dense,test,bench,ray]'
+	$(PIP) install --quiet -e '.[dense,test,bench,ray,onnx,openvino]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -516,21 +516,36 @@ def encode_only(args: argparse.Namespace) -> None:
             name = f"negmine-{prec}" + (f"@{budget}" if len(budgets) > 1 else "")
             variants[name] = (lambda p=prec, b=budget: encode_texts(model, texts,
                                                                     {**base, "precision": p, "batch_tokens": b}, ""))
+    # runtimes without torch (negmine.backends): exported once (not timed) into a throwaway cache
+    import tempfile
+
+    export_root = Path(tempfile.mkdtemp(prefix="negmine-bench-exports-"))
+    for spec in [b.strip() for b in args.backends.split(",") if b.strip()]:
+        backend, prec = spec.split(":")
+        if not importlib.util.find_spec({"onnx": "onnxruntime", "openvino": "openvino"}[backend]):
+            continue
+        p = {**base, "backend": backend, "precision": prec}
+        rt = load_model(p, resolve_model(args.model), export_root)
+        variants[f"{backend}-{prec}"] = (lambda m=rt, p=p: encode_texts(m, texts, p, ""))
     times: dict[str, list[float]] = {k: [] for k in variants}
+    cpu: dict[str, list[float]] = {k: [] for k in variants}
     vectors: dict[str, Any] = {}
     names = list(variants)
     for r in range(args.repeat):
         order = names[r % len(names):] + names[:r % len(names)]  # rotate which variant goes first
         for name in order:
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             vectors[name] = variants[name]()
             if args.device.startswith("cuda"):
                 import torch
 
                 torch.cuda.synchronize()
             times[name].append(time.perf_counter() - t0)
+            cpu[name].append(time.process_time() - c0)
             print(f"  round {r + 1}: {name} {times[name][-1]:.1f} s", file=sys.stderr, flush=True)
+    shutil.rmtree(export_root, ignore_errors=True)
     ref = vectors["st-fp32"]
+
     def top10(v: Any) -> Any:
         """Each document's 10 nearest other documents (a set per row: order inside the ten does not matter)."""
         sims = v @ v.T
@@ -544,7 +559,8 @@ def encode_only(args: argparse.Namespace) -> None:
         top = top10(v)
         cos = np.einsum("ij,ij->i", v, ref)
         med = statistics.median(times[name])
-        rows[name] = {"median_s": med, "runs_s": times[name], "docs_per_s": len(texts) / med,
+        rows[name] = {"median_s": med, "runs_s": times[name], "cpu_s": cpu[name],
+                      "median_cpu_s": statistics.median(cpu[name]), "docs_per_s": len(texts) / med,
                       "tokens_per_s": n_tokens / med, "speedup_vs_st_fp32": statistics.median(times["st-fp32"]) / med,
                       "min_cosine_to_fp32": float(cos.min()), "mean_cosine_to_fp32": float(cos.mean()),
                       "top10_overlap_with_fp32": float(np.mean([len(set(a) & set(b)) / 10
@@ -565,9 +581,10 @@ def encode_only(args: argparse.Namespace) -> None:
     out.write_text(json.dumps(report, indent=2) + "\n")
     print(f"encoder alone: {len(texts)} documents, {n_tokens:,} tokens; auto = {report['auto_resolves_to']}; "
           f"{report['statistic']}")
-    print(f"{'variant':<22}{'docs/s':>9}{'tokens/s':>10}{'vs ST':>8}{'min cos':>10}{'top-10':>8}")
+    print(f"{'variant':<22}{'docs/s':>9}{'tokens/s':>10}{'vs ST':>8}{'CPU s':>8}{'min cos':>10}{'top-10':>8}")
     for name, r in rows.items():
         print(f"{name:<22}{r['docs_per_s']:>9.1f}{r['tokens_per_s']:>10.0f}{r['speedup_vs_st_fp32']:>7.2f}x"
+              f"{r['median_cpu_s']:>8.1f}"
               f"{r['min_cosine_to_fp32']:>10.6f}{r['top10_overlap_with_fp32']:>8.4f}")
     print(f"backends: {backends}\nwritten: {out}")
 
@@ -725,6 +742,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="the encoder microbenchmark (docs/s, tokens/s, agreement with fp32) instead of mining")
     ap.add_argument("--precisions", default="fp32,bf16",
                     help="--encode-only: negmine precisions to measure (default: %(default)s)")
+    ap.add_argument("--backends", default="onnx:fp32,onnx:int8,openvino:fp32,openvino:bf16",
+                    help="--encode-only: BACKEND:PRECISION runtimes without torch to measure too (installed ones)")
     ap.add_argument("--batch-tokens", default="",
                     help="--encode-only: token budgets to measure, comma-separated (default: negmine's default; "
                          "0 = fixed batches of --batch-size)")

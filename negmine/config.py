@@ -70,8 +70,9 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "max_seq_length": 0,  # 0 = the model's own
         "normalize": True,  # unit vectors: inner product = cosine
         "precision": "auto",  # auto (by the hardware: bf16 on AVX512-BF16/AMX CPUs and Ampere+ GPUs, fp16 on older
-        # GPUs, else fp32) | fp32 | bf16 | fp16; 16-bit = autocast, fp32 weights; keyed as resolved
-        "backend": "torch",  # torch | onnx (sentence-transformers' ONNX backend)
+        # GPUs, else fp32) | fp32 | bf16 | fp16; 16-bit = autocast, fp32 weights; keyed as resolved;
+        # int8 (backends onnx and openvino: dynamically quantized weights)
+        "backend": "torch",  # torch | onnx | openvino (ONNX export run without torch; negmine.backends)
         "batch_size": 64,  # texts a batch when batch_tokens = 0
         "batch_tokens": 8192,  # token budget a batch (rows x longest text); 0 = fixed batches of batch_size;
         # speed and memory only (not keyed)
@@ -192,9 +193,9 @@ CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("retrieve", "fusion"): ("rrf", "union"),
     ("score", "kind"): ("cross-encoder", "bi-encoder"),
     ("score", "activation"): ("probability", "logit"),
-    ("dense", "precision"): ("auto", "fp32", "bf16", "fp16"),
+    ("dense", "precision"): ("auto", "fp32", "bf16", "fp16", "int8"),
     ("score", "precision"): ("auto", "fp32", "bf16", "fp16"),
-    ("dense", "backend"): ("torch", "onnx"),
+    ("dense", "backend"): ("torch", "onnx", "openvino"),
     ("dense", "index"): ("flat", "hnsw", "ivf"),
     ("run", "engine"): ("local", "ray"),
     ("sample", "shortage"): ("keep-fewer", "drop", "pad-random", "relax"),
@@ -536,9 +537,20 @@ def _check_consistency(cfg: dict[str, Any]) -> None:
     if len(set(r["retrievers"])) != len(r["retrievers"]):
         raise ConfigError(f"[retrieve] retrievers lists one twice: {r['retrievers']}")
     d = cfg["dense"]
-    if d["backend"] != "torch" and d["precision"] in ("bf16", "fp16"):
-        raise ConfigError(f"[dense] precision {d['precision']} runs under torch autocast, so it needs backend torch; "
-                          f"use precision \"auto\" or \"fp32\" with backend {d['backend']}")
+    if d["backend"] == "torch" and d["precision"] == "int8":
+        raise ConfigError("[dense] precision int8 is onnxruntime's or OpenVINO's quantized model: set [dense] "
+                          "backend = \"onnx\" or \"openvino\", or another precision")
+    if d["backend"] != "torch":
+        from negmine import backends
+
+        allowed = backends.PRECISIONS[d["backend"]]
+        if d["precision"] not in ("auto", *allowed):
+            raise ConfigError(f"[dense] precision {d['precision']} does not run on backend {d['backend']} (16-bit "
+                              f"autocast needs backend torch); use \"auto\" or one of {', '.join(allowed)}")
+        if d["device"] not in ("", "cpu") or d["devices"]:
+            raise ConfigError(f"[dense] backend {d['backend']} runs on the CPU; set device = \"\" and devices = [] "
+                              "or use backend \"torch\" on a GPU")
+        backends.require(d["backend"])
     for device in d["devices"]:
         if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", device):
             raise ConfigError(f"[dense] devices has {device!r}; give devices such as \"cuda:0\", \"cuda:1\" or "

@@ -54,8 +54,12 @@ def key_settings(params: dict[str, Any]) -> dict[str, Any]:
     """
     out = {k: params[k] for k in KEY_SETTINGS}
     out["precision"] = resolved_precision(params)
-    if out["precision"] != "fp32":
+    if out["precision"] != "fp32" and params["backend"] == "torch":
         out["precision_mode"] = "autocast"
+    if params["backend"] != "torch":  # negmine's own export (sentence-transformers' ONNX backend used to be "onnx")
+        from negmine.backends import EXPORT_VERSION
+
+        out["export"] = EXPORT_VERSION
     return out
 
 
@@ -113,24 +117,35 @@ def quiet_hf() -> None:
         pass
 
 
-def load_model(params: dict[str, Any], path: Path):
-    """A SentenceTransformer from a local folder, with the configured backend and max length.
+def load_model(params: Mapping[str, Any], path: Path, cache_root: Path | None = None):
+    """A SentenceTransformer from a local folder (backend torch), or the model exported to ONNX and run by
+    onnxruntime or OpenVINO without torch (`negmine.backends`; the export is cached under `cache_root`).
 
-    The weights stay in fp32 whatever the precision: 16-bit precisions are applied by `encode_texts` (autocast).
+    torch weights stay in fp32 whatever the precision: 16-bit precisions are applied by `encode_texts` (autocast).
     """
+    backend, prec = params["backend"], resolved_precision(dict(params))
+    if backend != "torch":
+        from negmine import backends
+
+        if prec not in backends.PRECISIONS[backend]:
+            raise ConfigError(f"[dense] precision {prec} does not run on backend {backend}; use one of "
+                              f"{', '.join(backends.PRECISIONS[backend])} (or auto)")
+        backends.require(backend)
+        if cache_root is None:
+            import tempfile
+
+            cache_root = Path(tempfile.gettempdir()) / "negmine-exports"
+        fingerprint = params.get("model") or model_fingerprint(path, FingerprintMemo(cache_root / "fp.json"))
+        graph = backends.exported_model(path, fingerprint, backend, prec, cache_root)
+        return backends.RuntimeEncoder(path, graph, backend, prec, params["max_seq_length"])
+    if prec == "int8":
+        raise ConfigError("[dense] precision int8 needs backend onnx or openvino")
     quiet_hf()
-    if params["backend"] != "torch" and resolved_precision(params) != "fp32":
-        raise ConfigError(f"[dense] precision {params['precision']} needs backend torch; use precision fp32 or "
-                          "auto with another backend")
     from sentence_transformers import SentenceTransformer
 
-    kwargs: dict[str, Any] = {"device": params["device"] or None, "backend": params["backend"],
-                              "local_files_only": True}
+    kwargs: dict[str, Any] = {"device": params["device"] or None, "local_files_only": True}
     try:
         model = SentenceTransformer(str(path), **kwargs)
-    except ImportError as exc:
-        raise ConfigError(f"[dense] backend {params['backend']!r} needs extra packages ({exc}); "
-                          "pip install 'sentence-transformers[onnx]' or use backend torch") from None
     except (OSError, ValueError) as exc:
         raise ConfigError(f"[dense] cannot load model from {path}: {exc}") from None
     if params["max_seq_length"]:
@@ -166,8 +181,99 @@ def token_batches(lengths: np.ndarray, budget: int) -> list[np.ndarray]:
     return batches
 
 
+class Tokenized:
+    """Texts tokenized once, unpadded, and padded batch by batch on demand.
+
+    Tokenizing is the host's share of encoding: sentence-transformers tokenizes each batch inside `encode`, and
+    token-budget batching needs every length before the batches are cut, so calling `encode` per batch
+    tokenized every text twice. Here one batched call of the fast tokenizer gives ids, lengths and masks; a
+    batch is then only a padded copy of its rows.
+    """
+
+    def __init__(self, columns: dict[str, list[list[int]]], pad: dict[str, int], left: bool,
+                 extra: dict[str, Any] | None = None) -> None:
+        self.columns, self.pad, self.left, self.extra = columns, pad, left, extra or {}
+        self.lengths = np.fromiter((len(x) for x in columns["input_ids"]), dtype=np.int64,
+                                   count=len(columns["input_ids"]))
+
+    def batch(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        """int64 arrays (rows x longest) of `rows`, padded as the tokenizer pads (value and side)."""
+        width = int(self.lengths[rows].max()) if len(rows) else 0
+        out = {}
+        for name, seqs in self.columns.items():
+            arr = np.full((len(rows), width), self.pad[name], dtype=np.int64)
+            for i, r in enumerate(rows):
+                seq = seqs[r]
+                if self.left:
+                    arr[i, width - len(seq):] = seq
+                else:
+                    arr[i, :len(seq)] = seq
+            out[name] = arr
+        return out
+
+
+# what a tokenizer pads each column with, beside input_ids (pad_token_id)
+_PAD_COLUMNS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def tokenize_for_forward(model, texts: list[str], prompt: str) -> Tokenized | None:
+    """`texts` tokenized once exactly as the model's own `preprocess` does (prompt, truncation, special tokens),
+    without padding; None for a model this does not cover (anything but one text Transformer with a fast
+    tokenizer first), which then keeps sentence-transformers' own `encode`."""
+    try:
+        from sentence_transformers.base.modules.transformer import Transformer
+    except ImportError:  # sentence-transformers < 6
+        return None
+    first = model[0]
+    tok = getattr(first, "tokenizer", None)
+    if not isinstance(first, Transformer) or tok is None or not getattr(tok, "is_fast", False) \
+            or list(getattr(first, "modality_config", {})) != ["text"] or model._can_flatten_inputs() \
+            or getattr(first, "query_expansion", None) is not None:
+        return None
+    # the module's own preprocess, told not to pad and to return lists: same kwargs, prompt and max length
+    feats = model.preprocess(texts, prompt=prompt or None,
+                             processing_kwargs={"common": {"return_tensors": None}, "text": {"padding": False}})
+    columns = {k: v for k, v in feats.items() if isinstance(v, list)}
+    if set(columns) - set(_PAD_COLUMNS) or "input_ids" not in columns:
+        return None
+    pad = {"input_ids": tok.pad_token_id or 0, "attention_mask": 0, "token_type_ids": tok.pad_token_type_id}
+    extra = {k: v for k, v in feats.items() if k not in columns}
+    return Tokenized(columns, pad, tok.padding_side == "left", extra)
+
+
+def _forward_batches(model, tokenized: Tokenized, texts: list[str], budget: int, normalize: bool) -> np.ndarray:
+    """The model's modules run on each padded token-budget batch, as `SentenceTransformer.encode` runs them.
+
+    Within a batch the rows go in encode's order (longest text in characters first, by the same unstable
+    argsort), so every matrix has the shape and row order it had when `encode` was called per batch, and the
+    vectors are bit for bit the same.
+    """
+    import torch
+
+    model.eval()
+    device = model.device
+    out: np.ndarray | None = None
+    with torch.inference_mode():
+        for idx in token_batches(tokenized.lengths, budget):
+            idx = idx[np.argsort([-len(texts[i]) for i in idx])]
+            feats: dict[str, Any] = {k: torch.from_numpy(v).to(device) for k, v in tokenized.batch(idx).items()}
+            feats.update(tokenized.extra)
+            emb = model(feats)["sentence_embedding"]
+            if model.truncate_dim is not None:
+                emb = emb[:, :model.truncate_dim]
+            if normalize:
+                emb = torch.nn.functional.normalize(emb, p=2, dim=1)
+            if out is None:
+                out = np.empty((len(texts), emb.shape[1]), dtype=np.float32)
+            out[idx] = emb.float().cpu().numpy()  # 16-bit types have no numpy twin; vectors are stored as float32
+    assert out is not None
+    return out
+
+
 def encode_texts(model, texts: list[str], params: dict[str, Any], prompt: str) -> np.ndarray:
     """float32 vectors of `texts`, in order: batched by token budget (or by count), in the resolved precision."""
+    if not hasattr(model, "device"):  # an onnxruntime/OpenVINO model (negmine.backends): no torch
+        return model.encode(texts, prompt, params["batch_tokens"], params["batch_size"], params["normalize"])
     if not texts:
         return np.zeros((0, model.get_sentence_embedding_dimension() or 0), dtype=np.float32)
     kwargs = {"prompt": prompt or None, "normalize_embeddings": params["normalize"], "convert_to_tensor": True,
@@ -176,12 +282,15 @@ def encode_texts(model, texts: list[str], params: dict[str, Any], prompt: str) -
     with precision_mod.autocast(resolved_precision(params), model.device.type):
         if not budget:  # fixed batches of batch_size, length-sorted by sentence-transformers: its exact vectors
             return model.encode(texts, batch_size=params["batch_size"], **kwargs).float().cpu().numpy()
-        out: np.ndarray | None = None
+        tokenized = tokenize_for_forward(model, texts, prompt)
+        if tokenized is not None:
+            return _forward_batches(model, tokenized, texts, budget, params["normalize"])
+        out: np.ndarray | None = None  # another kind of model: encode per batch (it tokenizes again)
         for idx in token_batches(token_lengths(model, texts, prompt), budget):
             emb = model.encode([texts[i] for i in idx], batch_size=len(idx), **kwargs)
             if out is None:
                 out = np.empty((len(texts), emb.shape[1]), dtype=np.float32)
-            out[idx] = emb.float().cpu().numpy()  # 16-bit types have no numpy twin; vectors are stored as float32
+            out[idx] = emb.float().cpu().numpy()
         return out
 
 
@@ -226,7 +335,7 @@ def encode(params: dict[str, Any], model_path: Path, ingest_dir: Path, work_dir:
     np.save(work_dir / "doc_to_unique.npy", doc_to_unique)
     dim = int(np.load(work_dir / "docs-00000.npy", mmap_mode="r").shape[1])
     info = {"documents": n_docs, "unique_texts": int(len(unique_docs)), "shards": n_shards, "dim": dim,
-            "precision": resolved_precision(params),
+            "precision": resolved_precision(params), "backend": params["backend"],
             "queries": len(query_texts), "score_type": "cosine" if params["normalize"] else "dot",
             "encoded_shards_this_run": len(todo)}
     (work_dir / "encode.json").write_text(json.dumps(info))
@@ -258,7 +367,8 @@ class ShardEncoder:
     def __init__(self, params: Mapping[str, Any], model_path: Path, work_dir: Path) -> None:
         release_memory()
         self.params, self.work_dir = params, work_dir
-        self.model = load_model(params, model_path)
+        # the cache's root (work_dir is <root>/encode/<key>): exported ONNX graphs are kept beside the stages
+        self.model = load_model(params, model_path, work_dir.parent.parent)
 
     def __call__(self, item: tuple[str, list[str], str]) -> tuple[str, int]:
         name, texts, prompt = item

@@ -9,7 +9,8 @@ its fp32 twin, where casting the weights themselves to bf16 fell to about 0.998.
   which multiply bf16 natively), else fp16;
 - CPU: bf16 where the CPU multiplies bf16 in hardware (AVX512-BF16 or AMX-BF16: about four times the fp32 rate
   on such a CPU), else fp32, since emulated bf16 is slower than fp32;
-- anything else (another backend than torch, mps, xpu): fp32.
+- backend openvino (CPU only): bf16 where the CPU multiplies bf16 in hardware, else fp32;
+- anything else (backend onnx, mps, xpu): fp32; int8 (onnx, openvino) is only ever chosen explicitly.
 
 Deciding needs no torch import (a fully cached run never imports it): CPU flags come from /proc/cpuinfo and, for
 a CUDA build of torch, the GPU's compute capability from the CUDA driver through ctypes. What "auto" resolved to
@@ -27,7 +28,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, ContextManager
 
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16", "int8")
 CPU_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
 
 
@@ -95,8 +96,10 @@ def resolve(requested: str, device: str = "", backend: str = "torch", *, flags: 
     """
     if requested != "auto":
         return requested
+    if backend == "openvino":  # OpenVINO's CPU plugin runs bf16 where the CPU multiplies it in hardware
+        return "bf16" if (cpu_flags() if flags is None else frozenset(flags)) & CPU_BF16_FLAGS else "fp32"
     if backend != "torch":
-        return "fp32"
+        return "fp32"  # onnxruntime: int8 is a choice, never a guess
     if device.startswith("cuda") or device == "":
         cap = cuda_capability(_cuda_index(device)) if capability == "detect" else capability
         if cap is not None:

@@ -62,8 +62,14 @@ def test_auto_precision_on_cuda_follows_the_compute_capability():
 
 
 def test_auto_precision_is_fp32_off_torch_and_on_other_devices():
-    assert precision.resolve("auto", "cpu", backend="onnx", flags={"avx512_bf16"}) == "fp32"
+    assert precision.resolve("auto", "cpu", backend="onnx", flags={"avx512_bf16"}) == "fp32"  # int8 only if asked
     assert precision.resolve("auto", "mps", flags={"avx512_bf16"}) == "fp32"
+
+
+def test_auto_precision_on_openvino_follows_the_bf16_flags():
+    assert precision.resolve("auto", "cpu", backend="openvino", flags={"avx512f", "avx512_bf16"}) == "bf16"
+    assert precision.resolve("auto", "", backend="openvino", flags={"amx_bf16"}) == "bf16"
+    assert precision.resolve("auto", "cpu", backend="openvino", flags={"avx512f", "avx512_vnni"}) == "fp32"
 
 
 def test_an_explicit_precision_is_kept_whatever_the_hardware():
@@ -199,3 +205,28 @@ def test_bad_precision_or_token_budget_is_one_line_and_exit_2(tmp_path, setting,
     assert res.exit_code == 2, res.output
     assert fragment in res.output and "Traceback" not in res.output
     assert not (tmp_path / "out").exists() and not (tmp_path / "cache").exists()
+
+
+@pytest.mark.parametrize("prec", ["fp32", "bf16"])
+def test_tokenizing_once_gives_the_per_batch_encode_vectors_bit_for_bit(minilm, prec, monkeypatch):
+    """The one-tokenizer-call path must not move a single bit against calling `encode` per batch (what the golden
+    hashes were recorded with), at fp32 and under bf16 autocast, with and without a prompt."""
+    texts = _sample_texts(24) + ["short query", "", "another one"]
+    params = _params(precision=prec, batch_tokens=1024)
+    once = {p: encode_mod.encode_texts(minilm, texts, params, p) for p in ("", "query: ")}
+    monkeypatch.setattr(encode_mod, "tokenize_for_forward", lambda *a: None)
+    for p, got in once.items():
+        assert np.array_equal(got, encode_mod.encode_texts(minilm, texts, params, p))
+
+
+def test_a_tokenized_batch_is_what_the_models_preprocess_pads(minilm):
+    texts = _sample_texts(12) + ["x"]
+    tok = encode_mod.tokenize_for_forward(minilm, texts, "query: ")
+    assert tok is not None
+    rows = np.array([3, 12, 0, 7])
+    ref = minilm.preprocess([texts[i] for i in rows], prompt="query: ")
+    got = tok.batch(rows)
+    assert set(got) == {k for k, v in ref.items() if hasattr(v, "shape")}
+    for k, v in got.items():
+        assert np.array_equal(v, ref[k].numpy()), k
+    assert tok.extra == {k: v for k, v in ref.items() if not hasattr(v, "shape")}

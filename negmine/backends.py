@@ -1,0 +1,269 @@
+"""Encoders that run without torch: the model exported once to ONNX, run by onnxruntime or OpenVINO.
+
+`[dense] backend = "onnx"` or `"openvino"`. The sentence-transformers folder is exported locally (no network) by
+`torch.onnx.export` in a child process, so the mining process never imports torch: it tokenizes with `tokenizers`
+(the model's own tokenizer.json), runs the graph, and pools and normalises in numpy as the model's
+sentence-transformers config says (pooling mode, include_prompt, Normalize module, max_seq_length). That is the
+memory lever of issue #11: torch, transformers and sentence-transformers are most of a cold run's peak RSS.
+
+Precisions: `fp32`; for onnxruntime `int8` (its dynamic quantization of the exported graph: int8 weights,
+activations quantized per batch); for OpenVINO `bf16` (its CPU plugin's inference precision, on CPUs that multiply
+bf16 in hardware). OpenVINO int8 would need nncf's weight compression: OpenVINO runs onnxruntime's quantized graph,
+but at less than half its fp32 speed here (107 against 44 CPU seconds), so it is not offered. OpenVINO's CPU plugin may pick bf16 by itself on some CPUs, so the precision is always set explicitly.
+
+Exports live in the cache (`<cache>/export/<key>`, with the same meta.json and checksums as a stage entry, so
+`negmine cache verify` and `list` see them), keyed by the model's fingerprint, the format and the export code's
+version; they are written atomically under the key's lock, and a damaged one is exported again.
+"""
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from negmine.errors import ConfigError
+
+log = logging.getLogger("negmine.backends")
+EXPORT_VERSION = "1"
+RUNTIMES = {"onnx": "onnxruntime", "openvino": "openvino"}
+PRECISIONS = {"onnx": ("fp32", "int8"), "openvino": ("fp32", "bf16")}
+# int8: signed weights, one scale per output channel, MatMuls only (the attention's and feed-forward's weights).
+# On MiniLM over 100 SciFact abstracts, onnxruntime's defaults (per-tensor, every op) kept cosine to fp32 at only
+# 0.90 (min); per-channel MatMul-only 0.992 (min) and was the fastest of the four variants tried.
+QUANTIZATION = {"weight_type": "QInt8", "per_channel": True, "op_types_to_quantize": ["MatMul"]}
+INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+_SUPPORTED_MODULES = ("Transformer", "Pooling", "Normalize")
+
+
+def require(backend: str) -> None:
+    """One clear line when the runtime of `backend` is not installed."""
+    module = RUNTIMES[backend]
+    if importlib.util.find_spec(module) is None:
+        raise ConfigError(f"[dense] backend {backend!r} needs {module}, which is not installed: "
+                          f"pip install 'negmine[{backend}]', or use backend \"torch\"")
+
+
+def read_st_config(model_path: Path) -> dict[str, Any]:
+    """What the numpy pooling needs from a sentence-transformers folder; a model it cannot mirror is refused."""
+    try:
+        modules = json.loads((model_path / "modules.json").read_text())
+    except (OSError, ValueError):
+        raise ConfigError(f"{model_path} has no readable modules.json: backends onnx and openvino need a "
+                          "sentence-transformers model folder; use backend \"torch\"") from None
+    kinds = [m["type"].rsplit(".", 1)[-1] for m in modules]
+    # the Transformer's own folder: "" in current saves, "0_Transformer" in older ones
+    sub = model_path / (modules[0].get("path") or "") if modules else model_path
+    if kinds[:2] != ["Transformer", "Pooling"] or any(k not in _SUPPORTED_MODULES for k in kinds) \
+            or not (sub / "tokenizer.json").is_file():
+        raise ConfigError(f"{model_path} has modules {kinds}: backends onnx and openvino run Transformer, Pooling "
+                          "and Normalize with a fast tokenizer (tokenizer.json) only; use backend \"torch\"")
+    pooling_dir = model_path / next(m["path"] for m in modules if m["type"].endswith("Pooling"))
+    pool = json.loads((pooling_dir / "config.json").read_text())
+    if "pooling_mode" in pool:  # sentence-transformers >= 6: "pooling_mode": "mean" (or a list of modes)
+        given = pool["pooling_mode"] if isinstance(pool["pooling_mode"], list) else [pool["pooling_mode"]]
+        modes = [f"{m}_token" if m == "cls" else f"{m}_tokens" for m in given if m in ("cls", "mean", "max")]
+        other = [m for m in given if m not in ("cls", "mean", "max")]
+    else:  # older: one boolean per mode
+        modes = [m for m in ("cls_token", "mean_tokens", "max_tokens") if pool.get(f"pooling_mode_{m}")]
+        other = [k for k, v in pool.items() if k.startswith("pooling_mode_") and v and k[13:] not in
+                 ("cls_token", "mean_tokens", "max_tokens")]
+    if len(modes) != 1 or other:
+        raise ConfigError(f"{pooling_dir}/config.json pools by {modes + other}: backends onnx and openvino "
+                          "support one of cls, mean or max pooling; use backend \"torch\"")
+    st = {}
+    if (sub / "sentence_bert_config.json").is_file():
+        st = json.loads((sub / "sentence_bert_config.json").read_text())
+    tok_cfg = {}
+    if (sub / "tokenizer_config.json").is_file():
+        tok_cfg = json.loads((sub / "tokenizer_config.json").read_text())
+    max_len = st.get("max_seq_length") or tok_cfg.get("model_max_length") or 512
+    return {"transformer_dir": sub, "pooling": modes[0].split("_")[0], "include_prompt": pool.get("include_prompt", True),
+            "normalize": "Normalize" in kinds, "max_seq_length": int(min(max_len, 1_000_000)),
+            "dim": int(pool.get("word_embedding_dimension") or pool.get("embedding_dimension") or 0),
+            "pad_token": tok_cfg.get("pad_token") if isinstance(tok_cfg.get("pad_token"), str) else None}
+
+
+# ---- export (in a child process: torch stays out of the mining process) -------------------------------------
+
+def export_key(fingerprint: str, backend: str, precision: str) -> str:
+    from negmine.hashing import hash_obj
+
+    # OpenVINO reads the ONNX graph: both backends share an export; int8 is a second, quantized graph
+    return hash_obj({"model": fingerprint, "format": "onnx", "version": EXPORT_VERSION,
+                     "int8": QUANTIZATION if precision == "int8" else None})
+
+
+def exported_model(model_path: Path, fingerprint: str, backend: str, precision: str, cache_root: Path) -> Path:
+    """The exported graph of the model (exported now if missing or damaged), as a file path."""
+    from negmine.cache import _lock_path, check_entry, file_lock, file_records
+    from negmine.io import atomic_dir
+
+    key = export_key(fingerprint, backend, precision)
+    stage_dir = cache_root / "export"
+    entry = stage_dir / key
+    name = "model-int8.onnx" if precision == "int8" else "model.onnx"
+    if entry.is_dir() and check_entry(entry, hashes=False) is None:
+        return entry / name
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    with file_lock(_lock_path(stage_dir, key)):
+        if entry.is_dir():
+            damage = check_entry(entry, hashes=True)
+            if damage is None:
+                return entry / name  # another process exported it while this one waited
+            log.warning("exported model %s is damaged (%s); exporting it again", key[:12], damage)
+        start = time.perf_counter()
+        with atomic_dir(entry) as tmp:
+            cmd = [sys.executable, "-m", "negmine.backends", str(model_path), str(tmp)]
+            if precision == "int8":
+                cmd.append("--int8")
+            env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]),
+                                                                 os.environ.get("PYTHONPATH", "")])}
+            proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+            if proc.returncode != 0:
+                last = (proc.stderr.strip().splitlines() or ["no message"])[-1]
+                raise ConfigError(f"exporting {model_path} to ONNX for backend {backend} failed ({last}); "
+                                  "use backend \"torch\"")
+            meta = {"stage": "export", "key": key, "stats": {"model": str(model_path), "int8": precision == "int8"},
+                    "seconds": time.perf_counter() - start, "created": time.time(), "files": file_records(tmp)}
+            (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
+        log.info("exported %s to %s in %.1fs", model_path, entry, time.perf_counter() - start)
+    return entry / name
+
+
+def _export(model_path: Path, out: Path, int8: bool) -> None:
+    """Child process: torch.onnx.export of the Transformer module (token embeddings out), then int8 if asked."""
+    import torch
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(str(read_st_config(model_path)["transformer_dir"])).eval()
+    import inspect
+
+    names = [n for n in INPUTS if n in inspect.signature(model.forward).parameters]
+
+    class TokenEmbeddings(torch.nn.Module):  # keyword call: transformers 5's forward takes no positional masks
+        def __init__(self) -> None:
+            super().__init__()
+            self.model = model
+
+        def forward(self, *args: torch.Tensor) -> torch.Tensor:
+            return self.model(**dict(zip(names, args))).last_hidden_state
+
+    example = tuple(torch.ones(2, 8, dtype=torch.long) if n != "token_type_ids" else
+                    torch.zeros(2, 8, dtype=torch.long) for n in names)
+    axes = {n: {0: "batch", 1: "tokens"} for n in [*names, "token_embeddings"]}
+    target = out / "model.onnx"
+    with torch.inference_mode():
+        torch.onnx.export(TokenEmbeddings(), example, str(target), input_names=names,
+                          output_names=["token_embeddings"], dynamic_axes=axes, opset_version=17, dynamo=False)
+    if int8:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        quantize_dynamic(str(target), str(out / "model-int8.onnx"),
+                         **{**QUANTIZATION, "weight_type": getattr(QuantType, QUANTIZATION["weight_type"])})
+        target.unlink()
+
+
+# ---- inference (no torch) -----------------------------------------------------------------------------------
+
+class RuntimeEncoder:
+    """A sentence-transformers model run by onnxruntime or OpenVINO, with numpy pooling; imports no torch."""
+
+    def __init__(self, model_path: Path, graph: Path, backend: str, precision: str, max_seq_length: int = 0,
+                 threads: int = 0) -> None:
+        from tokenizers import Tokenizer
+
+        self.backend, self.precision = backend, precision
+        self.cfg = read_st_config(model_path)
+        self.max_seq_length = max_seq_length or self.cfg["max_seq_length"]
+        self.tokenizer = Tokenizer.from_file(str(self.cfg["transformer_dir"] / "tokenizer.json"))
+        self.tokenizer.no_padding()
+        self.tokenizer.enable_truncation(max_length=self.max_seq_length)
+        pad = self.tokenizer.token_to_id(self.cfg["pad_token"]) if self.cfg["pad_token"] else None
+        self.pad_id = pad if pad is not None else 0
+        if backend == "onnx":
+            import onnxruntime as ort
+
+            opts = ort.SessionOptions()
+            if threads:
+                opts.intra_op_num_threads = threads
+            self.session = ort.InferenceSession(str(graph), opts, providers=["CPUExecutionProvider"])
+            self.input_names = [i.name for i in self.session.get_inputs()]
+            self._run = lambda feeds: self.session.run(None, feeds)[0]
+        else:
+            import openvino as ov
+
+            core = ov.Core()
+            config = {"INFERENCE_PRECISION_HINT": "bf16" if precision == "bf16" else "f32"}
+            if threads:
+                config["INFERENCE_NUM_THREADS"] = threads
+            compiled = core.compile_model(core.read_model(str(graph)), "CPU", config)
+            self.input_names = [i.get_any_name() for i in compiled.inputs]
+            request = compiled.create_infer_request()
+            self._run = lambda feeds: next(iter(request.infer(feeds).values())).copy()
+
+    def get_sentence_embedding_dimension(self) -> int:
+        return self.cfg["dim"]
+
+    def tokenize(self, texts: list[str], prompt: str) -> tuple[list[list[int]], list[list[int]], int]:
+        """Ids and type ids of `texts` (prompt first), one tokenizer call; and the prompt's length in tokens."""
+        enc = self.tokenizer.encode_batch([prompt + t for t in texts] if prompt else texts, add_special_tokens=True)
+        prompt_len = len(self.tokenizer.encode(prompt).ids) - 1 if prompt else 0  # as sentence-transformers: no [SEP]
+        return [e.ids for e in enc], [e.type_ids for e in enc], prompt_len
+
+    def encode(self, texts: list[str], prompt: str, budget: int, batch_size: int, normalize: bool) -> np.ndarray:
+        from negmine.encode import token_batches
+
+        if not texts:
+            return np.zeros((0, self.cfg["dim"]), dtype=np.float32)
+        ids, types, prompt_len = self.tokenize(texts, prompt)
+        lengths = np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))
+        if budget:
+            batches = token_batches(lengths, budget)
+        else:  # fixed batches of batch_size over the length-sorted texts
+            order = np.argsort(-lengths, kind="stable")
+            batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+        out = np.empty((len(texts), self.cfg["dim"]), dtype=np.float32)
+        for idx in batches:
+            width = int(lengths[idx].max())
+            input_ids = np.full((len(idx), width), self.pad_id, dtype=np.int64)
+            type_ids = np.zeros((len(idx), width), dtype=np.int64)
+            for i, r in enumerate(idx):
+                input_ids[i, :lengths[r]] = ids[r]
+                type_ids[i, :lengths[r]] = types[r]
+            mask = (np.arange(width)[None, :] < lengths[idx][:, None]).astype(np.int64)
+            feeds = {"input_ids": input_ids, "attention_mask": mask, "token_type_ids": type_ids}
+            hidden = self._run({k: v for k, v in feeds.items() if k in self.input_names}).astype(np.float32)
+            out[idx] = self.pool(hidden, mask, prompt_len)
+        if self.cfg["normalize"] or normalize:
+            out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)  # torch's F.normalize eps
+        return out
+
+    def pool(self, hidden: np.ndarray, mask: np.ndarray, prompt_len: int) -> np.ndarray:
+        """Sentence embeddings from token embeddings, as sentence-transformers' Pooling computes them."""
+        m = mask.astype(np.float32)
+        if prompt_len and not self.cfg["include_prompt"]:
+            m[:, :prompt_len] = 0
+        kind = self.cfg["pooling"]
+        if kind == "cls":
+            return hidden[:, 0]
+        if kind == "max":
+            return np.where(m[:, :, None] > 0, hidden, -1e9).max(axis=1)
+        summed = np.einsum("bt,btd->bd", m, hidden)
+        return summed / np.maximum(m.sum(axis=1, keepdims=True), 1e-9)
+
+
+def main(argv: list[str]) -> None:
+    """`python -m negmine.backends MODEL_DIR OUT_DIR [--int8]`: the export child process."""
+    _export(Path(argv[0]), Path(argv[1]), "--int8" in argv[2:])
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
