@@ -129,17 +129,20 @@ def main() -> None:
     path = resolve_model("")
     results, vecs = {}, {}
     for prec in [p.strip() for p in args.precisions.split(",") if p.strip()]:
-        params = {**DEFAULTS["dense"], "device": "cpu", "precision": prec}
+        # an arm is a precision of the torch backend, or BACKEND:PRECISION (onnx:int8, openvino:bf16, ...)
+        backend, _, p = prec.rpartition(":")
+        params = {**DEFAULTS["dense"], "device": "cpu", "precision": p, "backend": backend or "torch"}
         if args.batch_tokens is not None:
             params["batch_tokens"] = args.batch_tokens
         resolved = resolved_precision(params)
-        f = args.work / f"{args.data.name}-{args.split}-{resolved}.npz"
+        f = args.work / f"{args.data.name}-{args.split}-{resolved}.npz" if not backend else \
+            args.work / f"{args.data.name}-{args.split}-{backend}-{resolved}.npz"
         t = None
         if f.is_file():
             z = np.load(f)
             d, q = z["docs"], z["queries"]
         else:
-            model = load_model(params, path)
+            model = load_model(params, path, args.work / "exports")
             t0 = time.perf_counter()
             d = encode_texts(model, docs, params, "")
             q = encode_texts(model, qtexts, params, "")
