@@ -72,10 +72,10 @@ def negatives(args: argparse.Namespace) -> dict:
         if not (data / "corpus.jsonl").is_file():
             write_slice(args.data, data, None, args.docs)
     report = {"data": f"{args.data.name} train" + (f", corpus slice of {args.docs} documents" if args.docs else ""),
-              "auto_resolves_to": resolve("auto", "")}
+              "auto_resolves_to": resolve("auto", ""), "backend": args.backend}
     # "fp32-fixed": fp32 in fixed batches of 64 (no token budget), the float-noise floor: two fp32 runs whose
     # vectors differ only in the last bits
-    arms = {"fp32": ["dense.precision='fp32'"], "auto": ["dense.precision='auto'"],
+    arms = {"fp32": ["dense.precision='fp32'"], "auto": [f"dense.backend='{args.backend}'", "dense.precision='auto'"],
             "fp32-fixed": ["dense.precision='fp32'", "dense.batch_tokens=0"]}
     for preset in args.presets.split(","):
         sets = {}
@@ -112,6 +112,8 @@ def main() -> None:
     ap.add_argument("--docs", type=int, default=1000, help="--negatives: corpus slice (0 = whole corpus)")
     ap.add_argument("--presets", default="dense,recommended",
                     help="--negatives: the presets in configs/ to mine (e.g. simans, a sampled one)")
+    ap.add_argument("--backend", default="torch", help="--negatives: the runtime of the arm compared with torch fp32 "
+                    "(torch, onnx, openvino; at precision auto)")
     ap.add_argument("--noise-floor", action="store_true",
                     help="--negatives: also compare fp32 with fp32 in fixed batches (no token budget)")
     args = ap.parse_args()

@@ -77,3 +77,18 @@ def tiny_bi_encoders(tmp_path_factory) -> list[Path]:
 def tiny_cross_encoder(tmp_path_factory) -> Path:
     """A tiny random cross-encoder (BERT with a one-logit head), loadable with sentence-transformers' CrossEncoder."""
     return _tiny_bert(tmp_path_factory.mktemp("ce") / "model", 3, head=True)
+
+
+def count_teacher_pairs(monkeypatch) -> list[int]:
+    """Record the size of every batch the teacher scores (a test counts pairs scored, not timings)."""
+    from negmine import score as score_mod
+
+    scored: list[int] = []
+    real = score_mod.Teacher.__call__
+
+    def counting(self, queries, docs):
+        scored.append(len(queries))
+        return real(self, queries, docs)
+
+    monkeypatch.setattr(score_mod.Teacher, "__call__", counting)
+    return scored

@@ -11,11 +11,10 @@ import pytest
 from typer.testing import CliRunner
 
 import negmine
-from negmine import score as score_mod
 from negmine.cli import app
 from negmine.filters.agreement import agreement, keep_all, vetoes
 from negmine.samplers.ensemble import cross_sample, intra_sample, teacher_for
-from conftest import SAMPLE
+from conftest import SAMPLE, count_teacher_pairs
 
 
 # ---------------------------------------------------------------------------------------- hand-built cases
@@ -183,14 +182,7 @@ def test_agreement_alone_filters_the_pool_for_the_configured_strategy(tmp_path, 
 
 
 def test_a_teacher_added_later_reuses_the_other_teachers_pair_stores(tmp_path, tiny_cross_encoder, monkeypatch):
-    scored: list[int] = []
-    real = score_mod.Teacher.__call__
-
-    def counting(self, queries, docs):
-        scored.append(len(queries))
-        return real(self, queries, docs)
-
-    monkeypatch.setattr(score_mod.Teacher, "__call__", counting)
+    scored = count_teacher_pairs(monkeypatch)
     ce = _teacher(tiny_cross_encoder, "ce")
     first = negmine.mine(None, _over(tmp_path, f"ensemble.teachers=[{ce}, 'bm25']", "ensemble.sampling='cross'"))
     n_first = first.stages["teachers"].stats["teachers"]["ce"]["distinct_pairs"]

@@ -10,7 +10,7 @@ import pytest
 
 import negmine
 from negmine import score as score_mod
-from conftest import SAMPLE
+from conftest import SAMPLE, count_teacher_pairs
 
 
 def _over(tmp_path: Path, teacher: Path, *extra: str) -> list[str]:
@@ -18,16 +18,6 @@ def _over(tmp_path: Path, teacher: Path, *extra: str) -> list[str]:
             f"score.teacher='{teacher}'", "retrieve.top_k=10", "export.formats=['ids','flagembedding']", *extra]
 
 
-def _count_pairs(monkeypatch) -> list[int]:
-    scored: list[int] = []
-    real = score_mod.Teacher.__call__
-
-    def counting(self, queries, docs):
-        scored.append(len(queries))
-        return real(self, queries, docs)
-
-    monkeypatch.setattr(score_mod.Teacher, "__call__", counting)
-    return scored
 
 
 def test_cross_encoder_scores_every_candidate_and_positive(tmp_path, tiny_cross_encoder):
@@ -60,7 +50,7 @@ def test_cross_encoder_scores_every_candidate_and_positive(tmp_path, tiny_cross_
 
 
 def test_a_deeper_pool_scores_only_the_new_pairs(tmp_path, tiny_cross_encoder, monkeypatch):
-    scored = _count_pairs(monkeypatch)
+    scored = count_teacher_pairs(monkeypatch)
     first = negmine.mine(None, _over(tmp_path, tiny_cross_encoder))
     n_first = sum(scored)
     assert n_first == first.stages["score"].stats["distinct_pairs"]
@@ -72,7 +62,7 @@ def test_a_deeper_pool_scores_only_the_new_pairs(tmp_path, tiny_cross_encoder, m
 
 
 def test_changing_a_filter_or_the_sample_never_rescores(tmp_path, tiny_cross_encoder, monkeypatch):
-    scored = _count_pairs(monkeypatch)
+    scored = count_teacher_pairs(monkeypatch)
     negmine.mine(None, _over(tmp_path, tiny_cross_encoder))
     scored.clear()
     again = negmine.mine(None, _over(tmp_path, tiny_cross_encoder, "exclude.duplicates=false", "sample.seed=5"))
@@ -124,7 +114,7 @@ def test_scores_survive_a_crash_between_store_parts(tmp_path, tiny_cross_encoder
     with pytest.raises(ResourceError, match="out of memory in stage 'score'"):  # one line, not a MemoryError
         negmine.mine(None, over)
     monkeypatch.setattr(score_mod.Teacher, "__call__", real)
-    scored = _count_pairs(monkeypatch)
+    scored = count_teacher_pairs(monkeypatch)
     result = negmine.mine(None, over)
     assert result.stages["score"].stats["from_store"] == 100
     assert sum(scored) == result.stages["score"].stats["distinct_pairs"] - 100
