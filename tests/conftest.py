@@ -92,3 +92,17 @@ def count_teacher_pairs(monkeypatch) -> list[int]:
 
     monkeypatch.setattr(score_mod.Teacher, "__call__", counting)
     return scored
+
+
+def sample_texts(n: int) -> list[str]:
+    """The first `n` documents of data/sample as retrieval texts (title and text)."""
+    import json
+
+    texts = []
+    with open(SAMPLE / "corpus.jsonl", encoding="utf-8") as fh:
+        for line in fh:
+            d = json.loads(line)
+            texts.append(f"{d.get('title', '')} {d['text']}".strip())
+            if len(texts) == n:
+                break
+    return texts

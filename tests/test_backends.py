@@ -22,7 +22,7 @@ import negmine
 from negmine import backends
 from negmine import encode as encode_mod
 from negmine.cli import app
-from conftest import SAMPLE, write_beir
+from conftest import SAMPLE, sample_texts, write_beir
 
 ROOT = Path(__file__).resolve().parents[1]
 MIN_COSINE = {("onnx", "fp32"): 0.9999, ("openvino", "fp32"): 0.9999, ("openvino", "bf16"): 0.999,
@@ -30,14 +30,7 @@ MIN_COSINE = {("onnx", "fp32"): 0.9999, ("openvino", "fp32"): 0.9999, ("openvino
 
 
 def _texts(n: int = 24) -> list[str]:
-    out = []
-    with open(SAMPLE / "corpus.jsonl", encoding="utf-8") as fh:
-        for line in fh:
-            d = json.loads(line)
-            out.append(f"{d.get('title', '')} {d['text']}".strip())
-            if len(out) == n:
-                break
-    return out + ["short query", ""]
+    return sample_texts(n) + ["short query", ""]
 
 
 def _params(**over) -> dict:

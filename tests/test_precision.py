@@ -17,20 +17,13 @@ import negmine
 from negmine import encode as encode_mod
 from negmine import precision
 from negmine.cli import app
-from conftest import SAMPLE
+from conftest import SAMPLE, sample_texts
 
 N_DOCS = 48  # enough texts of varied length for several batches, few enough to encode fast
 
 
 def _sample_texts(n: int = N_DOCS) -> list[str]:
-    texts = []
-    with open(SAMPLE / "corpus.jsonl", encoding="utf-8") as fh:
-        for line in fh:
-            d = json.loads(line)
-            texts.append(f"{d.get('title', '')} {d['text']}".strip())
-            if len(texts) == n:
-                break
-    return texts
+    return sample_texts(n)
 
 
 def _params(**over) -> dict:
