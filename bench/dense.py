@@ -73,11 +73,16 @@ def _report(path=sys.argv[1]):
     except OSError:
         import resource
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / (1 << 20 if sys.platform == 'darwin' else 1024)
+    import resource
+    # the largest child process (a model export runs in one): it runs while this one waits, so the tree's peak is
+    # at most the sum of the two
+    child = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / (1 << 20 if sys.platform == 'darwin' else 1024)
     heavy = [m for m in ('torch', 'transformers', 'sentence_transformers', 'faiss', 'matplotlib')
              if m in sys.modules]
     print(f"negmine worker: 'torch' in sys.modules = {'torch' in sys.modules}", file=sys.stderr)
     with open(path, 'w') as fh:
-        json.dump({'rss_peak_mib': peak, 'rss_source': 'VmHWM' if peak is not None else 'ru_maxrss',
+        json.dump({'rss_peak_mib': peak, 'children_rss_peak_mib': child,
+                   'rss_source': 'VmHWM' if peak is not None else 'ru_maxrss',
                    'torch_imported': 'torch' in sys.modules, 'heavy_modules': heavy}, fh)
 atexit.register(_report)
 sys.argv = ['negmine'] + sys.argv[2:]
@@ -262,7 +267,8 @@ def run_negmine(label: str, data: Path, work: Path, cache: Path, args: argparse.
     out = work / f"out-negmine-{label}"
     shutil.rmtree(out, ignore_errors=True)
     report = work / f"negmine-{label}.json"
-    cmd = negmine_cmd(data, out, cache, report, args.batch_size, num_negatives, teacher, args.ce_max_length, extra)
+    cmd = negmine_cmd(data, out, cache, report, args.batch_size, num_negatives, teacher, args.ce_max_length,
+                      extra + list(args.negmine_set))
     started = time.time()
     wall = run_logged(cmd, work / f"negmine-{label}.log")
     res = json.loads(report.read_text())
@@ -344,7 +350,8 @@ def run_scenario(name: str, data: Path, work: Path, args: argparse.Namespace, ce
             res["st"] = run_st(label, data, work, st_cache, args, plan["num_negatives"], plan["teacher"],
                                plan["max_score"])
         r = res[side]
-        print(f"    {r['wall_s']:.1f} s, peak {r['rss_peak_mib']:.0f} MiB, torch imported: "
+        child = f" (children {r['children_rss_peak_mib']:.0f} MiB)" if r.get("children_rss_peak_mib") else ""
+        print(f"    {r['wall_s']:.1f} s, peak {r['rss_peak_mib']:.0f} MiB{child}, torch imported: "
               f"{'yes' if r['torch_imported'] else 'no'}", file=sys.stderr, flush=True)
     res["negmine"]["settings"] = {"num_negatives": plan["num_negatives"], "teacher": bool(plan["teacher"]),
                                   "filter.max_score": plan["max_score"]}
@@ -632,7 +639,8 @@ def main(args: argparse.Namespace) -> None:
                          "num_negatives": NUM_NEGATIVES, "warm_num_negatives": WARM_NUM_NEGATIVES,
                          "sampling": "top", "batch_size": args.batch_size, "exact_search": True,
                          "cross_encoder": str(ce) if ce else None, "ce_max_length": args.ce_max_length or "model's own",
-                         "ce_max_score": CE_MAX_SCORE, "ce_warm_max_score": CE_WARM_MAX_SCORE},
+                         "ce_max_score": CE_MAX_SCORE, "ce_warm_max_score": CE_WARM_MAX_SCORE,
+                         "negmine_set": list(args.negmine_set)},
             "cross_encoder_pairs": {"st": st_ce_pairs(data) if ce else None,
                                     "negmine": {s: results[s]["negmine"]["stage_stats"].get("score")
                                                 for s in results if s.endswith("-ce")}},
@@ -747,6 +755,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--batch-tokens", default="",
                     help="--encode-only: token budgets to measure, comma-separated (default: negmine's default; "
                          "0 = fixed batches of --batch-size)")
+    ap.add_argument("--negmine-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a setting passed to negmine's run as --set (repeatable): settings other than its defaults, "
+                         "e.g. dense.backend='torch'")
     ap.add_argument("--keep-work", action="store_true", help="do not delete the temporary work folder")
     ap.add_argument("--device", default="cpu", help="--encode-only: cpu, or cuda on a GPU machine")
     ap.add_argument("--model", default="", help="--encode-only: model folder (default: the packaged MiniLM)")
