@@ -72,9 +72,11 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "precision": "auto",  # auto (by the hardware: bf16 on AVX512-BF16/AMX CPUs and Ampere+ GPUs, fp16 on older
         # GPUs, else fp32) | fp32 | bf16 | fp16; 16-bit = autocast, fp32 weights; keyed as resolved;
         # int8 (backends onnx and openvino: dynamically quantized weights)
-        "backend": "torch",  # torch | onnx | openvino (ONNX export run without torch; negmine.backends)
+        "backend": "auto",  # auto (openvino on a CPU where it can run the model, else torch) | torch | onnx |
+        # openvino (ONNX export run without torch; negmine.backends); keyed as resolved
         "batch_size": 64,  # texts a batch when batch_tokens = 0
-        "batch_tokens": 8192,  # token budget a batch (rows x longest text); 0 = fixed batches of batch_size;
+        "batch_tokens": "auto",  # token budget a batch (rows x longest text): auto (8192 on torch, 2048 on onnx
+        # and openvino, each one's fastest) or a number; 0 = fixed batches of batch_size;
         # speed and memory only (not keyed)
         "device": "",  # "" = sentence-transformers' choice (cuda when present)
         "shard_size": 4096,  # unique documents an embedding shard: the unit of resume
@@ -195,7 +197,7 @@ CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("score", "activation"): ("probability", "logit"),
     ("dense", "precision"): ("auto", "fp32", "bf16", "fp16", "int8"),
     ("score", "precision"): ("auto", "fp32", "bf16", "fp16"),
-    ("dense", "backend"): ("torch", "onnx", "openvino"),
+    ("dense", "backend"): ("auto", "torch", "onnx", "openvino"),
     ("dense", "index"): ("flat", "hnsw", "ivf"),
     ("run", "engine"): ("local", "ray"),
     ("sample", "shortage"): ("keep-fewer", "drop", "pad-random", "relax"),
@@ -274,7 +276,6 @@ RANGES: dict[tuple[str, str], tuple[float, float, bool, bool]] = {
     ("retrieve", "union_quota"): (0, _INF, False, True),
     ("dense", "max_seq_length"): (0, _INF, False, True),
     ("dense", "batch_size"): (1, _INF, False, True),
-    ("dense", "batch_tokens"): (0, _INF, False, True),
     ("dense", "shard_size"): (1, _INF, False, True),
     ("dense", "workers"): (1, 4096, False, False),
     ("dense", "hnsw_m"): (1, _INF, False, True),
@@ -397,6 +398,13 @@ def _coerce(section: str, key: str, value: Any, origin: str, known: dict[str, di
         from negmine.memory import parse_bytes
 
         return None if value is None or value == "" else parse_bytes(value, where)
+    if (section, key) == ("dense", "batch_tokens"):
+        if value == "auto":
+            return value
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ConfigError(f"{where} must be \"auto\" or a whole number of tokens >= 0 (0: fixed batches of "
+                              f"batch_size), got {value!r}")
+        return value
     if (section, key) == ("ensemble", "teachers"):
         from negmine.teachers import check_teacher_entries
 
@@ -540,7 +548,11 @@ def _check_consistency(cfg: dict[str, Any]) -> None:
     if d["backend"] == "torch" and d["precision"] == "int8":
         raise ConfigError("[dense] precision int8 is onnxruntime's or OpenVINO's quantized model: set [dense] "
                           "backend = \"onnx\" or \"openvino\", or another precision")
-    if d["backend"] != "torch":
+    if d["backend"] == "auto" and d["precision"] == "int8":
+        from negmine import backends
+
+        backends.require("onnx")
+    if d["backend"] not in ("torch", "auto"):
         from negmine import backends
 
         allowed = backends.PRECISIONS[d["backend"]]

@@ -41,9 +41,19 @@ log = logging.getLogger("negmine.encode")
 KEY_SETTINGS = ("query_prompt", "doc_prompt", "max_seq_length", "normalize", "precision", "backend", "shard_size")
 
 
-def resolved_precision(params: dict[str, Any]) -> str:
+def resolved_backend(params: Mapping[str, Any]) -> str:
+    """What [dense] backend means on this machine: "auto" is OpenVINO on a CPU, else torch (`backends.auto_backend`)."""
+    if params["backend"] != "auto":
+        return params["backend"]
+    from negmine.backends import auto_backend
+
+    path = Path(params["model_path"]) if params.get("model_path") else resolve_model(params["model"])
+    return auto_backend(params["precision"], params["device"], params["devices"], path)
+
+
+def resolved_precision(params: Mapping[str, Any]) -> str:
     """What [dense] precision means on this machine ("auto" resolved by the hardware)."""
-    return precision_mod.resolve(params["precision"], params["device"], params["backend"])
+    return precision_mod.resolve(params["precision"], params["device"], resolved_backend(params))
 
 
 def key_settings(params: dict[str, Any]) -> dict[str, Any]:
@@ -53,10 +63,11 @@ def key_settings(params: dict[str, Any]) -> dict[str, Any]:
     vectors, so the mode is keyed too. fp32 keys are unchanged, so fp32 caches stay valid.
     """
     out = {k: params[k] for k in KEY_SETTINGS}
+    out["backend"] = resolved_backend(params)  # "auto" never enters a key either
     out["precision"] = resolved_precision(params)
-    if out["precision"] != "fp32" and params["backend"] == "torch":
+    if out["precision"] != "fp32" and out["backend"] == "torch":
         out["precision_mode"] = "autocast"
-    if params["backend"] != "torch":  # negmine's own export (sentence-transformers' ONNX backend used to be "onnx")
+    if out["backend"] != "torch":  # negmine's own export (sentence-transformers' ONNX backend used to be "onnx")
         from negmine.backends import EXPORT_VERSION
 
         out["export"] = EXPORT_VERSION
@@ -123,7 +134,7 @@ def load_model(params: Mapping[str, Any], path: Path, cache_root: Path | None = 
 
     torch weights stay in fp32 whatever the precision: 16-bit precisions are applied by `encode_texts` (autocast).
     """
-    backend, prec = params["backend"], resolved_precision(dict(params))
+    backend, prec = resolved_backend(params), resolved_precision(params)
     if backend != "torch":
         from negmine import backends
 
@@ -270,15 +281,28 @@ def _forward_batches(model, tokenized: Tokenized, texts: list[str], budget: int,
     return out
 
 
+# `[dense] batch_tokens = "auto"`: each runtime's best budget, measured on SciFact abstracts (bench/README.md).
+# torch pays a fixed cost a batch, so 8,192 took half the CPU seconds of 2,048; OpenVINO's kernels run faster on
+# small batches (2,048: about 25% fewer CPU seconds than 8,192) and keep about 280 MiB less memory.
+AUTO_BATCH_TOKENS = {"torch": 8192, "onnx": 2048, "openvino": 2048}
+
+
+def batch_tokens(params: Mapping[str, Any], backend: str) -> int:
+    """The token budget a batch: `[dense] batch_tokens`, or for "auto" the resolved backend's own."""
+    value = params["batch_tokens"]
+    return AUTO_BATCH_TOKENS[backend] if value == "auto" else int(value)
+
+
 def encode_texts(model, texts: list[str], params: dict[str, Any], prompt: str) -> np.ndarray:
     """float32 vectors of `texts`, in order: batched by token budget (or by count), in the resolved precision."""
     if not hasattr(model, "device"):  # an onnxruntime/OpenVINO model (negmine.backends): no torch
-        return model.encode(texts, prompt, params["batch_tokens"], params["batch_size"], params["normalize"])
+        return model.encode(texts, prompt, batch_tokens(params, model.backend), params["batch_size"],
+                            params["normalize"])
     if not texts:
         return np.zeros((0, model.get_sentence_embedding_dimension() or 0), dtype=np.float32)
     kwargs = {"prompt": prompt or None, "normalize_embeddings": params["normalize"], "convert_to_tensor": True,
               "show_progress_bar": False}
-    budget = params["batch_tokens"]
+    budget = batch_tokens(params, "torch")
     with precision_mod.autocast(resolved_precision(params), model.device.type):
         if not budget:  # fixed batches of batch_size, length-sorted by sentence-transformers: its exact vectors
             return model.encode(texts, batch_size=params["batch_size"], **kwargs).float().cpu().numpy()
@@ -335,7 +359,7 @@ def encode(params: dict[str, Any], model_path: Path, ingest_dir: Path, work_dir:
     np.save(work_dir / "doc_to_unique.npy", doc_to_unique)
     dim = int(np.load(work_dir / "docs-00000.npy", mmap_mode="r").shape[1])
     info = {"documents": n_docs, "unique_texts": int(len(unique_docs)), "shards": n_shards, "dim": dim,
-            "precision": resolved_precision(params), "backend": params["backend"],
+            "precision": resolved_precision(params), "backend": resolved_backend(params),
             "queries": len(query_texts), "score_type": "cosine" if params["normalize"] else "dot",
             "encoded_shards_this_run": len(todo)}
     (work_dir / "encode.json").write_text(json.dumps(info))

@@ -148,8 +148,13 @@ def resolved_settings(cfg: dict[str, Any]) -> dict[str, Any]:
     """{"resolved": {"dense.precision": ..., "score.precision": ...}} for the models this config runs; {} if none."""
     out = {}
     if "dense" in cfg["retrieve"]["retrievers"] or cfg["filter"]["near_dup_cosine"] is not None:
+        from negmine.encode import resolved_backend
+
         d = cfg["dense"]
-        out["dense.precision"] = resolve(d["precision"], d["device"], d["backend"])
+        backend = resolved_backend(d)
+        out["dense.precision"] = resolve(d["precision"], d["device"], backend)
+        if backend != "torch":  # torch, the reference, is left out: its runs are described as before
+            out["dense.backend"] = backend
     if cfg["score"]["teacher"]:
         out["score.precision"] = resolve(cfg["score"]["precision"], cfg["score"]["device"])
     return {"resolved": out} if out else {}

@@ -7,10 +7,11 @@ What is hashed is the data, not the bytes of the file: a Parquet file's rows and
 provenance with stage keys, which change whenever a stage's code version does), a JSONL file's bytes. Provenance,
 report and run.json files are left out: they describe the run, they are not mined data.
 
-A case that runs a model (dense retrieval, a teacher) mines other vectors and scores in another precision, and
-`precision = "auto"` depends on the machine, so its hashes are kept per precision: `<case>@fp32` (every model
-forced to fp32, checkable anywhere) and `<case>@<what auto resolved to>` on the recording machine (bf16 on a CPU
-with AVX512-BF16 or AMX). A machine whose "auto" has no recorded hashes checks the fp32 ones only.
+A case that runs a model (dense retrieval, a teacher) mines other vectors and scores in another precision or
+runtime, and `precision = "auto"` and `[dense] backend = "auto"` depend on the machine, so its hashes are kept per
+resolution: `<case>@fp32` (every model forced to fp32 on torch, checkable anywhere) and `<case>@<what auto resolved
+to>` on the recording machine (`bf16+openvino` on a CPU with AVX512-BF16 or AMX and OpenVINO installed). A machine
+whose "auto" has no recorded hashes checks the fp32 ones only.
 """
 from __future__ import annotations
 
@@ -56,6 +57,8 @@ def _overrides(name: str, config: Path, data: Path, work: Path, teacher: Path | 
     out = work / "out" / f"{name.replace('/', '-')}-{precision}"
     overrides = [f"input.path={json.dumps(str(data))}", f"export.dir={json.dumps(str(out))}",
                  f"dense.precision={json.dumps(precision)}", f"score.precision={json.dumps(precision)}"]
+    if precision == "fp32":  # the reference everywhere: torch in fp32 ("auto" runs OpenVINO where it can)
+        overrides.append('dense.backend="torch"')
     if config.stem in TEACHER_PRESETS:
         overrides.append(f"score.teacher={json.dumps(str(teacher))}")
     return overrides

@@ -148,7 +148,7 @@ def test_a_dense_run_on_a_runtime_backend_never_imports_torch(tmp_path, tiny_bi_
 
 @pytest.mark.parametrize("sets,fragment", [
     (["dense.backend='tensorrt'"], "backend"),
-    (["dense.precision='int8'"], "backend = \"onnx\""),
+    (["dense.backend='torch'", "dense.precision='int8'"], "backend = \"onnx\""),
     (["dense.backend='onnx'", "dense.precision='bf16'"], "does not run on backend onnx"),
     (["dense.backend='openvino'", "dense.precision='int8'"], "does not run on backend openvino"),
     (["dense.backend='onnx'", "dense.device='cuda'"], "runs on the CPU"),

@@ -144,7 +144,8 @@ def test_auto_is_keyed_as_resolved_so_the_cache_never_mixes_precisions(tmp_path,
     data = write_beir(tmp_path / "data", [{"_id": f"d{i}", "title": "", "text": f"text number {i} about wings"}
                                           for i in range(12)],
                       [{"_id": "q1", "text": "wings"}], [("q1", "d3", 1)])
-    over = _dense_over(tmp_path, f"input.path='{data}'", f"dense.model='{tiny_bi_encoders[0]}'", "dense.device='cpu'")
+    over = _dense_over(tmp_path, f"input.path='{data}'", f"dense.model='{tiny_bi_encoders[0]}'", "dense.device='cpu'",
+                       "dense.backend='torch'")
     monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx512f"}))
     plain = negmine.mine(None, over)
     monkeypatch.setattr(precision, "cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16"}))
@@ -223,3 +224,65 @@ def test_a_tokenized_batch_is_what_the_models_preprocess_pads(minilm):
     for k, v in got.items():
         assert np.array_equal(v, ref[k].numpy()), k
     assert tok.extra == {k: v for k, v in ref.items() if not hasattr(v, "shape")}
+
+
+def test_backend_auto_runs_openvino_on_a_cpu_and_torch_where_openvino_cannot(tmp_path, monkeypatch):
+    import importlib.util
+
+    from negmine import backends
+    from negmine.encode import resolve_model
+
+    pytest.importorskip("openvino")
+    model = resolve_model("")
+    monkeypatch.setattr(precision, "cuda_capability", lambda index=0: None)
+    assert backends.auto_backend("auto", "", [], model) == "openvino"
+    assert backends.auto_backend("bf16", "cpu", [], model) == "openvino"
+    assert backends.auto_backend("int8", "", [], model) == "onnx"  # onnxruntime's quantized graph
+    assert backends.auto_backend("fp16", "", [], model) == "torch"  # autocast only
+    assert backends.auto_backend("auto", "cuda:0", [], model) == "torch"
+    assert backends.auto_backend("auto", "", ["cpu", "cpu"], model) == "torch"
+    monkeypatch.setattr(precision, "cuda_capability", lambda index=0: (8, 0))
+    assert backends.auto_backend("auto", "", [], model) == "torch"  # "" means the GPU that is there
+    monkeypatch.setattr(precision, "cuda_capability", lambda index=0: None)
+    # a model whose modules the numpy pooling does not mirror (a Dense layer after pooling)
+    odd = tmp_path / "odd"
+    odd.mkdir()
+    (odd / "modules.json").write_text(json.dumps([
+        {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+        {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+        {"idx": 2, "name": "2", "path": "2_Dense", "type": "sentence_transformers.models.Dense"}]))
+    assert backends.auto_backend("auto", "", [], odd) == "torch"
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "openvino" else real(name, *a))
+    assert backends.auto_backend("auto", "", [], model) == "torch"
+
+
+def test_backend_auto_is_keyed_as_resolved(tmp_path, tiny_bi_encoders, monkeypatch):
+    pytest.importorskip("openvino")
+    monkeypatch.setattr(precision, "cuda_capability", lambda index=0: None)
+    over = _dense_over(tmp_path, f"dense.model='{tiny_bi_encoders[0]}'", "dense.precision='fp32'")
+    auto = negmine.mine(None, over, until="index")
+    assert auto.stages["encode"].stats["backend"] == "openvino"
+    explicit = negmine.mine(None, over + ["dense.backend='openvino'"], until="index")
+    assert explicit.stages["encode"].key == auto.stages["encode"].key and explicit.stages["encode"].status == "cached"
+    torch_run = negmine.mine(None, over + ["dense.backend='torch'"], until="index")
+    assert torch_run.stages["encode"].key != auto.stages["encode"].key  # never the other runtime's vectors
+    assert torch_run.stages["encode"].stats["backend"] == "torch"
+    full = negmine.mine(None, over)
+    prov = json.loads((tmp_path / "out" / "provenance.json").read_text())
+    assert prov["config"]["dense"]["backend"] == "auto"
+    assert prov["resolved"] == {"dense.precision": "fp32", "dense.backend": "openvino"}
+    assert full.stages["encode"].status == "cached"
+
+
+def test_batch_tokens_auto_is_each_runtimes_own_budget(tmp_path):
+    from negmine.config import load_config
+
+    assert encode_mod.batch_tokens({"batch_tokens": "auto"}, "torch") == 8192
+    assert encode_mod.batch_tokens({"batch_tokens": "auto"}, "openvino") == 2048
+    assert encode_mod.batch_tokens({"batch_tokens": 4096}, "openvino") == 4096  # a number is taken as given
+    assert load_config(None, [f"input.path='{SAMPLE}'"])["dense"]["batch_tokens"] == "auto"
+    assert load_config(None, [f"input.path='{SAMPLE}'", "dense.batch_tokens=0"])["dense"]["batch_tokens"] == 0
+    res = CliRunner().invoke(app, ["run", "-i", str(SAMPLE), "--set", "dense.batch_tokens='fast'",
+                                   "-o", str(tmp_path / "out"), "--cache-dir", str(tmp_path / "cache")])
+    assert res.exit_code == 2 and "batch_tokens" in res.output and len(res.output.strip().splitlines()) == 1
