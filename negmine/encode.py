@@ -41,30 +41,35 @@ log = logging.getLogger("negmine.encode")
 KEY_SETTINGS = ("query_prompt", "doc_prompt", "max_seq_length", "normalize", "precision", "backend", "shard_size")
 
 
-def resolved_backend(params: Mapping[str, Any]) -> str:
-    """What [dense] backend means on this machine: "auto" is OpenVINO on a CPU, else torch (`backends.auto_backend`)."""
+def resolved_backend(params: Mapping[str, Any], engine: str = "local") -> str:
+    """What [dense] backend means on this machine: "auto" is OpenVINO on a CPU, else torch (`backends.auto_backend`).
+
+    On the Ray engine "auto" is torch: the workers may have GPUs that the machine resolving the setting cannot see.
+    """
     if params["backend"] != "auto":
         return params["backend"]
+    if engine != "local":
+        return "torch"
     from negmine.backends import auto_backend
 
     path = Path(params["model_path"]) if params.get("model_path") else resolve_model(params["model"])
     return auto_backend(params["precision"], params["device"], params["devices"], path)
 
 
-def resolved_precision(params: Mapping[str, Any]) -> str:
+def resolved_precision(params: Mapping[str, Any], engine: str = "local") -> str:
     """What [dense] precision means on this machine ("auto" resolved by the hardware)."""
-    return precision_mod.resolve(params["precision"], params["device"], resolved_backend(params))
+    return precision_mod.resolve(params["precision"], params["device"], resolved_backend(params, engine))
 
 
-def key_settings(params: dict[str, Any]) -> dict[str, Any]:
+def key_settings(params: Mapping[str, Any], engine: str = "local") -> dict[str, Any]:
     """The settings that enter the encode stage's key, with the precision as resolved here.
 
     16-bit precisions run under autocast (fp32 weights); "bf16" used to mean bf16 weights, which gives other
     vectors, so the mode is keyed too. fp32 keys are unchanged, so fp32 caches stay valid.
     """
     out = {k: params[k] for k in KEY_SETTINGS}
-    out["backend"] = resolved_backend(params)  # "auto" never enters a key either
-    out["precision"] = resolved_precision(params)
+    out["backend"] = resolved_backend(params, engine)  # "auto" never enters a key either
+    out["precision"] = resolved_precision(params, engine)
     if out["precision"] != "fp32" and out["backend"] == "torch":
         out["precision_mode"] = "autocast"
     if out["backend"] != "torch":  # negmine's own export (sentence-transformers' ONNX backend used to be "onnx")

@@ -151,7 +151,7 @@ def resolved_settings(cfg: dict[str, Any]) -> dict[str, Any]:
         from negmine.encode import resolved_backend
 
         d = cfg["dense"]
-        backend = resolved_backend(d)
+        backend = resolved_backend(d, cfg["run"]["engine"])
         out["dense.precision"] = resolve(d["precision"], d["device"], backend)
         if backend != "torch":  # torch, the reference, is left out: its runs are described as before
             out["dense.backend"] = backend

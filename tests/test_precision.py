@@ -241,6 +241,10 @@ def test_backend_auto_runs_openvino_on_a_cpu_and_torch_where_openvino_cannot(tmp
     assert backends.auto_backend("fp16", "", [], model) == "torch"  # autocast only
     assert backends.auto_backend("auto", "cuda:0", [], model) == "torch"
     assert backends.auto_backend("auto", "", ["cpu", "cpu"], model) == "torch"
+    # on Ray the workers may have GPUs this machine cannot see
+    settings = {"backend": "auto", "precision": "auto", "device": "", "devices": [], "model_path": str(model)}
+    assert encode_mod.resolved_backend(settings) == "openvino"
+    assert encode_mod.resolved_backend(settings, "ray") == "torch"
     monkeypatch.setattr(precision, "cuda_capability", lambda index=0: (8, 0))
     assert backends.auto_backend("auto", "", [], model) == "torch"  # "" means the GPU that is there
     monkeypatch.setattr(precision, "cuda_capability", lambda index=0: None)
