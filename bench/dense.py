@@ -223,16 +223,23 @@ def child_env() -> dict[str, str]:
             "HF_HUB_DISABLE_PROGRESS_BARS": "1", "TOKENIZERS_PARALLELISM": "false"}
 
 
-def run_logged(cmd: list[str], log: Path) -> float:
-    """Run a child process, its output into `log`; return its wall time. Stops the benchmark if it fails."""
+def run_logged(cmd: list[str], log: Path) -> tuple[float, float]:
+    """Run a child process, its output into `log`; return its wall time and CPU seconds (user + system, its own
+    children included). Stops the benchmark if it fails.
+
+    CPU seconds barely move with the machine's load, where wall times do: both are reported."""
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     with open(log, "w") as fh:
         t0 = time.perf_counter()
         rc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, env=child_env(), cwd=REPO).returncode
         wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if rc != 0:
         tail = log.read_text(errors="replace")[-4000:]
         raise SystemExit(f"{cmd[0]} ... exited with {rc}; last output ({log}):\n{tail}")
-    return wall
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
 
 
 def ensure_cross_encoder(work: Path) -> Path:
@@ -270,7 +277,7 @@ def run_negmine(label: str, data: Path, work: Path, cache: Path, args: argparse.
     cmd = negmine_cmd(data, out, cache, report, args.batch_size, num_negatives, teacher, args.ce_max_length,
                       extra + list(args.negmine_set))
     started = time.time()
-    wall = run_logged(cmd, work / f"negmine-{label}.log")
+    wall, cpu = run_logged(cmd, work / f"negmine-{label}.log")
     res = json.loads(report.read_text())
     # the stages this process computed, in the order it computed them, from the cache entries it wrote (the
     # meta.json of every entry: stage, seconds, stats, created)
@@ -281,7 +288,7 @@ def run_negmine(label: str, data: Path, work: Path, cache: Path, args: argparse.
             computed.append((meta["created"], meta["stage"], meta_path.parent, meta))
     computed.sort(key=lambda c: c[0])
     run_report = json.loads((out / "report.json").read_text()) if (out / "report.json").is_file() else {}
-    res.update({"wall_s": wall, "output": str(out / "triplet.parquet"),
+    res.update({"wall_s": wall, "cpu_s": cpu, "output": str(out / "triplet.parquet"),
                 "command": ["python", "-m", "negmine"] + cmd[4:],
                 "computed_stages_s": {stage: round(meta.get("seconds", 0.0), 3) for _, stage, _, meta in computed},
                 "stage_stats": {stage: meta.get("stats", {}) for _, stage, _, meta in computed if stage != "export"},
@@ -306,9 +313,9 @@ def run_st(label: str, data: Path, work: Path, cache: Path | None, args: argpars
         cmd += ["--cross-encoder", str(teacher), "--ce-max-length", str(args.ce_max_length)]
     if max_score is not None:
         cmd += ["--max-score", repr(max_score)]
-    wall = run_logged(cmd, work / f"st-{label}.log")
+    wall, cpu = run_logged(cmd, work / f"st-{label}.log")
     res = json.loads((out / "worker.json").read_text())
-    res.update({"wall_s": wall, "output": str(out / "triplet.parquet"),
+    res.update({"wall_s": wall, "cpu_s": cpu, "output": str(out / "triplet.parquet"),
                 "call": {"range_min": 0, "range_max": TOP_K, "num_negatives": num_negatives,
                          "sampling_strategy": "top", "batch_size": args.batch_size, "use_faiss": False,
                          "cross_encoder": bool(teacher), "max_score": max_score,
@@ -351,11 +358,12 @@ def run_scenario(name: str, data: Path, work: Path, args: argparse.Namespace, ce
                                plan["max_score"])
         r = res[side]
         child = f" (children {r['children_rss_peak_mib']:.0f} MiB)" if r.get("children_rss_peak_mib") else ""
-        print(f"    {r['wall_s']:.1f} s, peak {r['rss_peak_mib']:.0f} MiB{child}, torch imported: "
+        print(f"    {r['wall_s']:.1f} s ({r['cpu_s']:.1f} CPU s), peak {r['rss_peak_mib']:.0f} MiB{child}, torch imported: "
               f"{'yes' if r['torch_imported'] else 'no'}", file=sys.stderr, flush=True)
     res["negmine"]["settings"] = {"num_negatives": plan["num_negatives"], "teacher": bool(plan["teacher"]),
                                   "filter.max_score": plan["max_score"]}
     res["ratios_negmine_over_st"] = {"wall": res["negmine"]["wall_s"] / res["st"]["wall_s"],
+                                     "cpu": res["negmine"]["cpu_s"] / res["st"]["cpu_s"],
                                      "peak_rss": res["negmine"]["rss_peak_mib"] / res["st"]["rss_peak_mib"]}
     return res
 
@@ -367,10 +375,15 @@ def combine(runs: list[dict[str, Any]]) -> dict[str, Any]:
     if len(runs) == 1:
         return res
     for side in ("negmine", "st"):
-        res[side]["repeats"] = [{"wall_s": r[side]["wall_s"], "rss_peak_mib": r[side]["rss_peak_mib"]} for r in runs]
-        for key in ("wall_s", "rss_peak_mib"):
+        res[side]["repeats"] = [{"wall_s": r[side]["wall_s"], "cpu_s": r[side]["cpu_s"],
+                                 "rss_peak_mib": r[side]["rss_peak_mib"],
+                                 "children_rss_peak_mib": r[side].get("children_rss_peak_mib")} for r in runs]
+        for key in ("wall_s", "cpu_s", "rss_peak_mib"):
             res[side][key] = statistics.median(r[side][key] for r in runs)
+    # per run, then the median: each pair ran side by side under the same load
+    res["ratios_per_run"] = [r["ratios_negmine_over_st"] for r in runs]
     res["ratios_negmine_over_st"] = {"wall": res["negmine"]["wall_s"] / res["st"]["wall_s"],
+                                     "cpu": res["negmine"]["cpu_s"] / res["st"]["cpu_s"],
                                      "peak_rss": res["negmine"]["rss_peak_mib"] / res["st"]["rss_peak_mib"]}
     res["statistic"] = f"median of {len(runs)} runs, alternating which side goes first"
     return res
@@ -381,7 +394,7 @@ def warm_up(work: Path) -> float:
     warm (the first process to load torch reads a few hundred MB from disk)."""
     code = ("import torch, transformers, sentence_transformers, datasets, faiss, pyarrow.parquet, numpy, "
             "negmine.cli, negmine.pipeline, negmine.encode, negmine.retrievers.dense, negmine.score")
-    return run_logged([sys.executable, "-c", code], work / "warm-up.log")
+    return run_logged([sys.executable, "-c", code], work / "warm-up.log")[0]
 
 
 # ---------------------------------------------------------------------------------------------------- quality
@@ -688,6 +701,13 @@ def render(report: dict[str, Any]) -> str:
         lines.append(f"{name:<9}{r['change']:<36}{nm['wall_s']:>8.1f} s{st['wall_s']:>8.1f} s{ra['wall']:>7.2f}x"
                      f"{nm['rss_peak_mib']:>6.0f} MiB{st['rss_peak_mib']:>6.0f} MiB{ra['peak_rss']:>7.2f}x  {target}")
     lines.append("ratio = negmine / ST (below 1: negmine is faster / smaller)")
+    for name, r in report["scenarios"].items():
+        nm, st, ra = r["negmine"], r["st"], r["ratios_negmine_over_st"]
+        if "cpu_s" in nm:
+            child = nm.get("children_rss_peak_mib") or 0
+            lines.append(f"{name}: CPU seconds (user + system, children included) negmine {nm['cpu_s']:.1f}, ST "
+                         f"{st['cpu_s']:.1f}: {ra['cpu']:.2f}x" + (f"; negmine's largest child process (a model "
+                                                                    f"export) peaked at {child:.0f} MiB" if child > 1 else ""))
     lines.append("")
     for name, r in report["scenarios"].items():
         nm, st = r["negmine"], r["st"]
