@@ -9,6 +9,7 @@ attention mask is 1; the tiny random models match everywhere.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import subprocess
@@ -270,10 +271,12 @@ def test_the_encoder_export_built_without_torch_gives_the_torch_exports_vectors(
         assert np.abs(got - want).max() <= 1e-5
 
 
-def test_a_model_the_builder_cannot_mirror_is_exported_with_torch(tiny_bi_encoders, tmp_path):
+def test_a_model_the_builder_cannot_mirror_is_exported_with_torch(tiny_bi_encoders, tmp_path, caplog):
     folder = _copy(tiny_bi_encoders[0], tmp_path / "st", hidden_act="gelu_new")
-    model = encode_mod.load_model(_params(), folder, tmp_path / "cache")
+    with caplog.at_level(logging.INFO, logger="negmine.backends"):
+        model = encode_mod.load_model(_params(), folder, tmp_path / "cache")
     assert _meta(tmp_path / "cache")["stats"]["builder"] == "torch"
+    assert "exported with torch: hidden_act 'gelu_new'" in caplog.text  # why, for -v
     torch_model = encode_mod.load_model(_params(backend="torch"), folder)
     texts = sample_texts(6)
     got = encode_mod.encode_texts(model, texts, _params(), "")
