@@ -1,4 +1,4 @@
-"""The ONNX graph of a BERT encoder built from its config.json and safetensors weights, without torch.
+"""The ONNX graph of a BERT (or RoBERTa, XLM-R) encoder built from its config.json and safetensors, without torch.
 
 Issue #11: exporting with `torch.onnx.export` costs a child process 5.4 s and 777 MiB peak RSS (torch and
 transformers imports and tracing) for all-MiniLM-L6-v2, the largest memory cost of a cold OpenVINO run. The BERT
@@ -12,8 +12,11 @@ the weights with `safetensors.numpy` one tensor at a time:
 as transformers' `BertModel` computes it (modeling_bert.py: BertEmbeddings, eager_attention_forward, BertIntermediate
 with ACT2FN["gelu"], the exact erf form). Heads: `token_embeddings` (last_hidden_state, what
 `negmine.backends.RuntimeEncoder` pools) and `logits` (BertForSequenceClassification: pooler dense + tanh on the
-first token, then the classifier). Anything this module cannot mirror exactly raises `Unsupported`, and the caller
-exports with torch instead: so a model is either built exactly or not at all.
+first token, then the classifier). RoBERTa and XLM-RoBERTa are the same encoder with positions counted from
+pad_token_id + 1 over the non-pad tokens (RobertaEmbeddings.create_position_ids_from_input_ids), and their
+classification head (RobertaClassificationHead) has its own dense + tanh instead of a pooler. Anything this
+module cannot mirror exactly raises `Unsupported`, and the caller exports with torch instead: so a model is
+either built exactly or not at all.
 """
 from __future__ import annotations
 
@@ -26,6 +29,8 @@ from typing import Any
 import numpy as np
 
 HEADS = ("token_embeddings", "logits")
+# model_type -> the prefix of the encoder's weights in a task model's checkpoint (a bare model's have none)
+PREFIXES = {"bert": "bert.", "roberta": "roberta.", "xlm-roberta": "roberta."}
 # Weights above this are written to "<graph>.data" beside the graph (protobuf refuses messages over 2 GB).
 EXTERNAL_DATA_BYTES = 1_500_000_000
 OPSET = 17  # LayerNormalization
@@ -51,9 +56,9 @@ def _config(model_dir: Path) -> dict[str, Any]:
     if not isinstance(cfg, dict):
         raise Unsupported(f"{model_dir}/config.json is not a JSON object")
     kind = cfg.get("model_type")
-    if kind != "bert":
-        raise Unsupported(f"model_type {kind!r}: the graph builder mirrors BERT only")
-    # BertConfig's defaults where a key is absent
+    if kind not in PREFIXES:
+        raise Unsupported(f"model_type {kind!r}: the graph builder mirrors {', '.join(PREFIXES)} only")
+    # BertConfig's defaults where a key is absent (RobertaConfig's are the same but for pad_token_id)
     if cfg.get("position_embedding_type", "absolute") != "absolute":
         raise Unsupported(f"position_embedding_type {cfg['position_embedding_type']!r}: only absolute positions")
     if cfg.get("hidden_act", "gelu") != "gelu":
@@ -65,11 +70,12 @@ def _config(model_dir: Path) -> dict[str, Any]:
                                          "intermediate_size", "vocab_size", "max_position_embeddings")}
         dims["type_vocab_size"] = int(cfg.get("type_vocab_size", 2))
         eps = float(cfg.get("layer_norm_eps", 1e-12))
+        pad = int(cfg.get("pad_token_id", 0 if kind == "bert" else 1))
     except (KeyError, TypeError, ValueError) as e:
         raise Unsupported(f"config.json lacks a usable {e}") from None
     if min(dims.values()) <= 0 or dims["hidden_size"] % dims["num_attention_heads"] or not 0 < eps < 1:
         raise Unsupported(f"config.json sizes {dims} (eps {eps}) do not describe a BERT encoder")
-    return {**dims, "layer_norm_eps": eps}
+    return {**dims, "layer_norm_eps": eps, "kind": kind, "pad_token_id": pad}
 
 
 def _open(path: Path) -> Any:
@@ -104,14 +110,23 @@ def _weight_files(model_dir: Path) -> dict[str, Path]:
     raise Unsupported(f"{model_dir} has no model.safetensors")
 
 
+def _classifier(cfg: dict[str, Any], prefix: str) -> tuple[str, str]:
+    """The sequence classification head's two linear layers (dense + tanh on the first token, then out):
+    BERT's pooler and classifier; RoBERTa's RobertaClassificationHead."""
+    if cfg["kind"] == "bert":
+        return prefix + "pooler.dense", "classifier"
+    return "classifier.dense", "classifier.out_proj"
+
+
 def _layout(names: set[str], cfg: dict[str, Any], head: str) -> tuple[str, set[str]]:
-    """The checkpoint's name prefix ("" or "bert.") and the set of names this head reads.
+    """The checkpoint's name prefix ("" or "bert.", "roberta.") and the set of names this head reads.
 
     Every other name must be one the torch model ignores too (transformers' AutoModel drops a task head's weights;
-    BertModel's pooler is not in last_hidden_state), so an unknown tensor (an adapter, a renamed layer) is refused
+    the pooler is not in last_hidden_state), so an unknown tensor (an adapter, a renamed layer) is refused
     instead of silently left out.
     """
-    prefix = "bert." if any(n.startswith("bert.embeddings.") for n in names) else ""
+    prefix = PREFIXES[cfg["kind"]]
+    prefix = prefix if any(n.startswith(prefix + "embeddings.") for n in names) else ""
     used = {f"embeddings.{e}.weight" for e in ("word_embeddings", "position_embeddings", "token_type_embeddings")}
     used |= {"embeddings.LayerNorm.weight", "embeddings.LayerNorm.bias"}
     for i in range(cfg["num_hidden_layers"]):
@@ -119,17 +134,20 @@ def _layout(names: set[str], cfg: dict[str, Any], head: str) -> tuple[str, set[s
         for part in ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
                      "intermediate.dense", "output.dense", "attention.output.LayerNorm", "output.LayerNorm"):
             used |= {f"{base}{part}.weight", f"{base}{part}.bias"}
-    pooler = {"pooler.dense.weight", "pooler.dense.bias"}
     used = {prefix + n for n in used}
     if head == "logits":
-        used |= {prefix + n for n in pooler} | {"classifier.weight", "classifier.bias"}
+        used |= {f"{layer}.{w}" for layer in _classifier(cfg, prefix) for w in ("weight", "bias")}
     missing = sorted(used - names)
     if missing:
         raise Unsupported(f"the weights lack {len(missing)} tensors the {head} head needs, e.g. {missing[0]}")
     buffers = {prefix + "embeddings.position_ids", prefix + "embeddings.token_type_ids"}
-    ignored = (re.compile(rf"^({re.escape(prefix)}pooler\.dense|classifier|cls\.[a-z_.]+)\.(weight|bias)$|"
-                          r"^cls\.predictions\.bias$") if head == "token_embeddings" else None)
-    unknown = sorted(n for n in names - used - buffers if ignored is None or not ignored.match(n))
+    pooler = rf"{re.escape(prefix)}pooler\.dense\.(weight|bias)"
+    if head == "token_embeddings":  # a task model's head: BERT's classifier or pretraining heads, RoBERTa's too
+        ignored = re.compile(rf"^{pooler}$|^(classifier(\.dense|\.out_proj)?|(cls|lm_head)\.[a-z_.]+)\.(weight|bias)$"
+                             r"|^(cls\.predictions|lm_head)\.bias$")
+    else:  # RobertaForSequenceClassification has no pooler: transformers drops one a checkpoint holds
+        ignored = re.compile(rf"^{pooler}$" if cfg["kind"] != "bert" else r"^$")
+    unknown = sorted(n for n in names - used - buffers if not ignored.match(n))
     if unknown:
         raise Unsupported(f"unrecognised weight {unknown[0]!r} ({len(unknown)} in all): the graph would leave it out")
     return prefix, used
@@ -141,8 +159,7 @@ def _expected_shapes(cfg: dict[str, Any], prefix: str, num_labels: int) -> dict[
         "embeddings.word_embeddings.weight": (cfg["vocab_size"], h),
         "embeddings.position_embeddings.weight": (cfg["max_position_embeddings"], h),
         "embeddings.token_type_embeddings.weight": (cfg["type_vocab_size"], h),
-        "embeddings.LayerNorm.weight": (h,), "embeddings.LayerNorm.bias": (h,),
-        "pooler.dense.weight": (h, h), "pooler.dense.bias": (h,)}
+        "embeddings.LayerNorm.weight": (h,), "embeddings.LayerNorm.bias": (h,)}
     for i in range(cfg["num_hidden_layers"]):
         base = f"encoder.layer.{i}."
         for part in ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense"):
@@ -152,18 +169,20 @@ def _expected_shapes(cfg: dict[str, Any], prefix: str, num_labels: int) -> dict[
         shapes[f"{base}intermediate.dense.weight"], shapes[f"{base}intermediate.dense.bias"] = (f, h), (f,)
         shapes[f"{base}output.dense.weight"], shapes[f"{base}output.dense.bias"] = (h, f), (h,)
     out = {prefix + k: v for k, v in shapes.items()}
-    out["classifier.weight"], out["classifier.bias"] = (num_labels, h), (num_labels,)
+    dense, last = _classifier(cfg, prefix)
+    out[f"{dense}.weight"], out[f"{dense}.bias"] = (h, h), (h,)
+    out[f"{last}.weight"], out[f"{last}.bias"] = (num_labels, h), (num_labels,)
     return out
 
 
-def _num_labels(model_dir: Path, files: dict[str, Path]) -> int:
+def _num_labels(model_dir: Path, files: dict[str, Path], last: str) -> int:
     """The classifier's rows, checked against the config's labels (id2label, as transformers counts them)."""
-    with _open(files["classifier.weight"]) as f:
-        rows = int(f.get_slice("classifier.weight").get_shape()[0])
+    with _open(files[f"{last}.weight"]) as f:
+        rows = int(f.get_slice(f"{last}.weight").get_shape()[0])
     cfg = json.loads((model_dir / "config.json").read_text(encoding="utf-8"))
     labels = len(cfg["id2label"]) if isinstance(cfg.get("id2label"), dict) else cfg.get("num_labels", rows)
     if labels != rows:
-        raise Unsupported(f"config.json has {labels} labels but classifier.weight {rows} rows")
+        raise Unsupported(f"config.json has {labels} labels but {last}.weight {rows} rows")
     return rows
 
 
@@ -301,11 +320,11 @@ def _write(model: Any, g: _Graph, files: dict[str, Path], shapes: dict[str, tupl
 
 
 def build_onnx(model_dir: Path, out_file: Path, head: str) -> None:
-    """Write the ONNX graph of the BERT model in `model_dir` (config.json + safetensors) to `out_file`.
+    """Write the ONNX graph of the BERT/RoBERTa model in `model_dir` (config.json + safetensors) to `out_file`.
 
     Inputs `input_ids`, `attention_mask`, `token_type_ids` (int64, batch x tokens); output `token_embeddings`
     (float32 batch x tokens x hidden, transformers' last_hidden_state) for head "token_embeddings", or `logits`
-    (float32 batch x num_labels, BertForSequenceClassification's) for head "logits". Raises `Unsupported` before
+    (float32 batch x num_labels, AutoModelForSequenceClassification's) for head "logits". Raises `Unsupported` before
     writing anything when the model is not one this builder mirrors exactly. Weights over EXTERNAL_DATA_BYTES go
     to `<out_file>.data` beside it. Memory: one tensor of the checkpoint at a time (and its transpose).
     """
@@ -320,7 +339,7 @@ def build_onnx(model_dir: Path, out_file: Path, head: str) -> None:
     cfg = _config(model_dir)
     files = _weight_files(model_dir)
     prefix, used = _layout(set(files), cfg, head)
-    num_labels = _num_labels(model_dir, files) if head == "logits" else 0
+    num_labels = _num_labels(model_dir, files, _classifier(cfg, prefix)[1]) if head == "logits" else 0
     shapes = _expected_shapes(cfg, prefix, num_labels)
     total = _check_tensors(files, used, shapes)
 
@@ -332,11 +351,18 @@ def build_onnx(model_dir: Path, out_file: Path, head: str) -> None:
     x = g.op("Add", [g.op("Gather", [g.weight(emb + "word_embeddings.weight"), "input_ids"], "embeddings"),
                      g.op("Gather", [g.weight(emb + "token_type_embeddings.weight"), "token_type_ids"],
                           "embeddings")], "embeddings")
-    # positions 0..tokens-1: the first `tokens` rows of the table (BertEmbeddings' position_ids buffer)
-    zero = g.const("const.zero", np.array([0], dtype=np.int64))
-    tokens = g.op("Shape", ["input_ids"], "embeddings", start=1, end=2)
-    x = g.op("Add", [x, g.op("Slice", [g.weight(emb + "position_embeddings.weight"), zero, tokens, zero],
-                             "embeddings")], "embeddings")
+    if cfg["kind"] == "bert":  # positions 0..tokens-1: the table's first rows (BertEmbeddings' position_ids)
+        zero = g.const("const.zero", np.array([0], dtype=np.int64))
+        tokens = g.op("Shape", ["input_ids"], "embeddings", start=1, end=2)
+        positions = g.op("Slice", [g.weight(emb + "position_embeddings.weight"), zero, tokens, zero], "embeddings")
+    else:  # RoBERTa: cumsum(id != pad) * (id != pad) + pad (create_position_ids_from_input_ids): pads get pad
+        pad = g.const("const.pad_id", np.array(cfg["pad_token_id"], dtype=np.int64))
+        real = g.op("Cast", [g.op("Not", [g.op("Equal", ["input_ids", pad], "embeddings")], "embeddings")],
+                    "embeddings", to=TensorProto.INT64)
+        count = g.op("CumSum", [real, g.const("const.tokens_axis", np.array(1, dtype=np.int64))], "embeddings")
+        ids = g.op("Add", [g.op("Mul", [count, real], "embeddings"), pad], "embeddings")
+        positions = g.op("Gather", [g.weight(emb + "position_embeddings.weight"), ids], "embeddings")
+    x = g.op("Add", [x, positions], "embeddings")
     x = _layer_norm(g, x, emb + "LayerNorm", eps)
 
     # (1 - mask) * float32.min, batch x 1 x 1 x tokens: transformers' additive mask of eager attention
@@ -372,11 +398,11 @@ def build_onnx(model_dir: Path, out_file: Path, head: str) -> None:
     if head == "token_embeddings":
         g.nodes.append(helper.make_node("Identity", [x], ["token_embeddings"], name="token_embeddings"))
         output = helper.make_tensor_value_info("token_embeddings", TensorProto.FLOAT, ["batch", "tokens", h])
-    else:  # BertPooler (first token, dense, tanh), then the classifier; dropout is the identity at inference
-        first = g.op("Gather", [x, g.const("const.first", np.array(0, dtype=np.int64))], "pooler", axis=1)
-        pooled = g.op("Tanh", [_linear(g, first, prefix + "pooler.dense", "pooler")], "pooler")
-        g.nodes.append(helper.make_node("Identity", [_linear(g, pooled, "classifier", "classifier")], ["logits"],
-                                        name="logits"))
+    else:  # first token, dense, tanh, then the output layer; dropout is the identity at inference
+        dense, last = _classifier(cfg, prefix)
+        first = g.op("Gather", [x, g.const("const.first", np.array(0, dtype=np.int64))], "head", axis=1)
+        pooled = g.op("Tanh", [_linear(g, first, dense, "head")], "head")
+        g.nodes.append(helper.make_node("Identity", [_linear(g, pooled, last, "head")], ["logits"], name="logits"))
         output = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", num_labels])
     assert {s for _, s, _ in g.weights} == used, "every checked tensor is in the graph, and only those"
     inputs = [helper.make_tensor_value_info(name, TensorProto.INT64, ["batch", "tokens"])

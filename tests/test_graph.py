@@ -1,4 +1,4 @@
-"""The torch-free ONNX graph of BERT models (negmine.graph) and the encoder exports built with it.
+"""The torch-free ONNX graph of BERT, RoBERTa and XLM-R models (negmine.graph) and the encoder exports built with it.
 
 Tolerance against transformers' torch forward (fp32): 1e-4 max abs, on onnxruntime and OpenVINO. Measured with the
 packaged MiniLM over the sample's texts (mixed lengths, padded to the longest, some token types 1): at real tokens
@@ -29,16 +29,22 @@ TOL = 1e-4
 RUNTIMES = ("onnx", "openvino")
 
 
-def _save_tiny(folder: Path, kind: str, **config) -> Path:
-    """A tiny random BERT saved as transformers saves it (safetensors); `kind` "model" or "classifier"."""
+ARCHS = ("bert", "roberta", "xlm-roberta")
+PAD = {"bert": 0, "roberta": 1, "xlm-roberta": 1}
+
+
+def _save_tiny(folder: Path, kind: str, arch: str = "bert", **config) -> Path:
+    """A tiny random BERT (or RoBERTa, XLM-R) saved as transformers saves it (safetensors); `kind` "model" or
+    "classifier" (AutoModelForSequenceClassification's class for the architecture)."""
     import torch
-    from transformers import BertConfig, BertForSequenceClassification, BertModel
+    from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification
 
     torch.manual_seed(7)
-    cfg = BertConfig(vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                     intermediate_size=48, max_position_embeddings=64, type_vocab_size=2, num_labels=3,
-                     layer_norm_eps=0.05, initializer_range=0.2, **config)  # both show in the output
-    model = (BertForSequenceClassification(cfg) if kind == "classifier" else BertModel(cfg)).eval()
+    cfg = AutoConfig.for_model(arch, vocab_size=120, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                               intermediate_size=48, max_position_embeddings=64, type_vocab_size=2, num_labels=3,
+                               pad_token_id=PAD[arch], layer_norm_eps=0.05, initializer_range=0.2,  # both show
+                               **config)
+    model = (AutoModelForSequenceClassification if kind == "classifier" else AutoModel).from_config(cfg).eval()
     with torch.no_grad():  # random LayerNorm and token-type weights, so a swapped or dropped one shows
         for name, p in model.named_parameters():
             if "LayerNorm" in name or "token_type" in name:
@@ -53,13 +59,20 @@ def tiny(tmp_path_factory) -> dict[str, Path]:
     return {kind: _save_tiny(root / kind, kind) for kind in ("model", "classifier")}
 
 
-def _feeds(vocab: int = 120, seed: int = 0) -> dict[str, np.ndarray]:
-    """A padded batch: rows of different lengths, token types 0 then 1 (a pair), pad id 0 after the end."""
+@pytest.fixture(scope="module")
+def tiny_archs(tmp_path_factory) -> dict[tuple[str, str], Path]:
+    root = tmp_path_factory.mktemp("tiny-archs")
+    return {(arch, kind): _save_tiny(root / f"{arch}-{kind}", kind, arch) for arch in ARCHS
+            for kind in ("model", "classifier")}
+
+
+def _feeds(vocab: int = 120, seed: int = 0, pad: int = 0) -> dict[str, np.ndarray]:
+    """A padded batch: rows of different lengths, token types 0 then 1 (a pair), the pad id after the end."""
     rng = np.random.default_rng(seed)
     lengths = np.array([11, 3, 7, 1, 11, 5])
     width = int(lengths.max())
     mask = (np.arange(width)[None, :] < lengths[:, None]).astype(np.int64)
-    ids = rng.integers(1, vocab, (len(lengths), width)).astype(np.int64) * mask
+    ids = np.where(mask == 1, rng.integers(2, vocab, (len(lengths), width)), pad).astype(np.int64)
     types = ((np.arange(width)[None, :] >= (lengths[:, None] // 2)) * mask).astype(np.int64)
     return {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
 
@@ -87,37 +100,59 @@ def _torch(folder: Path, kind: str, feeds: dict[str, np.ndarray]) -> np.ndarray:
 
 
 @pytest.mark.parametrize("backend", RUNTIMES)
-def test_token_embeddings_match_torch_with_padding_and_token_types(tiny, tmp_path, backend):
+@pytest.mark.parametrize("arch", ARCHS)
+def test_token_embeddings_match_torch_with_padding_and_token_types(tiny_archs, tmp_path, arch, backend):
+    folder = tiny_archs[arch, "model"]
     out = tmp_path / "model.onnx"
-    graph.build_onnx(tiny["model"], out, "token_embeddings")
+    graph.build_onnx(folder, out, "token_embeddings")
     import onnx
 
     onnx.checker.check_model(str(out), full_check=True)
-    feeds = _feeds()
-    got, want = _run(out, backend, feeds), _torch(tiny["model"], "token_embeddings", feeds)
+    feeds = _feeds(pad=PAD[arch])
+    got, want = _run(out, backend, feeds), _torch(folder, "token_embeddings", feeds)
     assert got.shape == want.shape == (6, 11, 32) and got.dtype == np.float32
     assert np.abs(got - want).max() <= TOL
     # token types matter to the output: a graph that ignored them could not pass the comparison above
-    assert np.abs(want - _torch(tiny["model"], "token_embeddings", {**feeds, "token_type_ids": 0 * feeds[
+    assert np.abs(want - _torch(folder, "token_embeddings", {**feeds, "token_type_ids": 0 * feeds[
         "token_type_ids"]})).max() > 100 * TOL
 
 
 @pytest.mark.parametrize("backend", RUNTIMES)
-def test_logits_match_torch_sequence_classification(tiny, tmp_path, backend):
+@pytest.mark.parametrize("arch", ARCHS)
+def test_logits_match_torch_sequence_classification(tiny_archs, tmp_path, arch, backend):
+    folder = tiny_archs[arch, "classifier"]
     out = tmp_path / "model.onnx"
-    graph.build_onnx(tiny["classifier"], out, "logits")
-    feeds = _feeds(seed=1)
-    got, want = _run(out, backend, feeds), _torch(tiny["classifier"], "logits", feeds)
+    graph.build_onnx(folder, out, "logits")
+    feeds = _feeds(seed=1, pad=PAD[arch])
+    got, want = _run(out, backend, feeds), _torch(folder, "logits", feeds)
     assert got.shape == want.shape == (6, 3)
     assert np.abs(got - want).max() <= TOL
 
 
-def test_token_embeddings_of_a_classifier_checkpoint_read_its_bert_prefixed_weights(tiny, tmp_path):
-    # BertForSequenceClassification saves "bert.encoder...": the encoder's output is AutoModel's, head dropped
+def test_roberta_positions_count_from_the_pad_id_over_real_tokens(tiny_archs, tmp_path):
+    # a pad id inside the text is not counted, so every later token's position shifts: RoBERTa numbers positions
+    # by the ids, not by the attention mask. The graph matches torch with and without it.
+    folder = tiny_archs["roberta", "model"]
+    graph.build_onnx(folder, tmp_path / "model.onnx", "token_embeddings")
+    feeds = _feeds(seed=4, pad=1)
+    other = {**feeds, "input_ids": feeds["input_ids"].copy()}
+    other["input_ids"][:, 0] = 1
+    for f in (feeds, other):
+        want = _torch(folder, "token_embeddings", f)
+        assert np.abs(_run(tmp_path / "model.onnx", "onnx", f) - want).max() <= TOL
+    real = feeds["attention_mask"].astype(bool)
+    assert np.abs(_torch(folder, "token_embeddings", feeds) - _torch(folder, "token_embeddings", other))[real].max() \
+        > 100 * TOL
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_token_embeddings_of_a_classifier_checkpoint_read_its_prefixed_weights(tiny_archs, tmp_path, arch):
+    # a task model saves "bert.encoder..." / "roberta.encoder...": the encoder's output is AutoModel's, head dropped
+    folder = tiny_archs[arch, "classifier"]
     out = tmp_path / "model.onnx"
-    graph.build_onnx(tiny["classifier"], out, "token_embeddings")
-    feeds = _feeds(seed=2)
-    assert np.abs(_run(out, "onnx", feeds) - _torch(tiny["classifier"], "token_embeddings", feeds)).max() <= TOL
+    graph.build_onnx(folder, out, "token_embeddings")
+    feeds = _feeds(seed=2, pad=PAD[arch])
+    assert np.abs(_run(out, "onnx", feeds) - _torch(folder, "token_embeddings", feeds)).max() <= TOL
 
 
 @pytest.mark.parametrize("backend", RUNTIMES)
