@@ -1,7 +1,8 @@
 """The ONNX graph of a BERT (or RoBERTa, XLM-R) encoder built from its config.json and safetensors, without torch.
 
-Issue #11: exporting with `torch.onnx.export` costs a child process 5.4 s and 777 MiB peak RSS (torch and
-transformers imports and tracing) for all-MiniLM-L6-v2, the largest memory cost of a cold OpenVINO run. The BERT
+Issue #11: exporting with `torch.onnx.export` costs a child process 8.4 s and 763 MiB peak RSS (torch and
+transformers imports and tracing) for all-MiniLM-L6-v2 on a busy 2-vCPU machine, the largest memory cost of a cold
+OpenVINO run; this builder takes 0.5 s and 135 MiB there (bench/README.md, "Exports without torch"). The BERT
 forward is small and fixed, so this module writes the same computation directly with the `onnx` helpers, reading
 the weights with `safetensors.numpy` one tensor at a time:
 
@@ -287,12 +288,8 @@ def _write(model: Any, g: _Graph, files: dict[str, Path], shapes: dict[str, tupl
                 entry = meta.external_data.add()
                 entry.key, entry.value = key, val
             offset += nbytes
-            body = meta.SerializeToString()
-            metas.append((body, 0))
-        else:
-            body = meta.SerializeToString()
-            metas.append((body, nbytes))
-    sizes = [len(b) + (len(_record(raw_field, n)) + n if external is None else 0) for b, n in metas]
+        metas.append((meta.SerializeToString(), nbytes if external is None else 0))  # bytes inline
+    sizes = [len(body) + (len(_record(raw_field, n)) + n if n else 0) for body, n in metas]
     graph = model.graph
     graph_len = graph.ByteSize() + sum(len(_record(init_field, n)) + n for n in sizes)
     graph_bytes = graph.SerializeToString()
