@@ -1,7 +1,8 @@
 """Encoders that run without torch: the model exported once to ONNX, run by onnxruntime or OpenVINO.
 
 `[dense] backend = "onnx"` or `"openvino"`. The sentence-transformers folder is exported locally (no network):
-a BERT model is built in-process from its config.json and safetensors by `negmine.graph` (no torch); any other
+a BERT, RoBERTa or XLM-R model is built in-process from its config.json and safetensors by `negmine.graph` (no
+torch); any other
 model, or one that builder cannot mirror exactly, by `torch.onnx.export` in a child process. So the mining
 process never imports torch: it tokenizes with `tokenizers`
 (the model's own tokenizer.json), runs the graph, and pools and normalises in numpy as the model's
