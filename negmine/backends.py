@@ -2,10 +2,9 @@
 
 `[dense] backend = "onnx"` or `"openvino"`. The sentence-transformers folder is exported locally (no network):
 a BERT, RoBERTa or XLM-R model is built in-process from its config.json and safetensors by `negmine.graph` (no
-torch); any other
-model, or one that builder cannot mirror exactly, by `torch.onnx.export` in a child process. So the mining
-process never imports torch: it tokenizes with `tokenizers`
-(the model's own tokenizer.json), runs the graph, and pools and normalises in numpy as the model's
+torch); any other model, or one that builder cannot mirror exactly, by `torch.onnx.export` in a child process. So
+the mining process never imports torch: it tokenizes with `tokenizers` (the model's own tokenizer.json), runs the
+graph, and pools and normalises in numpy as the model's
 sentence-transformers config says (pooling mode, include_prompt, Normalize module, max_seq_length). That is the
 memory lever of issue #11: torch, transformers and sentence-transformers are most of a cold run's peak RSS.
 
