@@ -151,5 +151,5 @@ def resolved_settings(cfg: dict[str, Any]) -> dict[str, Any]:
         d = cfg["dense"]
         out["dense.precision"] = resolve(d["precision"], d["device"], d["backend"])
     if cfg["score"]["teacher"]:
-        out["score.precision"] = resolve(cfg["score"]["precision"], cfg["score"]["device"])
+        out["score.precision"] = resolve(cfg["score"]["precision"], cfg["score"]["device"], cfg["score"]["backend"])
     return {"resolved": out} if out else {}
