@@ -1,4 +1,4 @@
-"""Encoders that run without torch: the model exported once to ONNX, run by onnxruntime or OpenVINO.
+"""Encoders and cross-encoders that run without torch: the model exported once to ONNX, run by onnxruntime or OpenVINO.
 
 `[dense] backend = "onnx"` or `"openvino"`. The sentence-transformers folder is exported locally (no network) by
 `torch.onnx.export` in a child process, so the mining process never imports torch: it tokenizes with `tokenizers`
@@ -6,14 +6,19 @@
 sentence-transformers config says (pooling mode, include_prompt, Normalize module, max_seq_length). That is the
 memory lever of issue #11: torch, transformers and sentence-transformers are most of a cold run's peak RSS.
 
+`[score] backend = "onnx"` or `"openvino"` runs the teacher the same way: a bi-encoder as above, a cross-encoder
+(`RuntimeCrossEncoder`) from an export of its sequence classifier's logits (`head = "logits"`), its (query,
+document) pairs tokenized as sentence-transformers' CrossEncoder tokenizes them.
+
 Precisions: `fp32`; for onnxruntime `int8` (its dynamic quantization of the exported graph: int8 weights,
 activations quantized per batch); for OpenVINO `bf16` (its CPU plugin's inference precision, on CPUs that multiply
 bf16 in hardware). OpenVINO int8 would need nncf's weight compression: OpenVINO runs onnxruntime's quantized graph,
 but at less than half its fp32 speed here (107 against 44 CPU seconds), so it is not offered. OpenVINO's CPU plugin may pick bf16 by itself on some CPUs, so the precision is always set explicitly.
 
 Exports live in the cache (`<cache>/export/<key>`, with the same meta.json and checksums as a stage entry, so
-`negmine cache verify` and `list` see them), keyed by the model's fingerprint, the format and the export code's
-version; they are written atomically under the key's lock, and a damaged one is exported again.
+`negmine cache verify` and `list` see them), keyed by the model's fingerprint, the format, the head (where it is
+not the token embeddings) and the export code's version; they are written atomically under the key's lock, and a
+damaged one is exported again.
 """
 from __future__ import annotations
 
@@ -195,7 +200,8 @@ def exported_model(model_path: Path, fingerprint: str, backend: str, precision: 
                 last = (proc.stderr.strip().splitlines() or ["no message"])[-1]
                 raise ConfigError(f"exporting {model_path} to ONNX for backend {backend} failed ({last}); "
                                   "use backend \"torch\"")
-            meta = {"stage": "export", "key": key, "stats": {"model": str(model_path), "int8": precision == "int8", "head": head},
+            meta = {"stage": "export", "key": key,
+                    "stats": {"model": str(model_path), "int8": precision == "int8", "head": head},
                     "seconds": time.perf_counter() - start, "created": time.time(), "files": file_records(tmp)}
             (tmp / "meta.json").write_text(json.dumps(meta, indent=2))
         log.info("exported %s to %s in %.1fs", model_path, entry, time.perf_counter() - start)

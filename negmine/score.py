@@ -165,7 +165,7 @@ class Teacher:
 
     def _call_runtime(self, queries: list[str], docs: list[str]) -> np.ndarray:
         p = self.params
-        budget = p.get("batch_tokens", 8192)
+        budget = p["batch_tokens"]
         if p["kind"] == "cross-encoder":
             return self.model.predict([f"{p['query_prompt']}{q}" for q in queries],
                                       [f"{p['doc_prompt']}{d}" for d in docs], budget, p["batch_size"])
@@ -378,7 +378,8 @@ def _teacher_params(cfg: Config, ctx: Context) -> dict[str, Any]:
             stores[spec["name"]] = str(store_dir(ctx.cache_root, fp, settings))
         teachers.append(t)
     p = {"teachers": teachers, "model_paths": paths, "stores": stores, "batch_size": sc["batch_size"],
-         "batch_tokens": sc["batch_tokens"], "device": sc["device"], "flush_pairs": sc["flush_pairs"], "workers": sc["workers"],
+         "batch_tokens": sc["batch_tokens"], "device": sc["device"], "flush_pairs": sc["flush_pairs"],
+         "workers": sc["workers"],
          "memory_budget": cfg["run"]["memory_budget"]}
     # a retriever teacher's section (how BM25 reads a query), less what changes only the speed of its stages
     from negmine.config import SPEED_ONLY

@@ -232,6 +232,29 @@ def test_negmine_run_scores_with_openvino_end_to_end_as_torch_fp32_does(tmp_path
     assert json.loads((tmp_path / "out" / "provenance.json").read_text())["resolved"]["score.precision"] == "fp32"
 
 
+def test_ensemble_model_teachers_run_on_the_score_backend_and_share_its_pair_store(tmp_path, cross_encoder):
+    def over(*extra: str) -> list[str]:
+        return [f"input.path='{SAMPLE}'", f"run.cache_dir='{tmp_path / 'cache'}'", f"export.dir='{tmp_path / 'out'}'",
+                "retrieve.top_k=20", "sample.num_negatives=3", "export.formats=['ids']",
+                f"ensemble.teachers=[{{name = 'ce', model = {json.dumps(str(cross_encoder))}}}, 'bm25']",
+                "ensemble.sampling='cross'", "score.precision='fp32'", *extra]
+
+    onnx = negmine.mine(None, over("score.backend='onnx'"))
+    stats = onnx.stages["teachers"].stats["teachers"]["ce"]
+    assert stats["scored_now"] == stats["distinct_pairs"] > 0
+    # the single [score] teacher on the same backend reads that store: nothing is scored again
+    single = negmine.mine(None, over("score.backend='onnx'", f"score.teacher='{cross_encoder}'"))
+    assert single.stages["score"].stats["scored_now"] == 0
+    # on torch: its own store and its own entry, scores equal to rounding
+    torch_run = negmine.mine(None, over())
+    stats = torch_run.stages["teachers"].stats["teachers"]["ce"]
+    assert stats["scored_now"] == stats["distinct_pairs"]
+    assert torch_run.stages["teachers"].key != onnx.stages["teachers"].key
+    t = pq.read_table(torch_run.stages["teachers"].path / "teacher_scores.parquet")["ce"].to_numpy()
+    o = pq.read_table(onnx.stages["teachers"].path / "teacher_scores.parquet")["ce"].to_numpy()
+    np.testing.assert_allclose(o, t, rtol=0, atol=1e-6)
+
+
 def test_a_score_run_on_a_runtime_backend_never_imports_torch(tmp_path, cross_encoder):
     over = [f"input.path='{SAMPLE}'", f"export.dir='{tmp_path / 'out'}'", f"run.cache_dir='{tmp_path / 'cache'}'",
             f"score.teacher='{cross_encoder}'", "retrieve.top_k=10", "score.backend='onnx'"]
