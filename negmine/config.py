@@ -97,8 +97,13 @@ DEFAULTS: dict[str, dict[str, Any]] = {
         "max_length": 0,  # 0 = the model's own
         "query_prompt": "",
         "doc_prompt": "",
-        "precision": "auto",  # as [dense] precision: auto | fp32 | bf16 | fp16, keyed as resolved
-        "batch_size": 32,
+        "precision": "auto",  # as [dense] precision: auto | fp32 | bf16 | fp16, keyed as resolved; int8 (backend
+        # onnx), bf16 (backend openvino)
+        "backend": "auto",  # as [dense] backend: auto (openvino on a CPU where it can run the teacher, else
+        # torch) | torch | onnx | openvino; keyed as resolved
+        "batch_size": 32,  # pairs a batch (backend torch; the others when batch_tokens = 0)
+        "batch_tokens": 8192,  # backends onnx and openvino: token budget a batch (rows x longest pair); 0 = fixed
+        # batches of batch_size; speed and memory only (not keyed)
         "device": "",
         "flush_pairs": 8192,  # pairs a store part: the most a killed run loses
         "workers": 2,  # [run] engine = "ray" without GPUs: teacher actors (CPU); speed only
@@ -196,8 +201,9 @@ CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("score", "kind"): ("cross-encoder", "bi-encoder"),
     ("score", "activation"): ("probability", "logit"),
     ("dense", "precision"): ("auto", "fp32", "bf16", "fp16", "int8"),
-    ("score", "precision"): ("auto", "fp32", "bf16", "fp16"),
+    ("score", "precision"): ("auto", "fp32", "bf16", "fp16", "int8"),
     ("dense", "backend"): ("auto", "torch", "onnx", "openvino"),
+    ("score", "backend"): ("auto", "torch", "onnx", "openvino"),
     ("dense", "index"): ("flat", "hnsw", "ivf"),
     ("run", "engine"): ("local", "ray"),
     ("sample", "shortage"): ("keep-fewer", "drop", "pad-random", "relax"),
@@ -257,6 +263,7 @@ OPTIONAL_NUMBERS = {("filter", k) for k in ("min_score", "max_score", "ce_max_pr
 # Settings that change only speed or memory: part of no cache key, so neither of provenance (a cached export
 # would record another run's value).
 SPEED_ONLY = {("retrieve", "chunk_size"), ("dense", "batch_size"), ("dense", "device"), ("score", "batch_size"),
+              ("score", "batch_tokens"),
               ("score", "device"), ("score", "flush_pairs"), ("dense", "workers"), ("score", "workers"),
               ("dense", "devices"), ("judge", "concurrency"), ("judge", "flush_calls"), ("sparse", "batch_size"),
               ("sparse", "device"), ("sparse", "workers")}
@@ -290,6 +297,7 @@ RANGES: dict[tuple[str, str], tuple[float, float, bool, bool]] = {
     ("sparse", "workers"): (1, 4096, False, False),
     ("score", "max_length"): (0, _INF, False, True),
     ("score", "batch_size"): (1, _INF, False, True),
+    ("score", "batch_tokens"): (0, _INF, False, True),
     ("score", "flush_pairs"): (1, _INF, False, True),
     ("score", "workers"): (1, 4096, False, False),
     ("filter", "tau"): (-_INF, _INF, True, True),
@@ -535,6 +543,31 @@ def validate(cfg: dict[str, Any]) -> None:
     _check_score_types(cfg)
 
 
+def _check_backend(section: str, d: dict[str, Any], devices: bool) -> None:
+    """A model's runtime ([dense] or [score] backend): its precisions, the CPU, the runtime installed."""
+    if d["backend"] == "torch" and d["precision"] == "int8":
+        raise ConfigError(f"[{section}] precision int8 is onnxruntime's or OpenVINO's quantized model: set "
+                          f"[{section}] backend = \"onnx\" or \"openvino\", or another precision")
+    if d["backend"] == "auto":  # resolved where the model is known; int8 means onnxruntime's quantized graph
+        if d["precision"] == "int8":
+            from negmine import backends
+
+            backends.require("onnx", section)
+        return
+    if d["backend"] != "torch":
+        from negmine import backends
+
+        allowed = backends.PRECISIONS[d["backend"]]
+        if d["precision"] not in ("auto", *allowed):
+            raise ConfigError(f"[{section}] precision {d['precision']} does not run on backend {d['backend']} "
+                              f"(16-bit autocast needs backend torch); use \"auto\" or one of {', '.join(allowed)}")
+        if d["device"] not in ("", "cpu") or devices:
+            where = "device = \"\" and devices = []" if section == "dense" else "device = \"\""
+            raise ConfigError(f"[{section}] backend {d['backend']} runs on the CPU; set {where} or use backend "
+                              "\"torch\" on a GPU")
+        backends.require(d["backend"], section)
+
+
 def _check_consistency(cfg: dict[str, Any]) -> None:
     """Checks across settings, and of values that are not numbers (each number's own range: `_check_ranges`)."""
     s, r = cfg["sample"], cfg["retrieve"]
@@ -545,24 +578,8 @@ def _check_consistency(cfg: dict[str, Any]) -> None:
     if len(set(r["retrievers"])) != len(r["retrievers"]):
         raise ConfigError(f"[retrieve] retrievers lists one twice: {r['retrievers']}")
     d = cfg["dense"]
-    if d["backend"] == "torch" and d["precision"] == "int8":
-        raise ConfigError("[dense] precision int8 is onnxruntime's or OpenVINO's quantized model: set [dense] "
-                          "backend = \"onnx\" or \"openvino\", or another precision")
-    if d["backend"] == "auto" and d["precision"] == "int8":
-        from negmine import backends
-
-        backends.require("onnx")
-    if d["backend"] not in ("torch", "auto"):
-        from negmine import backends
-
-        allowed = backends.PRECISIONS[d["backend"]]
-        if d["precision"] not in ("auto", *allowed):
-            raise ConfigError(f"[dense] precision {d['precision']} does not run on backend {d['backend']} (16-bit "
-                              f"autocast needs backend torch); use \"auto\" or one of {', '.join(allowed)}")
-        if d["device"] not in ("", "cpu") or d["devices"]:
-            raise ConfigError(f"[dense] backend {d['backend']} runs on the CPU; set device = \"\" and devices = [] "
-                              "or use backend \"torch\" on a GPU")
-        backends.require(d["backend"])
+    _check_backend("dense", d, bool(d["devices"]))
+    _check_backend("score", cfg["score"], False)
     for device in d["devices"]:
         if not re.fullmatch(r"cpu|cuda(:\d+)?|mps", device):
             raise ConfigError(f"[dense] devices has {device!r}; give devices such as \"cuda:0\", \"cuda:1\" or "

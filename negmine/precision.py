@@ -156,5 +156,12 @@ def resolved_settings(cfg: dict[str, Any]) -> dict[str, Any]:
         if backend != "torch":  # torch, the reference, is left out: its runs are described as before
             out["dense.backend"] = backend
     if cfg["score"]["teacher"]:
-        out["score.precision"] = resolve(cfg["score"]["precision"], cfg["score"]["device"])
+        from negmine.encode import resolve_model
+        from negmine.score import resolved_backend as score_backend
+
+        sc = cfg["score"]
+        backend = score_backend(sc, resolve_model(sc["teacher"], "[score] teacher"), cfg["run"]["engine"])
+        out["score.precision"] = resolve(sc["precision"], sc["device"], backend)
+        if backend != "torch":
+            out["score.backend"] = backend
     return {"resolved": out} if out else {}

@@ -41,19 +41,44 @@ log = logging.getLogger("negmine.score")
 KEY_SETTINGS = ("kind", "activation", "max_length", "query_prompt", "doc_prompt", "normalize")
 
 
+def backend(params: Mapping[str, Any]) -> str:
+    """The teacher's runtime ([score] backend): "torch" where the parameters predate the setting."""
+    return params.get("backend", "torch")
+
+
+def resolved_backend(section: Mapping[str, Any], model_path: Path, engine: str = "local") -> str:
+    """What [score] backend means on this machine for the teacher at `model_path` (`section` has its kind,
+    precision, device and backend): "auto" is OpenVINO on a CPU where the runtime can run the model, else torch;
+    torch on the Ray engine, whose workers may have GPUs this machine cannot see."""
+    if section["backend"] != "auto":
+        return section["backend"]
+    if engine != "local":
+        return "torch"
+    from negmine.backends import auto_backend
+
+    return auto_backend(section["precision"], section["device"], [], model_path, section["kind"])
+
+
 def resolved_precision(params: Mapping[str, Any]) -> str:
-    """What [score] precision means on this machine ("auto" resolved by the hardware: `negmine.precision`)."""
+    """What [score] precision means on this machine ("auto" resolved by the hardware and the backend:
+    `negmine.precision`)."""
     from negmine.precision import resolve
 
-    return resolve(params["precision"], params["device"])
+    return resolve(params["precision"], params["device"], backend(params))
 
 
 def key_settings(params: Mapping[str, Any]) -> dict[str, Any]:
-    """The settings that change a score, the precision as resolved here. fp32 adds nothing, so the keys (and
-    pair stores) of fp32 teachers are what they were before precision was a setting."""
+    """The settings that change a score, the precision as resolved here. torch fp32 adds nothing, so the keys
+    (and pair stores) of torch fp32 teachers are what they were before precision and backend were settings; a
+    runtime backend adds itself, its precision (fp32 too) and the export code's version, so a pair store never
+    mixes runtimes."""
     out = {k: params[k] for k in KEY_SETTINGS}
     prec = resolved_precision(params)
-    if prec != "fp32":
+    if backend(params) != "torch":
+        from negmine.backends import EXPORT_VERSION
+
+        out.update({"backend": backend(params), "precision": prec, "export": EXPORT_VERSION})
+    elif prec != "fp32":
         out["precision"] = prec
     return out
 
@@ -62,18 +87,51 @@ PAIRS = pa.schema([("qkey", pa.int64()), ("dkey", pa.int64()), ("score", pa.floa
 
 
 class Teacher:
-    """Loads the configured teacher once, on first use: a fully cached run never imports torch."""
+    """Loads the configured teacher once, on first use: a fully cached run never imports torch, and a run on
+    backend onnx or openvino never does (`negmine.backends`: the model is exported once, in a child process, into
+    `cache_root`)."""
 
-    def __init__(self, params: Mapping[str, Any], model_path: Path) -> None:
-        self.params, self.model_path, self.model = params, model_path, None
+    def __init__(self, params: Mapping[str, Any], model_path: Path, cache_root: Path | None = None) -> None:
+        self.params, self.model_path, self.cache_root, self.model = params, model_path, cache_root, None
+
+    def _load_runtime(self) -> None:
+        """The teacher on onnxruntime or OpenVINO: a cross-encoder's logits graph, or a bi-encoder through
+        `negmine.encode.load_model`."""
+        from negmine import backends
+        from negmine.encode import load_model, model_fingerprint
+        from negmine.hashing import FingerprintMemo
+
+        p, name, prec = self.params, backend(self.params), resolved_precision(self.params)
+        if prec not in backends.PRECISIONS[name]:
+            raise ConfigError(f"[score] precision {prec} does not run on backend {name}; use one of "
+                              f"{', '.join(backends.PRECISIONS[name])} (or auto)")
+        backends.require(name, "score")
+        if self.cache_root is None:
+            import tempfile
+
+            self.cache_root = Path(tempfile.gettempdir()) / "negmine-exports"
+        fp = p.get("teacher") or model_fingerprint(self.model_path, FingerprintMemo(self.cache_root / "fp.json"))
+        if p["kind"] == "bi-encoder":
+            self.model = load_model({"device": p["device"], "backend": name, "precision": prec,
+                                     "max_seq_length": p["max_length"], "model": fp}, self.model_path,
+                                    self.cache_root)
+            return
+        backends.read_ce_config(self.model_path)  # refuse a model it cannot run before exporting it
+        graph = backends.exported_model(self.model_path, fp, name, prec, self.cache_root, head="logits")
+        self.model = backends.RuntimeCrossEncoder(self.model_path, graph, name, prec, p["max_length"],
+                                                  p["activation"])
 
     def _load(self) -> None:
-        from negmine.encode import quiet_hf
         from negmine.memory import release_memory
 
-        quiet_hf()
         release_memory()
         p = self.params
+        if backend(p) != "torch":
+            self._load_runtime()
+            return
+        from negmine.encode import quiet_hf
+
+        quiet_hf()
         if p["kind"] == "cross-encoder":
             import torch
             from sentence_transformers import CrossEncoder
@@ -98,11 +156,13 @@ class Teacher:
                                      "max_seq_length": p["max_length"]}, self.model_path)
 
     def __call__(self, queries: list[str], docs: list[str]) -> np.ndarray:
-        from negmine.precision import autocast
-
         if self.model is None:
             self._load()
         p = self.params
+        if backend(p) != "torch":
+            return self._call_runtime(queries, docs)
+        from negmine.precision import autocast
+
         # 16-bit precisions: fp32 weights, matrix products under autocast (as the dense encoder)
         with autocast(resolved_precision(p), self.model.device.type):
             if p["kind"] == "cross-encoder":
@@ -116,10 +176,20 @@ class Teacher:
             d = self.model.encode(docs, prompt=p["doc_prompt"] or None, **enc).float()
         return (q * d).sum(dim=1).cpu().numpy().astype(np.float32)
 
+    def _call_runtime(self, queries: list[str], docs: list[str]) -> np.ndarray:
+        p = self.params
+        budget = p["batch_tokens"]
+        if p["kind"] == "cross-encoder":
+            return self.model.predict([f"{p['query_prompt']}{q}" for q in queries],
+                                      [f"{p['doc_prompt']}{d}" for d in docs], budget, p["batch_size"])
+        q = self.model.encode(queries, p["query_prompt"], budget, p["batch_size"], p["normalize"])
+        d = self.model.encode(docs, p["doc_prompt"], budget, p["batch_size"], p["normalize"])
+        return np.einsum("ij,ij->i", q, d).astype(np.float32)
 
-def teacher_worker(params: Mapping[str, Any], model_path: Path):
+
+def teacher_worker(params: Mapping[str, Any], model_path: Path, cache_root: Path | None = None):
     """A worker for `engine.map`: (query texts, document texts) -> the teacher's scores."""
-    teacher = Teacher(params, model_path)
+    teacher = Teacher(params, model_path, cache_root)
     return lambda batch: teacher(*batch)
 
 
@@ -191,8 +261,9 @@ def _fill_store(store: Path, need: pa.Table, all_q: pa.Array, all_i: np.ndarray,
         batches = (([texts.queries[q] for q in qids[a:a + step]], texts.docs(didx[a:a + step].tolist()))
                    for a in range(0, new, step))
         # the teacher runs here (local engine) or in a pool of actors; this process stays the store's one writer
-        scored = engine.current().map(functools.partial(teacher_worker, params, model_path), batches,
-                                      workers=params["workers"], gpu=True)
+        # a runtime backend's export lives in the cache beside the pair stores (<cache>/pairs/<store>)
+        scored = engine.current().map(functools.partial(teacher_worker, params, model_path, store.parent.parent),
+                                      batches, workers=params["workers"], gpu=backend(params) == "torch")
         with bar(total=new, desc="score pairs", unit="pair") as progress:
             for a, s in zip(range(0, new, step), scored):
                 part = pa.table({"qkey": todo["qkey"].slice(a, step), "dkey": todo["dkey"].slice(a, step),
@@ -267,13 +338,17 @@ def score(params: Mapping[str, Any], model_path: Path, store: Path, ingest_dir: 
 def _params(cfg: Config, ctx: Context) -> dict[str, Any]:
     from negmine.encode import resolve_model
 
-    sc = cfg["score"]
-    path = resolve_model(sc["teacher"], "[score] teacher")
+    path = resolve_model(cfg["score"]["teacher"], "[score] teacher")
+    sc = {**cfg["score"]}
+    sc["backend"] = resolved_backend(sc, path, cfg["run"]["engine"])  # "auto" never enters a key
     fp = ctx.fingerprint(path)
-    # the precision as resolved on this machine: "auto" never enters a key
-    return {"teacher": fp, **{k: sc[k] for k in KEY_SETTINGS}, "precision": resolved_precision(sc),
+    # the precision as resolved on this machine: "auto" never enters a key; the backend enters where it is not
+    # torch, so torch keys are what they were before it was a setting
+    runtime = {"backend": sc["backend"]} if sc["backend"] != "torch" else {}
+    return {"teacher": fp, **{k: sc[k] for k in KEY_SETTINGS}, "precision": resolved_precision(sc), **runtime,
             "teacher_path": str(path),
-            "store": str(store_dir(ctx.cache_root, fp, sc)), "batch_size": sc["batch_size"], "device": sc["device"],
+            "store": str(store_dir(ctx.cache_root, fp, sc)), "batch_size": sc["batch_size"],
+            "batch_tokens": sc["batch_tokens"], "device": sc["device"],
             "flush_pairs": sc["flush_pairs"], "workers": sc["workers"]}
 
 
@@ -286,6 +361,7 @@ STAGE = Stage(
     unkeyed={"teacher_path": "where the model is; its files enter the key by their content (teacher)",
              "store": "the pair store shared by runs of this teacher and settings (keyed by both)",
              "batch_size": "speed only", "device": "speed only",
+             "batch_tokens": "speed and memory only (scores equal within float rounding)",
              "flush_pairs": "how much a killed run loses, not the scores",
              "workers": "speed only: teacher actors on the Ray engine"})
 
@@ -307,13 +383,18 @@ def _teacher_params(cfg: Config, ctx: Context) -> dict[str, Any]:
         else:
             path = resolve_model(spec["model"], f"[ensemble] teachers {spec['name']!r} model")
             fp = ctx.fingerprint(path)
-            settings = {**{k: spec[k] for k in MODEL_KEYS}, "precision": resolved_precision(sc), "device": sc["device"]}
+            runtime = resolved_backend({**sc, "kind": spec["kind"]}, path, cfg["run"]["engine"])
+            settings = {**{k: spec[k] for k in MODEL_KEYS}, "precision": resolved_precision({**sc, "backend": runtime}),
+                        "device": sc["device"], "backend": runtime}
             t.update({"model": fp, **{k: spec[k] for k in KEY_SETTINGS}, "precision": settings["precision"]})
+            if runtime != "torch":  # every model teacher runs on [score] backend; torch keys stay as they were
+                t["backend"] = runtime
             paths[spec["name"]] = str(path)
             stores[spec["name"]] = str(store_dir(ctx.cache_root, fp, settings))
         teachers.append(t)
     p = {"teachers": teachers, "model_paths": paths, "stores": stores, "batch_size": sc["batch_size"],
-         "device": sc["device"], "flush_pairs": sc["flush_pairs"], "workers": sc["workers"],
+         "batch_tokens": sc["batch_tokens"], "device": sc["device"], "flush_pairs": sc["flush_pairs"],
+         "workers": sc["workers"],
          "memory_budget": cfg["run"]["memory_budget"]}
     # a retriever teacher's section (how BM25 reads a query), less what changes only the speed of its stages
     from negmine.config import SPEED_ONLY
@@ -363,7 +444,8 @@ def score_teachers(inputs: Inputs, params: Mapping[str, Any], out_dir: Path) -> 
                                           queries["text"].to_pylist(), qpos, all_i)
             stats[name] = {"score_type": t["score_type"], "retriever": t["retriever"]}
             continue
-        tp = {**{k: t[k] for k in KEY_SETTINGS}, "precision": t["precision"], "batch_size": params["batch_size"],
+        tp = {**{k: t[k] for k in KEY_SETTINGS}, "precision": t["precision"], "backend": t.get("backend", "torch"),
+              "teacher": t["model"], "batch_size": params["batch_size"], "batch_tokens": params["batch_tokens"],
               "device": params["device"], "flush_pairs": params["flush_pairs"], "workers": params["workers"]}
         with tables.Texts(ingest_dir) as texts:
             values, new, distinct = pair_scores(tp, Path(params["model_paths"][name]), Path(params["stores"][name]),
@@ -389,6 +471,7 @@ TEACHERS_STAGE = Stage(
     unkeyed={"model_paths": "where the models are; their files enter the key by their content (teachers)",
              "stores": "the pair stores shared by runs of each teacher and settings (keyed by both)",
              "batch_size": "speed only", "device": "speed only",
+             "batch_tokens": "speed and memory only (scores equal within float rounding)",
              "flush_pairs": "how much a killed run loses, not the scores",
              "workers": "speed only: teacher actors on the Ray engine",
              "memory_budget": "sizes the BM25 product blocks: bounds memory, not the scores"})
