@@ -706,8 +706,9 @@ def render(report: dict[str, Any]) -> str:
         if "cpu_s" in nm:
             child = nm.get("children_rss_peak_mib") or 0
             lines.append(f"{name}: CPU seconds (user + system, children included) negmine {nm['cpu_s']:.1f}, ST "
-                         f"{st['cpu_s']:.1f}: {ra['cpu']:.2f}x" + (f"; negmine's largest child process (a model "
-                                                                    f"export) peaked at {child:.0f} MiB" if child > 1 else ""))
+                         f"{st['cpu_s']:.1f}: {ra['cpu']:.2f}x" + (f"; negmine's largest child process (a torch "
+                                                                    f"export, or a fork sharing its pages) peaked at "
+                                                                    f"{child:.0f} MiB" if child > 1 else ""))
     lines.append("")
     for name, r in report["scenarios"].items():
         nm, st = r["negmine"], r["st"]
