@@ -58,7 +58,7 @@ def _overrides(name: str, config: Path, data: Path, work: Path, teacher: Path | 
     overrides = [f"input.path={json.dumps(str(data))}", f"export.dir={json.dumps(str(out))}",
                  f"dense.precision={json.dumps(precision)}", f"score.precision={json.dumps(precision)}"]
     if precision == "fp32":  # the reference everywhere: torch in fp32 ("auto" runs OpenVINO where it can)
-        overrides.append('dense.backend="torch"')
+        overrides += ['dense.backend="torch"', 'score.backend="torch"']
     if config.stem in TEACHER_PRESETS:
         overrides.append(f"score.teacher={json.dumps(str(teacher))}")
     return overrides
