@@ -77,8 +77,13 @@ def test_the_runtime_tokenizer_gives_the_models_own_ids(minilm_fp32, exports):
         ids, _, prompt_len = model.tokenize(texts, prompt)
         ref = torch_model.preprocess(texts, prompt=prompt or None,
                                      processing_kwargs={"common": {"return_tensors": None}, "text": {"padding": False}})
-        assert ids == ref["input_ids"]
+        assert [x.tolist() for x in ids] == ref["input_ids"]
         assert prompt_len == ref.get("prompt_length", 0)
+    # in chunks of the tokenizer calls: the same ids across a chunk boundary
+    many = (texts * (backends.TOKENIZE_CHUNK // len(texts) + 2))[:backends.TOKENIZE_CHUNK + 3]
+    ids, _, _ = model.tokenize(many, "")
+    whole = model.tokenizer.encode_batch(many, add_special_tokens=True)
+    assert [x.tolist() for x in ids] == [e.ids for e in whole]
 
 
 def test_encoding_with_a_runtime_imports_no_torch(minilm_fp32, exports):
