@@ -75,8 +75,10 @@ def negatives(args: argparse.Namespace) -> dict:
               "auto_resolves_to": resolve("auto", ""), "backend": args.backend}
     # "fp32-fixed": fp32 in fixed batches of 64 (no token budget), the float-noise floor: two fp32 runs whose
     # vectors differ only in the last bits
-    arms = {"fp32": ["dense.precision='fp32'"], "auto": [f"dense.backend='{args.backend}'", "dense.precision='auto'"],
-            "fp32-fixed": ["dense.precision='fp32'", "dense.batch_tokens=0"]}
+    # the reference is torch in fp32 (backend "auto" would run OpenVINO's fp32)
+    arms = {"fp32": ["dense.backend='torch'", "dense.precision='fp32'"],
+            "auto": [f"dense.backend='{args.backend}'", "dense.precision='auto'"],
+            "fp32-fixed": ["dense.backend='torch'", "dense.precision='fp32'", "dense.batch_tokens=0"]}
     for preset in args.presets.split(","):
         sets = {}
         for arm in ("fp32", "auto") + (("fp32-fixed",) if args.noise_floor else ()):

@@ -17,7 +17,7 @@ activations quantized per batch); for OpenVINO `bf16` (its CPU plugin's inferenc
 bf16 in hardware). OpenVINO int8 would need nncf's weight compression: OpenVINO runs onnxruntime's quantized graph,
 but at less than half its fp32 speed here (107 against 44 CPU seconds), so it is not offered. OpenVINO's CPU plugin may pick bf16 by itself on some CPUs, so the precision is always set explicitly.
 
-Exports live in the cache (`<cache>/export/<key>`, with the same meta.json and checksums as a stage entry, so
+Exports live in the cache (`<cache>/models/<key>`, with the same meta.json and checksums as a stage entry, so
 `negmine cache verify` and `list` see them), keyed by the model's fingerprint, the format, the head (where it is
 not the token embeddings) and the export code's version; they are written atomically under the key's lock, and a
 damaged one is exported again.
@@ -40,6 +40,7 @@ import numpy as np
 from negmine.errors import ConfigError
 
 log = logging.getLogger("negmine.backends")
+MODELS_DIR = "models"  # beside the stage folders; not "export", the output stage's own folder
 EXPORT_VERSION = "2"  # 2: built in-process by negmine.graph where it can
 RUNTIMES = {"onnx": "onnxruntime", "openvino": "openvino"}
 PRECISIONS = {"onnx": ("fp32", "int8"), "openvino": ("fp32", "bf16")}
@@ -69,14 +70,14 @@ def auto_backend(precision: str, device: str, devices: Sequence[str], model_path
 
     OpenVINO's CPU plugin encodes MiniLM at 2.76x sentence-transformers' fp32 rate on a CPU with AVX512-BF16, and a
     run without torch peaks lower (bench/README.md). torch stays where OpenVINO cannot run the job: a GPU (the
-    configured device, or "" with a CUDA GPU present), several devices, fp16 (autocast only), a model whose modules
+    configured device, or "" with a CUDA GPU present), GPUs among `devices`, fp16 (autocast only), a model whose modules
     the numpy pooling does not mirror, or OpenVINO not installed. int8 is onnxruntime's quantized graph.
     """
     from negmine.precision import cuda_capability
 
     if precision == "int8":
         return "onnx"
-    if precision == "fp16" or devices or device not in ("", "cpu"):
+    if precision == "fp16" or any(d != "cpu" for d in devices) or device not in ("", "cpu"):
         return "torch"
     if device == "" and cuda_capability(0) is not None:
         return "torch"
@@ -209,7 +210,7 @@ def exported_model(model_path: Path, fingerprint: str, backend: str, precision: 
     if head not in HEADS:
         raise ValueError(f"unknown export head {head!r}")
     key = export_key(fingerprint, backend, precision, head)
-    stage_dir = cache_root / "export"
+    stage_dir = cache_root / MODELS_DIR
     entry = stage_dir / key
     name = "model-int8.onnx" if precision == "int8" else "model.onnx"
     if entry.is_dir() and check_entry(entry, hashes=False) is None:
@@ -239,7 +240,7 @@ def exported_model(model_path: Path, fingerprint: str, backend: str, precision: 
                     last = (proc.stderr.strip().splitlines() or ["no message"])[-1]
                     raise ConfigError(f"exporting {model_path} to ONNX for backend {backend} failed ({last}); "
                                       "use backend \"torch\"")
-            meta = {"stage": "export", "key": key,
+            meta = {"stage": "model-export", "key": key,
                     "stats": {"model": str(model_path), "int8": precision == "int8", "head": head,
                               "builder": builder},
                     "seconds": time.perf_counter() - start, "created": time.time(), "files": file_records(tmp)}

@@ -44,12 +44,12 @@ KEY_SETTINGS = ("query_prompt", "doc_prompt", "max_seq_length", "normalize", "pr
 def resolved_backend(params: Mapping[str, Any], engine: str = "local") -> str:
     """What [dense] backend means on this machine: "auto" is OpenVINO on a CPU, else torch (`backends.auto_backend`).
 
-    On the Ray engine "auto" is torch: the workers may have GPUs that the machine resolving the setting cannot see.
-    """
+    Resolved here, whatever the engine, so the Ray engine writes what the local one does (its workers run the same
+    runtime; a runtime backend asks Ray for no GPU). `engine` is kept for callers; set backend = "torch" to encode
+    on a cluster's GPUs."""
+    del engine  # the same resolution on every engine: same inputs, same outputs
     if params["backend"] != "auto":
         return params["backend"]
-    if engine != "local":
-        return "torch"
     from negmine.backends import auto_backend
 
     path = Path(params["model_path"]) if params.get("model_path") else resolve_model(params["model"])
@@ -386,7 +386,8 @@ def _map(worker: functools.partial, items: Iterator[Any], params: Mapping[str, A
         from negmine.engine.processes import map_on_devices
 
         return map_on_devices(factories, devices, items)
-    return engine.current().map(worker, items, workers=params["workers"], gpu=True)
+    # a runtime backend runs on CPUs: its actors hold no GPU
+    return engine.current().map(worker, items, workers=params["workers"], gpu=params["backend"] == "torch")
 
 
 class ShardEncoder:

@@ -103,7 +103,7 @@ def test_a_damaged_export_is_exported_again(tiny_bi_encoders, tmp_path):
     params = _params(backend="onnx", model="tiny-fingerprint")
     model = encode_mod.load_model(params, tiny_bi_encoders[0], tmp_path)
     ref = encode_mod.encode_texts(model, _texts(6), params, "")
-    graph = next((tmp_path / "export").glob("*/model.onnx"))
+    graph = next((tmp_path / "models").glob("*/model.onnx"))
     graph.write_bytes(graph.read_bytes()[: graph.stat().st_size // 2])
     again = encode_mod.load_model(params, tiny_bi_encoders[0], tmp_path)
     np.testing.assert_array_equal(encode_mod.encode_texts(again, _texts(6), params, ""), ref)

@@ -228,7 +228,9 @@ def test_a_cached_dense_run_never_imports_torch(tmp_path, small, tiny_bi_encoder
     import subprocess
     import sys
 
-    over = _over(tmp_path, small, tiny_bi_encoders[0], f"score.teacher='{tiny_cross_encoder}'")
+    # torch for both models, so the first run imports it (a runtime backend never does: tests/test_backends.py)
+    over = _over(tmp_path, small, tiny_bi_encoders[0], f"score.teacher='{tiny_cross_encoder}'",
+                 "dense.backend='torch'", "score.backend='torch'")
     code = ("import sys, negmine; r = negmine.mine(None, sys.argv[1:]); "
             "print(r.computed, 'torch' in sys.modules, 'sentence_transformers' in sys.modules)")
     env = {**__import__("os").environ, "NEGMINE_PROGRESS": "0"}

@@ -283,7 +283,7 @@ def _params(**over) -> dict:
 
 
 def _meta(cache: Path) -> dict:
-    (entry,) = [p for p in (cache / "export").iterdir() if p.is_dir() and not p.name.startswith(".")]
+    (entry,) = [p for p in (cache / "models").iterdir() if p.is_dir() and not p.name.startswith(".")]
     return read_meta(entry)
 
 
@@ -338,7 +338,7 @@ def test_building_and_running_an_export_imports_no_torch(tiny_bi_encoders, tmp_p
 def test_a_damaged_graph_export_is_built_again(tiny_bi_encoders, tmp_path):
     model = encode_mod.load_model(_params(), tiny_bi_encoders[0], tmp_path)
     ref = encode_mod.encode_texts(model, sample_texts(4), _params(), "")
-    path = next((tmp_path / "export").glob("*/model.onnx"))
+    path = next((tmp_path / "models").glob("*/model.onnx"))
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])  # cut short, as by a full disk
     again = encode_mod.load_model(_params(), tiny_bi_encoders[0], tmp_path)
     np.testing.assert_array_equal(encode_mod.encode_texts(again, sample_texts(4), _params(), ""), ref)
@@ -350,7 +350,7 @@ def test_an_export_with_external_data_records_and_verifies_the_data_file(tiny_bi
     model = encode_mod.load_model(_params(backend="openvino"), tiny_bi_encoders[0], tmp_path)
     meta = _meta(tmp_path)
     assert sorted(meta["files"]) == ["model.onnx", "model.onnx.data"]
-    entry = next((tmp_path / "export").glob("*/model.onnx")).parent
+    entry = next((tmp_path / "models").glob("*/model.onnx")).parent
     (entry / "model.onnx.data").write_bytes(b"\0" * (entry / "model.onnx.data").stat().st_size)
     assert "model.onnx.data" in (check_entry(entry) or "")
     assert encode_mod.encode_texts(model, ["wings"], _params(backend="openvino"), "").shape == (1, 32)

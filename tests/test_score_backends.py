@@ -177,7 +177,7 @@ def test_a_cross_encoder_with_several_labels_is_refused_on_a_runtime(cross_encod
     (two / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ConfigError, match="has 2 labels"):
         Teacher(_teacher_params(backend="onnx"), two, tmp_path / "cache")(["q"], ["d"])
-    assert not (tmp_path / "cache" / "export").exists()  # refused before any export
+    assert not (tmp_path / "cache" / "models").exists()  # refused before any export
 
 
 def test_score_keys_differ_per_backend_and_precision_and_torch_fp32_keys_are_unchanged(monkeypatch):
