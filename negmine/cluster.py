@@ -132,7 +132,7 @@ def _params(cfg: Config, ctx: Context) -> dict[str, Any]:
     from negmine import encode
 
     path = encode.resolve_model(d["model"])
-    settings = encode.key_settings(d, cfg["run"]["engine"])
+    settings = encode.key_settings(d)
     p.update(vectors="own", model=ctx.fingerprint(path), model_path=str(path),
              dense={k: settings[k] for k in (*QUERY_SETTINGS, "precision_mode") if k in settings},
              device=d["device"], batch_size_encode=d["batch_size"], batch_tokens=d["batch_tokens"])

@@ -41,13 +41,11 @@ log = logging.getLogger("negmine.encode")
 KEY_SETTINGS = ("query_prompt", "doc_prompt", "max_seq_length", "normalize", "precision", "backend", "shard_size")
 
 
-def resolved_backend(params: Mapping[str, Any], engine: str = "local") -> str:
+def resolved_backend(params: Mapping[str, Any]) -> str:
     """What [dense] backend means on this machine: "auto" is OpenVINO on a CPU, else torch (`backends.auto_backend`).
 
-    Resolved here, whatever the engine, so the Ray engine writes what the local one does (its workers run the same
-    runtime; a runtime backend asks Ray for no GPU). `engine` is kept for callers; set backend = "torch" to encode
-    on a cluster's GPUs."""
-    del engine  # the same resolution on every engine: same inputs, same outputs
+    The engine plays no part, so the Ray engine writes what the local one does (its workers run the same runtime; a
+    runtime backend asks Ray for no GPU); set backend = "torch" to encode on a cluster's GPUs."""
     if params["backend"] != "auto":
         return params["backend"]
     from negmine.backends import auto_backend
@@ -56,20 +54,20 @@ def resolved_backend(params: Mapping[str, Any], engine: str = "local") -> str:
     return auto_backend(params["precision"], params["device"], params["devices"], path)
 
 
-def resolved_precision(params: Mapping[str, Any], engine: str = "local") -> str:
+def resolved_precision(params: Mapping[str, Any]) -> str:
     """What [dense] precision means on this machine ("auto" resolved by the hardware)."""
-    return precision_mod.resolve(params["precision"], params["device"], resolved_backend(params, engine))
+    return precision_mod.resolve(params["precision"], params["device"], resolved_backend(params))
 
 
-def key_settings(params: Mapping[str, Any], engine: str = "local") -> dict[str, Any]:
+def key_settings(params: Mapping[str, Any]) -> dict[str, Any]:
     """The settings that enter the encode stage's key, with the precision as resolved here.
 
     16-bit precisions run under autocast (fp32 weights); "bf16" used to mean bf16 weights, which gives other
     vectors, so the mode is keyed too. fp32 keys are unchanged, so fp32 caches stay valid.
     """
     out = {k: params[k] for k in KEY_SETTINGS}
-    out["backend"] = resolved_backend(params, engine)  # "auto" never enters a key either
-    out["precision"] = resolved_precision(params, engine)
+    out["backend"] = resolved_backend(params)  # "auto" never enters a key either
+    out["precision"] = resolved_precision(params)
     if out["precision"] != "fp32" and out["backend"] == "torch":
         out["precision_mode"] = "autocast"
     if out["backend"] != "torch":  # negmine's own export (sentence-transformers' ONNX backend used to be "onnx")

