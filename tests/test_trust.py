@@ -495,8 +495,10 @@ app()
 """
     env = {**os.environ, "PYTHONPATH": str(REPO), "NEGMINE_PROGRESS": "0", "TMPDIR": str(tmp_path / "tmp")}
     (tmp_path / "tmp").mkdir()
+    # SIGINT as a terminal delivers it: a test run started in the background of a script (CI) inherits it ignored,
+    # and a child that ignores it would never see the signal under test
     proc = subprocess.Popen([sys.executable, "-c", script], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 120
     while not marker.exists():
         assert proc.poll() is None and time.time() < deadline, proc.stderr.read() if proc.poll() is not None else ""
