@@ -242,7 +242,7 @@ def test_backend_auto_runs_openvino_on_a_cpu_and_torch_where_openvino_cannot(tmp
     assert backends.auto_backend("auto", "cuda:0", [], model) == "torch"
     assert backends.auto_backend("auto", "", ["cuda:0", "cuda:1"], model) == "torch"
     assert backends.auto_backend("auto", "", ["cpu", "cpu"], model) == "openvino"  # devices change only the speed
-    # resolved from the settings and the model alone (no engine enters it: tests/test_ray.py checks Ray writes what local does)
+    # from the settings and the model alone; tests/test_ray.py checks that Ray writes what local does
     settings = {"backend": "auto", "precision": "auto", "device": "", "devices": [], "model_path": str(model)}
     assert encode_mod.resolved_backend(settings) == "openvino"
     monkeypatch.setattr(precision, "cuda_capability", lambda index=0: (8, 0))
