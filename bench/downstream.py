@@ -170,7 +170,8 @@ def mine_rows(name: str, overrides: list[str], work: Path, docs: int | None) -> 
            # mined in fp32 with sentence-transformers' own batches, as the table's first rows were: the sampled
            # presets re-draw when a near-tie swaps under another precision, which would change a row's training
            # rows (and so rerun it) for a reason that has nothing to do with the mining method
-           "--set", "dense.precision='fp32'", "--set", "dense.batch_tokens=0",
+           # on torch, as those rows were: "auto" now runs OpenVINO on a CPU, whose fp32 differs in the last bits
+           "--set", "dense.precision='fp32'", "--set", "dense.batch_tokens=0", "--set", "dense.backend='torch'",
            "-o", str(out), "--cache-dir", str(work / "cache"), "-q"]
     subprocess.run(cmd, check=True, env={**os.environ, "NEGMINE_PROGRESS": "0"})
     return rows_file(name, overrides, work)
