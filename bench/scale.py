@@ -361,7 +361,10 @@ def run_size(n_docs: int, args: argparse.Namespace, work: Path) -> dict:
     env = {**os.environ, "NEGMINE_PROGRESS": "0"}
     env["PYTHONPATH"] = os.pathsep.join([str(args.negmine)] + [p for p in [env.get("PYTHONPATH")] if p])
     row: dict = {"documents": n_docs, "queries": -(-n_docs // args.query_every), "stages": {}}
-    for until, stage in STAGES[args.retriever]:
+    plan = list(STAGES[args.retriever])
+    if any(o.startswith("ensemble.teachers") for o in args.set):  # the teachers' scores: a stage of its own
+        plan.insert(plan.index(("retrieve", "retrieve")) + 1, ("score", "teachers"))
+    for until, stage in plan:
         if args.skip and stage in args.skip.split(","):
             continue
         cmd = ["nice", "-n", "10", sys.executable, str(Path(__file__).resolve()), "--worker", "--config",

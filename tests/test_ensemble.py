@@ -266,3 +266,53 @@ def test_a_bad_ensemble_setting_is_refused_in_one_line_before_any_work(tmp_path,
     assert fragment in err, err
     assert not (tmp_path / "out").exists()
     assert not any((tmp_path / "cache").glob("*/*/meta.json"))  # no stage entry written
+
+
+@pytest.mark.parametrize("strategy", ["random", "softmax", "simans", "top1-random"])
+def test_cross_sampling_with_a_randomised_strategy_draws_from_the_keyed_uniforms(tmp_path, tiny_cross_encoder,
+                                                                                  strategy):
+    """The [sample] strategy under cross-sampling draws from the candidates' keyed uniforms, as the plain stage
+    does (they were not handed over, and every randomised strategy failed)."""
+    from negmine.hashing import seed_for
+    from negmine.samplers.keys import uniforms
+
+    teachers = f"ensemble.teachers=['bm25', {_teacher(tiny_cross_encoder, 'ce')}]"
+    result = negmine.mine(None, _over(tmp_path, teachers, "ensemble.sampling='cross'",
+                                      f"sample.strategy='{strategy}'", "sample.rank_max=15"))
+    negs = _stage_table(result, "sample", "negatives.parquet").to_pandas()
+    assert len(negs) > 0 and not negs.duplicated(["query_id", "doc_id"]).any()
+    if strategy == "random":  # uniform: each query's 3 smallest keyed uniforms among its eligible candidates
+        kept = _stage_table(result, "exclude", "kept.parquet").to_pandas()
+        kept = kept[(kept["relax_level"] == 0) & (kept["rank"] <= 15)]
+        for qid, group in kept.groupby("query_id"):
+            u = uniforms(seed_for(42, qid), group["doc_id"].tolist())
+            assert set(negs[negs["query_id"] == qid]["doc_id"]) == set(group["doc_id"].to_numpy()[np.argsort(u)[:3]])
+
+
+def test_the_ensemble_sampler_reads_the_pool_in_chunks_and_writes_the_same_data(tmp_path, tiny_cross_encoder,
+                                                                                monkeypatch):
+    """Bounded memory: the pool and the teachers' scores are read a few rows at a time (a query never split, one
+    longer than a chunk carried whole), and every mode writes what one chunk writes."""
+    import shutil
+
+    import negmine.samplers.ensemble as ensemble
+
+    teachers = f"ensemble.teachers=['bm25', {_teacher(tiny_cross_encoder, 'ce')}]"
+    modes = {"cross": ["ensemble.sampling='cross'", "sample.strategy='softmax'"],
+             "intra": ["ensemble.sampling='intra'", "ensemble.agreement=true", "ensemble.agreement_alpha=0.99"],
+             "none": ["ensemble.sampling='none'", "ensemble.agreement=true", "sample.strategy='random'"]}
+    seen: dict[str, tuple] = {}
+    for rows in (1 << 16, 1, 7, 45):  # 45: several queries a chunk (top_k 20), cut mid-query
+        monkeypatch.setattr(ensemble, "CHUNK_ROWS", rows)
+        for mode, extra in modes.items():
+            shutil.rmtree(tmp_path / "cache" / "sample", ignore_errors=True)
+            result = negmine.mine(None, _over(tmp_path, teachers, *extra))
+            st = result.stages["sample"]
+            assert st.status != "cached"
+            data = {p.name: pq.read_table(p).combine_chunks().to_pydict() for p in sorted(st.path.glob("*.parquet"))}
+            got = (data, st.stats, (tmp_path / "out" / "triplet.jsonl").read_bytes())
+            seen.setdefault(mode, got)
+            assert got == seen[mode], (rows, mode)
+            if rows == 7:  # the work was cut: one query (about 19 candidates) a chunk
+                assert pq.ParquetFile(st.path / "negatives.parquet").num_row_groups > 5
+    assert seen["intra"][1]["agreement"]["dropped"] > 0 and seen["none"][1]["agreement"]["dropped"] > 0

@@ -21,7 +21,7 @@ from __future__ import annotations
 import tempfile
 from collections import Counter
 from dataclasses import replace
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +33,9 @@ import pyarrow.parquet as pq
 from negmine import schema
 from negmine.filters.agreement import agreement, keep_all, vetoes
 from negmine.hashing import seed_for
+from negmine.progress import bar
 from negmine.samplers import SAMPLERS
+from negmine.samplers.keys import uniforms
 from negmine.stage import Config, Context, Inputs, Params, Stage
 from negmine.teachers import (NEGATIVE_TEACHERS_FILE, TEACHER_POSITIVES_FILE, TEACHERS_FILE, teacher_specs,
                               uses_teachers)
@@ -100,113 +102,188 @@ def _positive_matrix(path: Path, names: list[str], query_ids: pa.Array, how: str
     return out
 
 
-def _teacher_matrix(pool: pa.Table, path: Path, names: list[str]) -> np.ndarray:
-    """(pool rows, teachers): each teacher's score of each pooled candidate, by (query, corpus row)."""
-    scores = pq.read_table(path, columns=["query_id", "doc_idx", *names])
-    rows = pool.select(["query_id", "doc_idx"]).append_column("row", pa.array(np.arange(pool.num_rows), pa.int64()))
-    joined = rows.join(scores, ["query_id", "doc_idx"], join_type="left outer").sort_by("row")
-    if joined.num_rows != pool.num_rows:
-        raise RuntimeError("a candidate appears twice in the teachers' scores; clear the cache and rerun")
-    m = np.column_stack([joined[n].to_numpy(zero_copy_only=False).astype(np.float64) for n in names]) \
-        if names else np.zeros((pool.num_rows, 0))
-    if np.isnan(m).any():
-        raise RuntimeError("a candidate has no teacher score; the teachers stage is stale: clear the cache")
-    return m
+# rows of the pool (and of the teachers' scores) read at a time: memory follows this, not the pool's size
+CHUNK_ROWS = 1 << 16
+
+
+def _query_chunks(path: Path, columns: list[str] | None = None) -> Iterator[pa.Table]:
+    """The pool in tables of whole queries, about CHUNK_ROWS rows each: a query cut by a batch boundary is carried
+    into the next table, so no query is ever split, whatever the file's row groups are."""
+    batches = pq.ParquetFile(path).iter_batches(batch_size=CHUNK_ROWS, columns=columns)
+    carry: pa.Table | None = None
+    t: pa.Table | None = None
+    batch = next(batches, None)
+    while batch is not None:
+        t = pa.Table.from_batches([batch])
+        if carry is not None:
+            t = pa.concat_tables([carry, t])
+        batch = next(batches, None)
+        if batch is None:  # the last batch ends its last query
+            break
+        # the start of the last query's rows: everything before it is whole
+        cut = t.num_rows - len(pc.indices_nonzero(pc.equal(t["query_id"], t["query_id"][-1])))
+        if cut == 0:  # one query fills the table: keep reading
+            carry = t
+            continue
+        yield t.slice(0, cut).combine_chunks()
+        carry = t.slice(cut)
+    if t is not None and t.num_rows:
+        yield t.combine_chunks()
+
+
+class _TeacherScores:
+    """The teachers' scores of the pool's candidates, read alongside it: both files keep the retrieve stage's query
+    order (the pool is its candidates less the excluded ones), so the scores of a chunk's queries are the rows up to
+    the end of its last query's block, read once, in order."""
+
+    def __init__(self, path: Path, names: list[str]):
+        self.names = names
+        self.batches = pq.ParquetFile(path).iter_batches(batch_size=CHUNK_ROWS, columns=["query_id", "doc_idx", *names])
+        self.buf = pa.table({"query_id": pa.array([], pa.string()), "doc_idx": pa.array([], pa.int64()),
+                             **{n: pa.array([], pa.float32()) for n in names}})
+
+    def _through(self, qid: str) -> pa.Table:
+        """Every row up to the end of `qid`'s block (rows of queries the pool lacks fall in it and are ignored)."""
+        while True:
+            hits = pc.indices_nonzero(pc.equal(self.buf["query_id"], qid))
+            if len(hits) and hits[-1].as_py() < self.buf.num_rows - 1:  # the block is whole: another query follows
+                cut = hits[-1].as_py() + 1
+                break
+            batch = next(self.batches, None)
+            if batch is None:
+                cut = self.buf.num_rows
+                break
+            self.buf = pa.concat_tables([self.buf, pa.Table.from_batches([batch]).cast(self.buf.schema)])
+        out, self.buf = self.buf.slice(0, cut), self.buf.slice(cut)
+        return out
+
+    def matrix(self, pool: pa.Table) -> np.ndarray:
+        """(pool rows, teachers): each teacher's score of each candidate of `pool` (whole queries, in order)."""
+        names = self.names
+        scores = self._through(pool["query_id"][-1].as_py()) if pool.num_rows else self.buf.slice(0, 0)
+        rows = pool.select(["query_id", "doc_idx"]).append_column("row", pa.array(np.arange(pool.num_rows),
+                                                                                  pa.int64()))
+        joined = rows.join(scores, ["query_id", "doc_idx"], join_type="left outer").sort_by("row")
+        if joined.num_rows != pool.num_rows:
+            raise RuntimeError("a candidate appears twice in the teachers' scores; clear the cache and rerun")
+        m = np.column_stack([joined[n].to_numpy(zero_copy_only=False).astype(np.float64) for n in names]) \
+            if names else np.zeros((pool.num_rows, 0))
+        if np.isnan(m).any():
+            raise RuntimeError("a candidate has no teacher score; the teachers stage is stale: clear the cache")
+        return m
 
 
 def ensemble_sample(params: Mapping[str, Any], ingest_dir: Path, pool_path: Path, teachers_dir: Path,
                     out_dir: Path, plain: Stage) -> dict[str, Any]:
     """The agreement filter (when on), then cross- or intra-sampling, or the `plain` sample stage on the agreed
-    pool (sampling "none")."""
+    pool (sampling "none"); the pool is read a chunk of whole queries at a time."""
     from negmine import tables
 
     names = list(params["teachers"])
     query_ids = tables.mined_query_ids(ingest_dir)
     qindex = {q: i for i, q in enumerate(query_ids.to_pylist())}
-    pf = pq.ParquetFile(pool_path)
-    pool = pf.read()
-    scores = _teacher_matrix(pool, teachers_dir / TEACHERS_FILE, names)
     pos = _positive_matrix(teachers_dir / TEACHER_POSITIVES_FILE, names, query_ids, params["positive_score"])
-    qrow = np.array([qindex[q] for q in pool["query_id"].to_pylist()], dtype=np.int64)
-    # the agreement filter, over the whole pool (before the rank window), as the exclude stage's filters
-    agree = np.ones(pool.num_rows, dtype=bool)
-    stats_agree = None
-    if params["agreement"]:
-        passes = agreement(scores, pos[qrow] if len(qrow) else np.zeros((0, len(names))), params["agreement_alpha"])
-        agree = keep_all(passes)
-        stats_agree = {"alpha": params["agreement_alpha"], "candidates": pool.num_rows, "kept": int(agree.sum()),
-                       "dropped": int((~agree).sum()), "vetoes": vetoes(passes, names)}
+    teacher_scores = _TeacherScores(teachers_dir / TEACHERS_FILE, names)
+    agreement_stats: Counter = Counter()
+    veto_counts: Counter = Counter()
+
+    def chunks() -> Iterator[tuple[pa.Table, np.ndarray, np.ndarray, np.ndarray]]:
+        """(pool chunk, its teacher score matrix, each row's query position, the agreement filter's verdict)."""
+        for pool in bar(_query_chunks(pool_path), desc="sample", unit="chunk"):
+            scores = teacher_scores.matrix(pool)
+            qrow = np.array([qindex[q] for q in pool["query_id"].to_pylist()], dtype=np.int64)
+            agree = np.ones(pool.num_rows, dtype=bool)
+            if params["agreement"]:  # over the whole pool (before the rank window), as the exclude stage's filters
+                passes = agreement(scores, pos[qrow], params["agreement_alpha"])
+                agree = keep_all(passes)
+                agreement_stats.update(candidates=pool.num_rows, kept=int(agree.sum()), dropped=int((~agree).sum()))
+                veto_counts.update(vetoes(passes, names))
+            yield pool, scores, qrow, agree
+
+    def agreement_summary() -> dict[str, Any] | None:
+        if not params["agreement"]:
+            return None
+        return {"alpha": params["agreement_alpha"], **{k: agreement_stats[k] for k in ("candidates", "kept", "dropped")},
+                "vetoes": {name: veto_counts[name] for name in names}}
+
     if params["ensemble"] == "none":  # the agreed pool, sampled by the [sample] strategy as without teachers
         with tempfile.TemporaryDirectory(dir=out_dir, prefix=".agreed-") as tmp:
             agreed = Path(tmp) / schema.KEPT_FILE
-            with pq.ParquetWriter(agreed, pf.schema_arrow) as writer:
-                offset = 0
-                for g in range(pf.num_row_groups):  # query-aligned row groups, as sampling expects
-                    t = pool.slice(offset, pf.metadata.row_group(g).num_rows)
-                    writer.write_table(t.filter(pa.array(agree[offset:offset + t.num_rows])))
-                    offset += t.num_rows
+            with pq.ParquetWriter(agreed, pq.read_schema(pool_path)) as writer:
+                for pool, _, _, agree in chunks():  # whole queries a row group, as sampling expects
+                    writer.write_table(pool.filter(pa.array(agree)))
             # the plain stage reads the pool as the exclude stage's kept.parquet: hand it the agreed one
             stats = plain.run(Inputs("sample", {"ingest": ingest_dir, "exclude": Path(tmp)}), params, out_dir)
-        return {**stats, "agreement": stats_agree}
-    return _pick(params, pool, scores, pos, qrow, agree, names, query_ids, out_dir) | (
-        {"agreement": stats_agree} if stats_agree else {})
+        return {**stats, "agreement": agreement_summary()}
+    stats = _pick(params, chunks(), pos, names, query_ids, out_dir)
+    summary = agreement_summary()
+    return stats | ({"agreement": summary} if summary else {})
 
 
-def _pick(params: Mapping[str, Any], pool: pa.Table, scores: np.ndarray, pos: np.ndarray, qrow: np.ndarray,
-          agree: np.ndarray, names: list[str], query_ids: pa.Array, out_dir: Path) -> dict[str, Any]:
+def _pick(params: Mapping[str, Any], chunks: Iterator[tuple[pa.Table, np.ndarray, np.ndarray, np.ndarray]],
+          pos: np.ndarray, names: list[str], query_ids: pa.Array, out_dir: Path) -> dict[str, Any]:
     n, seed, mode, strategy = params["num_negatives"], params["seed"], params["ensemble"], params["strategy"]
     lo, hi = params["rank_min"], params["rank_max"] or params["top_k"]
     opts = {k: params[k] for k in SAMPLERS[strategy].options}
-    ranks = pool["rank"].to_numpy()
-    eligible = agree & (pool["relax_level"].to_numpy() == 0) & (ranks >= lo) & (ranks <= hi)
-    qids = pool["query_id"].to_numpy(zero_copy_only=False)
     outcomes: Counter = Counter()
     by_teacher: Counter = Counter()
     queries_by_teacher: Counter = Counter()
-    picks: list[np.ndarray] = []
-    prov: dict[str, list] = {name: [] for name in PROVENANCE.names}
     seen: set[str] = set()
-    bounds = (np.flatnonzero(qids[1:] != qids[:-1]) + 1) if len(qids) else np.array([], dtype=np.int64)
-    for sl in (np.split(np.arange(len(qids)), bounds) if len(qids) else []):
-        qid = str(qids[sl[0]])
-        seen.add(qid)
-        rows = sl[eligible[sl]]
-        s = scores[rows]
-        if mode == "cross":
-            t = teacher_for(seed, qid, len(names))
-            queries_by_teacher[names[t]] += 1
-            rng = np.random.default_rng(seed_for(seed, qid))
-            local = cross_sample(ranks[rows], s, pos[qrow[sl[0]]], n, t, rng, strategy, opts)
-            by = np.full(len(local), t, dtype=np.int64)
-        else:
-            local, by = intra_sample(ranks[rows], s, n)
-        if len(local) < n and params["shortage"] == "drop":
-            outcomes["dropped"] += 1
-            continue
-        outcomes["full" if len(local) == n else "short"] += 1
-        picks.append(rows[local])
-        for p, t in zip(local.tolist(), by.tolist()):
-            order = teacher_ranking(s[:, t], ranks[rows])
-            prov["teacher"].append(names[t])
-            prov["teacher_rank"].append(int(np.flatnonzero(order == p)[0]) + 1)
-            prov["ensemble_score"].append(float(s[p, t]))
-            by_teacher[names[t]] += 1
+    total = 0
+    with pq.ParquetWriter(out_dir / schema.NEGATIVES_FILE, schema.NEGATIVES) as negatives_out, \
+            pq.ParquetWriter(out_dir / NEGATIVE_TEACHERS_FILE, PROVENANCE) as teachers_out:
+        for pool, scores, qrow, agree in chunks:
+            ranks = pool["rank"].to_numpy()
+            eligible = agree & (pool["relax_level"].to_numpy() == 0) & (ranks >= lo) & (ranks <= hi)
+            qids = pool["query_id"].to_numpy(zero_copy_only=False)
+            doc_ids = pool["doc_id"]
+            picks: list[np.ndarray] = []
+            prov: dict[str, list] = {name: [] for name in ("teacher", "teacher_rank", "ensemble_score")}
+            bounds = (np.flatnonzero(qids[1:] != qids[:-1]) + 1) if len(qids) else np.array([], dtype=np.int64)
+            for sl in (np.split(np.arange(len(qids)), bounds) if len(qids) else []):
+                qid = str(qids[sl[0]])
+                seen.add(qid)
+                rows = sl[eligible[sl]]
+                s = scores[rows]
+                if mode == "cross":
+                    t = teacher_for(seed, qid, len(names))
+                    queries_by_teacher[names[t]] += 1
+                    qseed = seed_for(seed, qid)
+                    # the keyed uniforms of the plain sample stage: randomised strategies draw from them
+                    u = uniforms(qseed, doc_ids.take(pa.array(rows, pa.int64())))
+                    local = cross_sample(ranks[rows], s, pos[qrow[sl[0]]], n, t, np.random.default_rng(qseed),
+                                         strategy, {**opts, "u": u})
+                    by = np.full(len(local), t, dtype=np.int64)
+                else:
+                    local, by = intra_sample(ranks[rows], s, n)
+                if len(local) < n and params["shortage"] == "drop":
+                    outcomes["dropped"] += 1
+                    continue
+                outcomes["full" if len(local) == n else "short"] += 1
+                picks.append(rows[local])
+                for p, t in zip(local.tolist(), by.tolist()):
+                    order = teacher_ranking(s[:, t], ranks[rows])
+                    prov["teacher"].append(names[t])
+                    prov["teacher_rank"].append(int(np.flatnonzero(order == p)[0]) + 1)
+                    prov["ensemble_score"].append(float(s[p, t]))
+                    by_teacher[names[t]] += 1
+            chosen = pool.take(pa.array(np.concatenate(picks) if picks else np.array([], dtype=np.int64)))
+            negatives_out.write_table(pa.table(
+                {"query_id": chosen["query_id"], "doc_id": chosen["doc_id"], "doc_idx": chosen["doc_idx"],
+                 "rank": chosen["rank"], "score": chosen["score"], "retriever": chosen["retriever"],
+                 "source": pa.array(["sample"] * chosen.num_rows, pa.string()),
+                 "teacher_score": chosen["teacher_score"], "filter_score": chosen["filter_score"]},
+                schema=schema.NEGATIVES))
+            teachers_out.write_table(pa.table({"query_id": chosen["query_id"], "doc_id": chosen["doc_id"], **prov},
+                                              schema=PROVENANCE))
+            total += chosen.num_rows
     # queries with no candidate left: a shortage of all n
     for qid in query_ids.to_pylist():
         if qid not in seen:
             outcomes["dropped" if params["shortage"] == "drop" else "short"] += 1
             if mode == "cross":
                 queries_by_teacher[names[teacher_for(seed, qid, len(names))]] += 1
-    chosen = pool.take(pa.array(np.concatenate(picks) if picks else np.array([], dtype=np.int64)))
-    negatives = pa.table({"query_id": chosen["query_id"], "doc_id": chosen["doc_id"], "doc_idx": chosen["doc_idx"],
-                          "rank": chosen["rank"], "score": chosen["score"], "retriever": chosen["retriever"],
-                          "source": pa.array(["sample"] * chosen.num_rows, pa.string()),
-                          "teacher_score": chosen["teacher_score"], "filter_score": chosen["filter_score"]},
-                         schema=schema.NEGATIVES)
-    pq.write_table(negatives, out_dir / schema.NEGATIVES_FILE)
-    prov["query_id"], prov["doc_id"] = chosen["query_id"], chosen["doc_id"]
-    pq.write_table(pa.table(prov, schema=PROVENANCE), out_dir / NEGATIVE_TEACHERS_FILE)
-    stats = {"negatives": chosen.num_rows, "queries": len(query_ids), "outcomes": dict(outcomes), "window": [lo, hi],
+    stats = {"negatives": total, "queries": len(query_ids), "outcomes": dict(outcomes), "window": [lo, hi],
              "strategy": strategy, "num_negatives": n, "ensemble": mode, "teachers": names,
              "by_teacher": {name: by_teacher.get(name, 0) for name in names}}
     if mode == "cross":
