@@ -415,50 +415,83 @@ def _teacher_reads(cfg: Config) -> tuple[str, ...]:
     return ("ingest", "retrieve") + tuple(dict.fromkeys(r for n in names for r in RETRIEVERS[n].pair_reads))
 
 
+# candidate pairs a retriever teacher scores at a time: the stage's memory follows this, not the pool's size
+TEACHER_CHUNK_ROWS = 1 << 18
+
+
 def score_teachers(inputs: Inputs, params: Mapping[str, Any], out_dir: Path) -> dict[str, Any]:
     """Every teacher's score of every candidate and positive: `teacher_scores.parquet` (the retrieve stage's
     candidate rows, in order) and `teacher_positive_scores.parquet`, a float32 column a teacher, each teacher's
-    name and score type in the files' metadata."""
+    name and score type in the files' metadata.
+
+    A retriever teacher scores the candidates a chunk at a time; a model teacher looks every pair up in its pair
+    store at once (`pair_scores`), so it holds one float a candidate."""
+    from negmine.retrievers import RETRIEVERS
+
     ingest_dir = inputs["ingest"]
     queries = tables.mined_queries(ingest_dir)
     qids = queries["query_id"].combine_chunks()
-    cands = pq.read_table(inputs["retrieve"] / schema.CANDIDATES_FILE, columns=["query_id", "doc_idx"])
+    query_texts = queries["text"].to_pylist()
+    cand_path = inputs["retrieve"] / schema.CANDIDATES_FILE
     pos_q, pos_d, pos_rows, pos_qpos = tables.positive_pairs(ingest_dir, qids)
-    all_q = pa.concat_arrays([cands["query_id"].combine_chunks(), pa.array(pos_q, pa.string())])
-    all_i = np.concatenate([cands["doc_idx"].to_numpy(), np.asarray(pos_rows, dtype=np.int64)])
-    qpos = np.concatenate([pc.index_in(cands["query_id"], value_set=qids).to_numpy(zero_copy_only=False),
-                           np.asarray(pos_qpos, dtype=np.int64)]).astype(np.int64)
-    n_c = cands.num_rows
-    columns: dict[str, np.ndarray] = {}
-    stats: dict[str, Any] = {}
-    for t in params["teachers"]:
-        name = t["name"]
-        if "retriever" in t:  # its own scorer (negmine.retrievers), reading the entries its stages made
-            from negmine.retrievers import RETRIEVERS
+    pos_rows = np.asarray(pos_rows, dtype=np.int64)
+    pos_qpos = np.asarray(pos_qpos, dtype=np.int64)
+    n_c = pq.ParquetFile(cand_path).metadata.num_rows
 
-            r = RETRIEVERS[t["retriever"]]
-            settings = {**params["sections"][t["retriever"]], "memory_budget": params["memory_budget"]}
-            columns[name] = r.score_pairs({s: inputs[s] for s in r.pair_reads}, settings,
-                                          queries["text"].to_pylist(), qpos, all_i)
-            stats[name] = {"score_type": t["score_type"], "retriever": t["retriever"]}
-            continue
-        tp = {**{k: t[k] for k in KEY_SETTINGS}, "precision": t["precision"], "backend": t.get("backend", "torch"),
-              "teacher": t["model"], "batch_size": params["batch_size"], "batch_tokens": params["batch_tokens"],
-              "device": params["device"], "flush_pairs": params["flush_pairs"], "workers": params["workers"]}
-        with tables.Texts(ingest_dir) as texts:
-            values, new, distinct = pair_scores(tp, Path(params["model_paths"][name]), Path(params["stores"][name]),
-                                                texts, all_q, all_i)
-        columns[name] = values
-        stats[name] = {"score_type": t["score_type"], "kind": t["kind"], "distinct_pairs": distinct,
-                       "scored_now": new, "from_store": distinct - new}
+    def retriever_scores(t: Mapping[str, Any], qpos: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Its own scorer (negmine.retrievers), reading the entries its stages made."""
+        r = RETRIEVERS[t["retriever"]]
+        settings = {**params["sections"][t["retriever"]], "memory_budget": params["memory_budget"]}
+        return np.asarray(r.score_pairs({s: inputs[s] for s in r.pair_reads}, settings, query_texts, qpos, rows),
+                          dtype=np.float32)
+
+    whole: dict[str, np.ndarray] = {}  # model teachers: candidates then positives, from their pair stores
+    stats: dict[str, Any] = {}
+    models = [t for t in params["teachers"] if "retriever" not in t]
+    if models:
+        cands = pq.read_table(cand_path, columns=["query_id", "doc_idx"])
+        all_q = pa.concat_arrays([cands["query_id"].combine_chunks(), pa.array(pos_q, pa.string())])
+        all_i = np.concatenate([cands["doc_idx"].to_numpy(), pos_rows])
+        del cands
+        for t in models:
+            tp = {**{k: t[k] for k in KEY_SETTINGS}, "precision": t["precision"],
+                  "backend": t.get("backend", "torch"), "teacher": t["model"], "batch_size": params["batch_size"],
+                  "batch_tokens": params["batch_tokens"], "device": params["device"],
+                  "flush_pairs": params["flush_pairs"], "workers": params["workers"]}
+            with tables.Texts(ingest_dir) as texts:
+                values, new, distinct = pair_scores(tp, Path(params["model_paths"][t["name"]]),
+                                                    Path(params["stores"][t["name"]]), texts, all_q, all_i)
+            whole[t["name"]] = values
+            stats[t["name"]] = {"score_type": t["score_type"], "kind": t["kind"], "distinct_pairs": distinct,
+                                "scored_now": new, "from_store": distinct - new}
+        del all_q, all_i
+    for t in params["teachers"]:
+        if "retriever" in t:
+            stats[t["name"]] = {"score_type": t["score_type"], "retriever": t["retriever"]}
+    stats = {t["name"]: stats[t["name"]] for t in params["teachers"]}  # in the configured order
+    names = [t["name"] for t in params["teachers"]]
     meta = {b"negmine.teachers": json.dumps([{"name": t["name"], "score_type": t["score_type"]}
                                              for t in params["teachers"]]).encode()}
-    cand_cols = {"query_id": cands["query_id"], "doc_idx": cands["doc_idx"]}
-    pq.write_table(pa.table({**cand_cols, **{n: pa.array(v[:n_c], pa.float32()) for n, v in columns.items()}})
-                   .replace_schema_metadata(meta), out_dir / TEACHERS_FILE)
+    out_schema = pa.schema([("query_id", pa.string()), ("doc_idx", pa.int64()),
+                            *((n, pa.float32()) for n in names)], metadata=meta)
+    offset = 0
+    with pq.ParquetWriter(out_dir / TEACHERS_FILE, out_schema) as writer:
+        for batch in bar(pq.ParquetFile(cand_path).iter_batches(batch_size=TEACHER_CHUNK_ROWS,
+                                                                columns=["query_id", "doc_idx"]),
+                         total=-(-n_c // TEACHER_CHUNK_ROWS), desc="teachers", unit="chunk"):
+            qpos = pc.index_in(batch.column(0), value_set=qids).to_numpy(zero_copy_only=False).astype(np.int64)
+            rows = batch.column(1).to_numpy().astype(np.int64)
+            cols = {t["name"]: retriever_scores(t, qpos, rows) if "retriever" in t
+                    else whole[t["name"]][offset:offset + len(rows)] for t in params["teachers"]}
+            writer.write_table(pa.table({"query_id": batch.column(0), "doc_idx": batch.column(1),
+                                         **{n: pa.array(v, pa.float32()) for n, v in cols.items()}},
+                                        schema=out_schema))
+            offset += len(rows)
+    pos_scores = {t["name"]: retriever_scores(t, pos_qpos, pos_rows) if "retriever" in t else whole[t["name"]][n_c:]
+                  for t in params["teachers"]}
     pos_cols = {"query_id": pa.array(pos_q, pa.string()), "doc_id": pa.array(pos_d, pa.string()),
-                "doc_idx": pa.array(np.asarray(pos_rows, dtype=np.int64), pa.int64())}
-    pq.write_table(pa.table({**pos_cols, **{n: pa.array(v[n_c:], pa.float32()) for n, v in columns.items()}})
+                "doc_idx": pa.array(pos_rows, pa.int64())}
+    pq.write_table(pa.table({**pos_cols, **{n: pa.array(v, pa.float32()) for n, v in pos_scores.items()}})
                    .replace_schema_metadata(meta), out_dir / TEACHER_POSITIVES_FILE)
     return {"teachers": stats, "candidates": n_c, "positives": len(pos_q)}
 

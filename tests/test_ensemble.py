@@ -291,11 +291,13 @@ def test_cross_sampling_with_a_randomised_strategy_draws_from_the_keyed_uniforms
 
 def test_the_ensemble_sampler_reads_the_pool_in_chunks_and_writes_the_same_data(tmp_path, tiny_cross_encoder,
                                                                                 monkeypatch):
-    """Bounded memory: the pool and the teachers' scores are read a few rows at a time (a query never split, one
-    longer than a chunk carried whole), and every mode writes what one chunk writes."""
+    """Bounded memory: the teachers score the candidates a chunk at a time, the sampler reads the pool and their
+    scores a few rows at a time (a query never split, one longer than a chunk carried whole), and every mode
+    writes what one chunk writes."""
     import shutil
 
     import negmine.samplers.ensemble as ensemble
+    import negmine.score as score
 
     teachers = f"ensemble.teachers=['bm25', {_teacher(tiny_cross_encoder, 'ce')}]"
     modes = {"cross": ["ensemble.sampling='cross'", "sample.strategy='softmax'"],
@@ -304,12 +306,15 @@ def test_the_ensemble_sampler_reads_the_pool_in_chunks_and_writes_the_same_data(
     seen: dict[str, tuple] = {}
     for rows in (1 << 16, 1, 7, 45):  # 45: several queries a chunk (top_k 20), cut mid-query
         monkeypatch.setattr(ensemble, "CHUNK_ROWS", rows)
+        monkeypatch.setattr(score, "TEACHER_CHUNK_ROWS", rows)
         for mode, extra in modes.items():
-            shutil.rmtree(tmp_path / "cache" / "sample", ignore_errors=True)
+            for stage in ("teachers", "sample"):
+                shutil.rmtree(tmp_path / "cache" / stage, ignore_errors=True)
             result = negmine.mine(None, _over(tmp_path, teachers, *extra))
             st = result.stages["sample"]
-            assert st.status != "cached"
-            data = {p.name: pq.read_table(p).combine_chunks().to_pydict() for p in sorted(st.path.glob("*.parquet"))}
+            assert st.status != "cached" and result.stages["teachers"].status != "cached"
+            data = {p.name: pq.read_table(p).combine_chunks().to_pydict()
+                    for stage in ("teachers", "sample") for p in sorted(result.stages[stage].path.glob("*.parquet"))}
             got = (data, st.stats, (tmp_path / "out" / "triplet.jsonl").read_bytes())
             seen.setdefault(mode, got)
             assert got == seen[mode], (rows, mode)

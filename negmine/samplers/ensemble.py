@@ -189,7 +189,11 @@ def ensemble_sample(params: Mapping[str, Any], ingest_dir: Path, pool_path: Path
 
     def chunks() -> Iterator[tuple[pa.Table, np.ndarray, np.ndarray, np.ndarray]]:
         """(pool chunk, its teacher score matrix, each row's query position, the agreement filter's verdict)."""
-        for pool in bar(_query_chunks(pool_path), desc="sample", unit="chunk"):
+        # what sampling reads: the agreed pool ("none") keeps every column for the plain stage
+        columns = None if params["ensemble"] == "none" else [
+            "query_id", "doc_id", "doc_idx", "rank", "score", "retriever", "teacher_score", "filter_score",
+            "relax_level"]
+        for pool in bar(_query_chunks(pool_path, columns), desc="sample", unit="chunk"):
             scores = teacher_scores.matrix(pool)
             qrow = np.array([qindex[q] for q in pool["query_id"].to_pylist()], dtype=np.int64)
             agree = np.ones(pool.num_rows, dtype=bool)
