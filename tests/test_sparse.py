@@ -36,9 +36,11 @@ def _tiny_splade(folder: Path, seed: int) -> Path:
     hf.mkdir(parents=True)
     letters = [chr(c) for c in range(ord("a"), ord("z") + 1)]
     vocab = (["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", ".", ",", "-"] + letters + [f"##{c}" for c in letters]
-             + [str(d) for d in range(10)] + list(dict.fromkeys(WORDS)))
+             + [str(d) for d in range(10)] + list(WORDS))
+    vocab = list(dict.fromkeys(vocab))  # "a" is a letter and a word: one id each
     (hf / "vocab.txt").write_text("\n".join(vocab) + "\n", encoding="utf-8")
-    tok = BertTokenizerFast(vocab_file=str(hf / "vocab.txt"))
+    tok = BertTokenizerFast(vocab={t: i for i, t in enumerate(vocab)})  # transformers 5 ignores `vocab_file`
+    assert tok.unk_token_id not in tok(" ".join(WORDS[:3]))["input_ids"], "the tokenizer lost its vocabulary"
     torch.manual_seed(seed)
     cfg = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
                      intermediate_size=64, max_position_embeddings=128)
@@ -48,6 +50,54 @@ def _tiny_splade(folder: Path, seed: int) -> Path:
                           device="cpu")
     model.save(str(folder / "st"))
     return folder / "st"
+
+
+def _tiny_inference_free(folder: Path) -> tuple[Path, np.ndarray]:
+    """An inference-free SPLADE model, as OpenSearch's: a Router whose query side is a static weight per token
+    (SparseStaticEmbedding) and whose document side is the tiny MLM + SpladePooling; returns it and the weights."""
+    import torch
+    from sentence_transformers import SparseEncoder
+    from sentence_transformers.sentence_transformer.modules import Router
+    from sentence_transformers.sparse_encoder.modules import SparseStaticEmbedding
+
+    doc = SparseEncoder(str(_tiny_splade(folder / "doc", 5)), device="cpu")
+    tok = doc[0].tokenizer
+    weights = np.random.default_rng(5).uniform(0.5, 3.0, len(tok.get_vocab())).astype(np.float32)
+    router = Router.for_query_document(query_modules=[SparseStaticEmbedding(tok, torch.tensor(weights))],
+                                       document_modules=[doc[0], doc[1]])
+    SparseEncoder(modules=[router], device="cpu").save(str(folder / "st"))
+    return folder / "st", weights
+
+
+def test_an_inference_free_model_encodes_queries_by_static_weights(tmp_path) -> None:
+    """An inference-free model mines end to end: each query's vector is the static weight of every token the
+    tokenizer gives it (no transformer on the query side), each document's is what the model's document side
+    encodes, and the candidates are their dot products."""
+    from sentence_transformers import SparseEncoder
+
+    from negmine import tables
+
+    model, weights = _tiny_inference_free(tmp_path / "model")
+    result = negmine.mine(None, _over(tmp_path, model))
+    queries, docs = _brute_force(result)
+    texts = tables.mined_queries(result.stages["ingest"].path)["text"].to_pylist()
+    st = SparseEncoder(str(model), device="cpu")
+    tok = st[0].sub_modules["query"][0].tokenizer
+    for i, text in enumerate(texts):  # the static weight of tokens of the query (truncated by the model)
+        ids = np.flatnonzero(queries[i])
+        assert len(ids) and set(ids) <= set(tok(text)["input_ids"]) - {tok.cls_token_id, tok.sep_token_id}, text
+        np.testing.assert_allclose(queries[i][ids], weights[ids], rtol=1e-6)
+    want = st.encode_query(texts, convert_to_tensor=True, convert_to_sparse_tensor=False)
+    np.testing.assert_allclose(queries, want.float().numpy(), rtol=1e-6)
+    corpus = [t for _, t in zip(range(5), tables.iter_doc_texts(result.stages["ingest"].path))]
+    want = st.encode_document(corpus, convert_to_tensor=True, convert_to_sparse_tensor=False)
+    np.testing.assert_allclose(docs[:5], want.float().numpy(), rtol=1e-5, atol=1e-6)
+    cands = pq.read_table(result.stages["retrieve"].path / "candidates.parquet").to_pandas()
+    first = cands[cands["query_id"] == cands["query_id"].iloc[0]]
+    i = tables.mined_queries(result.stages["ingest"].path)["query_id"].to_pylist().index(first["query_id"].iloc[0])
+    np.testing.assert_allclose(first["score"].to_numpy(), (docs @ queries[i])[first["doc_idx"].to_numpy()], rtol=1e-5)
+    rows = pq.read_table(tmp_path / "out" / "ids.parquet").to_pylist()
+    assert rows and all(r["negative_ids"] for r in rows)
 
 
 @pytest.fixture(scope="module")
