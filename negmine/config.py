@@ -202,6 +202,7 @@ CHOICES: dict[tuple[str, str], tuple[str, ...]] = {
     ("score", "activation"): ("probability", "logit"),
     ("dense", "precision"): ("auto", "fp32", "bf16", "fp16", "int8"),
     ("score", "precision"): ("auto", "fp32", "bf16", "fp16", "int8"),
+    ("sparse", "precision"): ("auto", "fp32", "bf16", "fp16"),
     ("dense", "backend"): ("auto", "torch", "onnx", "openvino"),
     ("score", "backend"): ("auto", "torch", "onnx", "openvino"),
     ("dense", "index"): ("flat", "hnsw", "ivf"),

@@ -164,4 +164,8 @@ def resolved_settings(cfg: dict[str, Any]) -> dict[str, Any]:
         out["score.precision"] = resolve(sc["precision"], sc["device"], backend)
         if backend != "torch":
             out["score.backend"] = backend
+    if "sparse" in cfg["retrieve"]["retrievers"]:
+        from negmine.retrievers.sparse import resolved_precision
+
+        out["sparse.precision"] = resolved_precision(cfg["sparse"])
     return {"resolved": out} if out else {}

@@ -295,12 +295,40 @@ def test_encode_key_covers_the_model_and_every_vector_setting(splade, tmp_path) 
         assert _encode_key(tmp_path, f"sparse.model='{splade}'", extra) != base, extra
     for extra in ["sparse.batch_size=3", "sparse.device='cpu'", "sparse.workers=3", "run.memory_budget='1MiB'"]:
         assert _encode_key(tmp_path, f"sparse.model='{splade}'", extra) == base, extra  # speed only
+    # a 16-bit precision is keyed as resolved; fp32 keys are those from before the setting existed
+    assert "precision" not in base
+    assert _encode_key(tmp_path, f"sparse.model='{splade}'", "sparse.precision='fp32'") == base
+    bf16 = _encode_key(tmp_path, f"sparse.model='{splade}'", "sparse.precision='bf16'")
+    assert bf16["precision"] == "bf16"
+    from negmine.precision import resolve
+
+    auto = _encode_key(tmp_path, f"sparse.model='{splade}'", "sparse.precision='auto'")
+    assert auto == (base if resolve("auto", "") == "fp32" else {**base, "precision": resolve("auto", "")})
     other = _tiny_splade(tmp_path / "other", 2)
     assert _encode_key(tmp_path, f"sparse.model='{other}'")["model"] != base["model"]
     import shutil
 
     shutil.copytree(splade, tmp_path / "copy")  # the same files elsewhere: the same model
     assert _encode_key(tmp_path, f"sparse.model='{tmp_path / 'copy'}'") == base
+
+
+def test_bf16_encodes_close_to_fp32_and_mines(splade, tmp_path) -> None:
+    """[sparse] precision = "bf16": the model's matrix products under autocast. Its vectors stay close to fp32's
+    (cosine, and the same active terms but for weights near zero), they are cached apart, and the provenance says
+    what ran."""
+    fp32 = negmine.mine(None, _over(tmp_path, splade), until="retrieve")
+    bf16 = negmine.mine(None, _over(tmp_path, splade, "sparse.precision='bf16'"), until="retrieve")
+    assert bf16.stages["sparse-encode"].key != fp32.stages["sparse-encode"].key
+    (q32, d32), (q16, d16) = _brute_force(fp32), _brute_force(bf16)
+    for a, b in ((q32, q16), (d32, d16)):
+        cos = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-12)
+        assert cos.min() > 0.99, cos.min()
+        assert not np.array_equal(a, b)  # it did run in bf16
+        big = a > 0.05 * a.max(axis=1, keepdims=True)  # every clearly active term is active in bf16 too
+        assert (b[big] > 0).all()
+    from negmine.precision import resolved_settings
+
+    assert resolved_settings(bf16.config)["resolved"]["sparse.precision"] == "bf16"  # provenance's "resolved"
 
 
 @pytest.mark.parametrize("override, problem", [
@@ -312,6 +340,7 @@ def test_encode_key_covers_the_model_and_every_vector_setting(splade, tmp_path) 
     ("sparse.max_active_dims=nan", "must be an integer"),
     ("sparse.batch_size=inf", "must be an integer"),
     ("sparse.max_length=1.5", "must be an integer"),
+    ("sparse.precision='int8'", "[sparse] precision is 'int8'"),
 ])
 def test_bad_sparse_settings_are_refused(override: str, problem: str) -> None:
     with pytest.raises(ConfigError, match=problem.replace("[", r"\[").replace("]", r"\]")):

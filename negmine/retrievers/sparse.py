@@ -46,6 +46,8 @@ DEFAULTS: dict[str, Any] = {
     "doc_prompt": "",  # "" = the model's own "document" prompt, if it saved one
     "max_length": 0,  # tokens a text (0 = the model's own)
     "max_active_dims": 0,  # keep a vector's largest N weights (0 = the model's own setting, else all)
+    "precision": "fp32",  # fp32 | bf16 | fp16 | auto, as [dense] precision (torch autocast: weights stay fp32);
+    # keyed as resolved
     "batch_size": 32,  # texts a batch: speed and memory only
     "device": "",  # "" = sentence-transformers' choice (cuda when present)
     "shard_size": 4096,  # documents a shard of vectors: the unit of resume
@@ -152,8 +154,14 @@ class SparseShardEncoder:
         p = self.params
         prompt = (p["query_prompt"] if side == "query" else p["doc_prompt"]) or None  # None: the model's own
         fn = self.model.encode_query if side == "query" else self.model.encode_document
-        emb = fn(texts, prompt=prompt, batch_size=p["batch_size"], show_progress_bar=False, convert_to_tensor=True,
-                 convert_to_sparse_tensor=True, save_to_cpu=True, max_active_dims=p["max_active_dims"] or None)
+        from negmine.precision import autocast
+
+        # 16-bit: the matrix products under autocast, the weights in fp32 (as [dense]); the term weights come out
+        # rounded to the 16-bit type
+        with autocast(p.get("precision", "fp32"), self.model.device.type):
+            emb = fn(texts, prompt=prompt, batch_size=p["batch_size"], show_progress_bar=False,
+                     convert_to_tensor=True, convert_to_sparse_tensor=True, save_to_cpu=True,
+                     max_active_dims=p["max_active_dims"] or None)
         m = to_csr(emb, len(texts))
         save_csr(self.work_dir / name, m)
         return name, len(texts), int(m.nnz)
@@ -311,11 +319,21 @@ def retrieve_sparse(inputs: Inputs, params: Params, out_dir: Path) -> dict[str, 
     return {**stats, "top_k": params["top_k"], "score_type": SCORE_TYPE}
 
 
+def resolved_precision(s: Mapping[str, Any]) -> str:
+    """What [sparse] precision means on this machine ("auto": bf16 on a CPU or GPU that multiplies it natively)."""
+    from negmine import precision
+
+    return precision.resolve(s["precision"], s["device"])
+
+
 def _encode_params(cfg: Config, ctx: Context) -> dict[str, Any]:
     s = cfg["sparse"]
     path = resolve(s["model"])
+    prec = resolved_precision(s)
     return {"model": ctx.fingerprint(path), "model_path": str(path), "batch_size": s["batch_size"],
-            "device": s["device"], "workers": s["workers"], **{k: s[k] for k in KEY_SETTINGS}}
+            "device": s["device"], "workers": s["workers"], **{k: s[k] for k in KEY_SETTINGS},
+            # fp32 keys are what they were before the setting: their vectors are unchanged
+            **({"precision": prec} if prec != "fp32" else {})}
 
 
 def _uses_sparse(cfg: Config) -> bool:
