@@ -26,11 +26,11 @@ from _common import cpu_name, versions
 REPO = Path(__file__).resolve().parents[1]
 DATA = REPO.parent / "shared" / "data" / "scifact"
 
-WORKER = r"""
+# the first N abstracts (title + text) as `texts`; then a timed section whose figures the tail prints
+_HEAD = r"""
 import json, sys, tempfile, time
 from pathlib import Path
 backend, budget, n, data = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4]
-from negmine.encode import load_model, encode_texts, resolve_model, resolved_precision
 texts = []
 with open(Path(data) / "corpus.jsonl") as fh:
     for line in fh:
@@ -38,43 +38,36 @@ with open(Path(data) / "corpus.jsonl") as fh:
         texts.append(((r.get("title") or "") + " " + r["text"]).strip())
         if len(texts) == n:
             break
+"""
+_TAIL = r"""
+wall, cpu = time.perf_counter() - t, time.process_time() - c
+peak = next(int(l.split()[1]) / 1024 for l in open("/proc/self/status") if l.startswith("VmHWM"))
+print(json.dumps({"cpu_s": cpu, "wall_s": wall, "rss_peak_mib": peak, "precision": resolved_precision(params)}))
+"""
+
+WORKER = _HEAD + r"""
+from negmine.encode import load_model, encode_texts, resolve_model, resolved_precision
 params = {"backend": backend, "precision": "auto", "device": "cpu", "devices": [], "max_seq_length": 0,
           "batch_size": 64, "batch_tokens": budget, "normalize": True, "model": "", "query_prompt": "",
           "doc_prompt": ""}
 model = load_model(params, resolve_model(""), Path(tempfile.mkdtemp(prefix="negmine-budgets-")))
 t, c = time.perf_counter(), time.process_time()
 encode_texts(model, texts, params, "")
-wall, cpu = time.perf_counter() - t, time.process_time() - c
-peak = next(int(l.split()[1]) / 1024 for l in open("/proc/self/status") if l.startswith("VmHWM"))
-print(json.dumps({"cpu_s": cpu, "wall_s": wall, "rss_peak_mib": peak, "precision": resolved_precision(params)}))
-"""
+""" + _TAIL
 
-WORKER_CE = r"""
-import json, sys, tempfile, time
-from pathlib import Path
-backend, budget, n, data, model = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), sys.argv[4], sys.argv[5]
+WORKER_CE = _HEAD + r"""
 from negmine.score import Teacher, resolved_precision
-docs, queries = [], []
-with open(Path(data) / "corpus.jsonl") as fh:
-    for line in fh:
-        r = json.loads(line)
-        docs.append(((r.get("title") or "") + " " + r["text"]).strip())
-        if len(docs) == n:
-            break
 with open(Path(data) / "queries.jsonl") as fh:
     queries = [json.loads(line)["text"] for line in fh]
-queries = [queries[i % len(queries)] for i in range(len(docs))]
+queries = [queries[i % len(queries)] for i in range(len(texts))]  # each abstract with a query in turn
 params = {"kind": "cross-encoder", "backend": backend, "precision": "auto", "device": "", "devices": [],
           "max_length": 0, "activation": "probability", "batch_size": 32, "batch_tokens": budget,
           "query_prompt": "", "doc_prompt": "", "normalize": True}
-teacher = Teacher(params, Path(model), Path(tempfile.mkdtemp(prefix="negmine-budgets-")))
+teacher = Teacher(params, Path(sys.argv[5]), Path(tempfile.mkdtemp(prefix="negmine-budgets-")))
 teacher._load()  # the export and the session, outside the timing
 t, c = time.perf_counter(), time.process_time()
-teacher(queries, docs)
-wall, cpu = time.perf_counter() - t, time.process_time() - c
-peak = next(int(l.split()[1]) / 1024 for l in open("/proc/self/status") if l.startswith("VmHWM"))
-print(json.dumps({"cpu_s": cpu, "wall_s": wall, "rss_peak_mib": peak, "precision": resolved_precision(params)}))
-"""
+teacher(queries, texts)
+""" + _TAIL
 
 
 def main() -> None:
