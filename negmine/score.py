@@ -424,8 +424,8 @@ def score_teachers(inputs: Inputs, params: Mapping[str, Any], out_dir: Path) -> 
     candidate rows, in order) and `teacher_positive_scores.parquet`, a float32 column a teacher, each teacher's
     name and score type in the files' metadata.
 
-    A retriever teacher scores the candidates a chunk at a time; a model teacher looks every pair up in its pair
-    store at once (`pair_scores`), so it holds one float a candidate."""
+    A retriever teacher scores the candidates a chunk at a time. A model teacher looks every pair up in its pair
+    store at once (`pair_scores`, as the [score] stage does), so its memory still grows with the candidates."""
     from negmine.retrievers import RETRIEVERS
 
     ingest_dir = inputs["ingest"]

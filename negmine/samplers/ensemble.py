@@ -207,8 +207,8 @@ def ensemble_sample(params: Mapping[str, Any], ingest_dir: Path, pool_path: Path
     def agreement_summary() -> dict[str, Any] | None:
         if not params["agreement"]:
             return None
-        return {"alpha": params["agreement_alpha"], **{k: agreement_stats[k] for k in ("candidates", "kept", "dropped")},
-                "vetoes": {name: veto_counts[name] for name in names}}
+        counts = {k: agreement_stats[k] for k in ("candidates", "kept", "dropped")}
+        return {"alpha": params["agreement_alpha"], **counts, "vetoes": {name: veto_counts[name] for name in names}}
 
     if params["ensemble"] == "none":  # the agreed pool, sampled by the [sample] strategy as without teachers
         with tempfile.TemporaryDirectory(dir=out_dir, prefix=".agreed-") as tmp:
