@@ -118,3 +118,41 @@ def test_scores_survive_a_crash_between_store_parts(tmp_path, tiny_cross_encoder
     result = negmine.mine(None, over)
     assert result.stages["score"].stats["from_store"] == 100
     assert sum(scored) == result.stages["score"].stats["distinct_pairs"] - 100
+
+
+def test_the_pair_store_index_finds_every_stored_pair_and_keeps_a_repeated_pairs_first_score(tmp_path):
+    """The store is looked up through sorted integer codes of (query key, document key): every stored pair is
+    found with its score, a pair stored twice keeps the copy read first (parts by name), and a pair whose query
+    key, document key or combination the store lacks is not found."""
+    import pyarrow as pa
+
+    rng = np.random.default_rng(0)
+    q = rng.integers(-2**62, 2**62, 40)
+    d = rng.integers(-2**62, 2**62, 300)
+    pairs = {(int(q[i % 40]), int(d[(7 * i) % 300])) for i in range(2000)}
+    qk, dk = (np.array(x, dtype=np.int64) for x in zip(*sorted(pairs)))
+    scores = rng.random(len(qk)).astype(np.float32)
+    half = len(qk) // 2
+    for a, b in ((0, half), (half, len(qk))):
+        score_mod._write_part(tmp_path, pa.table({"qkey": qk[a:b], "dkey": dk[a:b], "score": scores[a:b]},
+                                                 schema=score_mod.PAIRS))
+    holder = next(p.name for p in tmp_path.glob("part-*.parquet")  # the part holding pair 0
+                  if pq.read_table(p)["qkey"][0].as_py() == qk[0])
+    again = pa.table({"qkey": qk[:1], "dkey": dk[:1], "score": np.float32([9.0])}, schema=score_mod.PAIRS)
+    before = {p.name for p in tmp_path.glob("part-*.parquet")}
+    score_mod._write_part(tmp_path, again)
+    (repeat,) = {p.name for p in tmp_path.glob("part-*.parquet")} - before
+    index = score_mod._StoreIndex(tmp_path)
+    order = rng.permutation(len(qk))
+    at = index.find(qk[order], dk[order])
+    assert (at >= 0).all() and len(index.codes) == len(qk)
+    got = index.scores[at]
+    want = scores[order].copy()
+    if repeat < holder:  # parts are read by name: the copy in the part read first counts
+        want[order == 0] = 9.0
+    np.testing.assert_array_equal(got, want)
+    unknown = rng.integers(-2**62, 2**62, 3)
+    in_store_q_d_not_paired = (qk[0], next(x for x in d if (int(qk[0]), int(x)) not in pairs))
+    missing_q = np.array([unknown[0], qk[1], in_store_q_d_not_paired[0]], dtype=np.int64)
+    missing_d = np.array([dk[1], unknown[1], in_store_q_d_not_paired[1]], dtype=np.int64)
+    assert index.find(missing_q, missing_d).tolist() == [-1, -1, -1]
