@@ -16,7 +16,7 @@ import json
 import logging
 import os
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -280,104 +280,138 @@ class _StoreIndex:
         return np.where(found, at, -1)
 
 
-def _fill_store(store: Path, need: tuple[np.ndarray, np.ndarray], all_q: pa.Array, all_i: np.ndarray,
-                texts: tables.Texts, params: dict[str, Any], model_path: Path) -> tuple[_StoreIndex, int]:
-    """Score the pairs of `need` ((query keys, document keys)) that the store lacks and add them; returns the
-    store's pairs and how many were scored now."""
-    have = _StoreIndex(store)
-    lacking = np.flatnonzero(have.find(*need) < 0)
-    # the distinct missing pairs, each at the first row that needs it, in the order the rows need them
-    lq, ld = need[0][lacking], need[1][lacking]
-    codes, _ = _pair_codes(lq, ld, np.unique(lq), np.unique(ld))
-    _, first = np.unique(codes, return_index=True)
-    rows = np.sort(lacking[first])
-    del lq, ld, codes, first
-    new = len(rows)
-    if new:
-        qids = all_q.take(pa.array(rows)).to_pylist()
-        didx = all_i[rows]
-        from negmine import engine
-
-        step = params["flush_pairs"]
-        batches = (([texts.queries[q] for q in qids[a:a + step]], texts.docs(didx[a:a + step].tolist()))
-                   for a in range(0, new, step))
-        # the teacher runs here (local engine) or in a pool of actors; this process stays the store's one writer
-        # a runtime backend's export lives in the cache beside the pair stores (<cache>/pairs/<store>)
-        scored = engine.current().map(functools.partial(teacher_worker, params, model_path, store.parent.parent),
-                                      batches, workers=params["workers"], gpu=backend(params) == "torch")
-        todo_q, todo_d = need[0][rows], need[1][rows]
-        with bar(total=new, desc="score pairs", unit="pair") as progress:
-            for a, s in zip(range(0, new, step), scored):
-                part = pa.table({"qkey": pa.array(todo_q[a:a + step], pa.int64()),
-                                 "dkey": pa.array(todo_d[a:a + step], pa.int64()),
-                                 "score": pa.array(s, pa.float32())}, schema=PAIRS)
-                _write_part(store, part)
-                progress.update(len(s))
-        have = _StoreIndex(store)
-    return have, new
-
-
-def pair_scores(params: Mapping[str, Any], model_path: Path, store: Path, texts: tables.Texts, all_q: pa.Array,
-                all_i: np.ndarray) -> tuple[np.ndarray, int, int]:
-    """A model teacher's score of every (query id, corpus row) pair, through its pair store: (scores, pairs scored
-    now, distinct pairs). Only pairs the store lacks are scored."""
-    query_ids = list(texts.queries)
-    qkeys = np.array([_key(texts.queries[q]) for q in query_ids], dtype=np.int64)
-    at = pc.index_in(all_q, value_set=pa.array(query_ids, pa.string()))
+def _keys_of(texts: tables.Texts, query_ids: pa.Array, qkeys: np.ndarray, ids: pa.Array | pa.ChunkedArray,
+             rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(query keys, document keys, query positions) of a chunk of (query id, corpus row) pairs: keys of the exact
+    texts, a document's computed once a chunk."""
+    if isinstance(ids, pa.ChunkedArray):
+        ids = ids.combine_chunks()
+    at = pc.index_in(ids, value_set=query_ids)
     if at.null_count:
         raise RuntimeError("a pair's query is not among the ingested queries: the cache is stale; clear it")
-    at = at.to_numpy(zero_copy_only=False)
-    # document keys from the exact retrieval texts, computed for the rows in use only
-    uniq_rows, inverse = np.unique(all_i, return_inverse=True)
-    doc_keys = np.empty(len(uniq_rows), dtype=np.int64)
-    for a in range(0, len(uniq_rows), 50_000):
-        part = uniq_rows[a:a + 50_000]
-        doc_keys[a:a + 50_000] = [_key(t) for t in texts.docs(part.tolist())]
-    need = (qkeys[at.astype(np.int64)], doc_keys[inverse])
-    del at, inverse
-    store.mkdir(parents=True, exist_ok=True)
-    with file_lock(store / ".lock"):  # one writer a store: concurrent runs never score a pair twice
-        for leftover in [*store.glob(".tmp-part-*"), *store.glob(".part-*.tmp")]:  # a killed writer's; we hold
-            leftover.unlink(missing_ok=True)  # the lock, so no one is writing them
-        have, new = _fill_store(store, need, all_q, all_i, texts, params, model_path)
-    found = have.find(*need)
-    if (found < 0).any():
-        raise RuntimeError("teacher scores missing after scoring; the pair store may be damaged: clear the cache")
-    values = have.scores[found]
-    distinct = len(np.unique(found))  # the store holds each pair once: one position a distinct pair
-    return values, new, distinct
+    qpos = at.to_numpy(zero_copy_only=False).astype(np.int64)
+    uniq, inverse = np.unique(rows, return_inverse=True)
+    dkeys = np.empty(len(uniq), dtype=np.int64)
+    for a in range(0, len(uniq), 50_000):
+        dkeys[a:a + 50_000] = [_key(t) for t in texts.docs(uniq[a:a + 50_000].tolist())]
+    return qkeys[qpos], dkeys[inverse.reshape(-1)], qpos
+
+
+class PairScores:
+    """A model teacher's scores of (query id, corpus row) pairs given in chunks, through its pair store.
+
+    `fill()` reads the chunks once, under the store's lock: it collects the pairs the store lacks (spilling every
+    chunk's keys to `work_dir`), scores each distinct one once, in the order the pairs first need them and in
+    batches of `flush_pairs`, exactly as one pass over all the pairs would, and indexes the store. Iterating then
+    yields each chunk's scores in order, from the spilled keys. Memory: the store's index (12 bytes a stored pair)
+    and the missing pairs (40 bytes each, all of them in a cold run), not every pair's keys and ids at once.
+    `new` and `distinct` count the pairs scored now and the distinct pairs needed."""
+
+    def __init__(self, params: Mapping[str, Any], model_path: Path, store: Path, texts: tables.Texts,
+                 chunks: Callable[[], Iterator[tuple[pa.Array | pa.ChunkedArray, np.ndarray]]], work_dir: Path):
+        self.params, self.model_path, self.store, self.texts = params, model_path, store, texts
+        self.chunks, self.work_dir = chunks, work_dir
+        self.query_ids = list(texts.queries)
+        self.qkeys = np.array([_key(texts.queries[q]) for q in self.query_ids], dtype=np.int64)
+        self.n_chunks, self.new, self.distinct, self.index = 0, 0, 0, None
+
+    def fill(self) -> None:
+        self.store.mkdir(parents=True, exist_ok=True)
+        value_set = pa.array(self.query_ids, pa.string())
+        with file_lock(self.store / ".lock"):  # one writer a store: concurrent runs never score a pair twice
+            for leftover in [*self.store.glob(".tmp-part-*"), *self.store.glob(".part-*.tmp")]:  # a killed
+                leftover.unlink(missing_ok=True)  # writer's; we hold the lock, so no one is writing them
+            have = _StoreIndex(self.store)
+            lacking: list[tuple[np.ndarray, ...]] = []
+            for i, (ids, rows) in enumerate(self.chunks()):
+                rows = np.asarray(rows, dtype=np.int64)
+                qk, dk, qpos = _keys_of(self.texts, value_set, self.qkeys, ids, rows)
+                np.save(self.work_dir / f"keys-{i}.npy", np.stack([qk, dk]))
+                miss = np.flatnonzero(have.find(qk, dk) < 0)
+                lacking.append((qk[miss], dk[miss], qpos[miss], rows[miss]))
+                self.n_chunks = i + 1
+            del have
+            if lacking:
+                mq, md, mpos, mrows = (np.concatenate(x) for x in zip(*lacking))
+            else:
+                mq = md = mpos = mrows = np.empty(0, np.int64)
+            del lacking
+            # the distinct missing pairs, each where it is first needed, in that order
+            codes, _ = _pair_codes(mq, md, np.unique(mq), np.unique(md))
+            first = np.sort(np.unique(codes, return_index=True)[1])
+            del codes
+            self.new = len(first)
+            if self.new:
+                self._score(mq[first], md[first], mpos[first], mrows[first])
+            del mq, md, mpos, mrows, first
+            self.index = _StoreIndex(self.store)
+
+    def _score(self, qk: np.ndarray, dk: np.ndarray, qpos: np.ndarray, rows: np.ndarray) -> None:
+        from negmine import engine
+
+        p, step, n = self.params, self.params["flush_pairs"], len(qk)
+        batches = (([self.texts.queries[self.query_ids[q]] for q in qpos[a:a + step]],
+                    self.texts.docs(rows[a:a + step].tolist())) for a in range(0, n, step))
+        # the teacher runs here (local engine) or in a pool of actors; this process stays the store's one writer
+        # a runtime backend's export lives in the cache beside the pair stores (<cache>/pairs/<store>)
+        scored = engine.current().map(functools.partial(teacher_worker, p, self.model_path, self.store.parent.parent),
+                                      batches, workers=p["workers"], gpu=backend(p) == "torch")
+        with bar(total=n, desc="score pairs", unit="pair") as progress:
+            for a, s in zip(range(0, n, step), scored):
+                part = pa.table({"qkey": pa.array(qk[a:a + step], pa.int64()),
+                                 "dkey": pa.array(dk[a:a + step], pa.int64()),
+                                 "score": pa.array(s, pa.float32())}, schema=PAIRS)
+                _write_part(self.store, part)
+                progress.update(len(s))
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        """Each chunk's scores (float32), in the chunks' order."""
+        seen = np.zeros(len(self.index.codes), dtype=bool)
+        for i in range(self.n_chunks):
+            qk, dk = np.load(self.work_dir / f"keys-{i}.npy")
+            found = self.index.find(qk, dk)
+            if (found < 0).any():
+                raise RuntimeError("teacher scores missing after scoring; the pair store may be damaged: clear the "
+                                   "cache")
+            seen[found] = True
+            self.distinct = int(seen.sum())
+            yield self.index.scores[found]
 
 
 def score(params: Mapping[str, Any], model_path: Path, store: Path, ingest_dir: Path, candidates_path: Path,
           out_dir: Path) -> dict[str, Any]:
-    """Write the candidates (with teacher_score) and the positives' teacher scores; score only pairs the store
-    lacks."""
+    """Write the candidates (with teacher_score) and the positives' teacher scores, a retrieve chunk at a time;
+    score only pairs the store lacks."""
     texts = tables.Texts(ingest_dir)
-    cands = pq.read_table(candidates_path, columns=["query_id", "doc_idx"])
     pos_q, pos_d, pos_rows, _ = tables.positive_pairs(ingest_dir, tables.mined_query_ids(ingest_dir))
-    pos_i = pos_rows.tolist()
-    # every pair to score, as (query id, corpus row); candidates first, then positives
-    all_q = pa.concat_arrays([cands["query_id"].combine_chunks(), pa.array(pos_q, pa.string())])
-    all_i = np.concatenate([cands["doc_idx"].to_numpy(), np.asarray(pos_i, dtype=np.int64)])
-    values, new, distinct = pair_scores(params, model_path, store, texts, all_q, all_i)
-    n_c = cands.num_rows
+    pos_i = np.asarray(pos_rows, dtype=np.int64)
+    pf = pq.ParquetFile(candidates_path)
+
+    def chunks() -> Iterator[tuple[pa.ChunkedArray, np.ndarray]]:  # the candidates' row groups, then the positives
+        for g in range(pf.num_row_groups):
+            t = pf.read_row_group(g, columns=["query_id", "doc_idx"])
+            yield t["query_id"], t["doc_idx"].to_numpy()
+        yield pa.array(pos_q, pa.string()), pos_i
+
     meta = {b"negmine.score_type": score_type(params).encode()}
     col = schema.CANDIDATES.get_field_index("teacher_score")
-    pf = pq.ParquetFile(candidates_path)
-    offset = 0
-    with pq.ParquetWriter(out_dir / schema.CANDIDATES_FILE, schema.CANDIDATES.with_metadata(meta)) as writer:
-        for g in range(pf.num_row_groups):  # keep the query-chunk row groups that later stages stream
-            t = pf.read_row_group(g)
-            t = t.set_column(col, "teacher_score", pa.array(values[offset:offset + t.num_rows], pa.float32()))
-            writer.write_table(t.replace_schema_metadata(meta))
-            offset += t.num_rows
+    with tempfile.TemporaryDirectory(dir=out_dir, prefix=".pairs-") as tmp:
+        scores = PairScores(params, model_path, store, texts, chunks, Path(tmp))
+        scores.fill()
+        values = iter(scores)
+        with pq.ParquetWriter(out_dir / schema.CANDIDATES_FILE, schema.CANDIDATES.with_metadata(meta)) as writer:
+            for g in range(pf.num_row_groups):  # keep the query-chunk row groups that later stages stream
+                t = pf.read_row_group(g)
+                t = t.set_column(col, "teacher_score", pa.array(next(values), pa.float32()))
+                writer.write_table(t.replace_schema_metadata(meta))
+        pos_values = next(values)
     pq.write_table(pa.table({"query_id": pa.array(pos_q, pa.string()), "doc_id": pa.array(pos_d, pa.string()),
                              "doc_idx": pa.array(pos_i, pa.int64()),
-                             "teacher_score": pa.array(values[n_c:], pa.float32())},
+                             "teacher_score": pa.array(pos_values, pa.float32())},
                             schema=schema.POSITIVE_SCORES).replace_schema_metadata(meta),
                    out_dir / schema.POSITIVE_SCORES_FILE)
-    return {"teacher": params["kind"], "score_type": score_type(params), "pairs": len(all_i),
-            "distinct_pairs": distinct, "scored_now": new, "from_store": distinct - new}
+    return {"teacher": params["kind"], "score_type": score_type(params), "pairs": pf.metadata.num_rows + len(pos_i),
+            "distinct_pairs": scores.distinct, "scored_now": scores.new, "from_store": scores.distinct - scores.new}
 
 
 def _params(cfg: Config, ctx: Context) -> dict[str, Any]:
@@ -471,8 +505,8 @@ def score_teachers(inputs: Inputs, params: Mapping[str, Any], out_dir: Path) -> 
     candidate rows, in order) and `teacher_positive_scores.parquet`, a float32 column a teacher, each teacher's
     name and score type in the files' metadata.
 
-    A retriever teacher scores the candidates a chunk at a time. A model teacher looks every pair up in its pair
-    store at once (`pair_scores`, as the [score] stage does), so its memory still grows with the candidates."""
+    The candidates are read and written TEACHER_CHUNK_ROWS at a time: a retriever teacher scores a chunk with its
+    own scorer, a model teacher reads it through its pair store (`PairScores`, as the [score] stage does)."""
     from negmine.retrievers import RETRIEVERS
 
     ingest_dir = inputs["ingest"]
@@ -485,6 +519,14 @@ def score_teachers(inputs: Inputs, params: Mapping[str, Any], out_dir: Path) -> 
     pos_qpos = np.asarray(pos_qpos, dtype=np.int64)
     n_c = pq.ParquetFile(cand_path).metadata.num_rows
 
+    def batches() -> Iterator[pa.RecordBatch]:
+        return pq.ParquetFile(cand_path).iter_batches(batch_size=TEACHER_CHUNK_ROWS, columns=["query_id", "doc_idx"])
+
+    def pairs() -> Iterator[tuple[pa.Array, np.ndarray]]:  # a model teacher's chunks: the batches, the positives
+        for b in batches():
+            yield b.column(0), b.column(1).to_numpy()
+        yield pa.array(pos_q, pa.string()), pos_rows
+
     def retriever_scores(t: Mapping[str, Any], qpos: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """Its own scorer (negmine.retrievers), reading the entries its stages made."""
         r = RETRIEVERS[t["retriever"]]
@@ -492,50 +534,39 @@ def score_teachers(inputs: Inputs, params: Mapping[str, Any], out_dir: Path) -> 
         return np.asarray(r.score_pairs({s: inputs[s] for s in r.pair_reads}, settings, query_texts, qpos, rows),
                           dtype=np.float32)
 
-    whole: dict[str, np.ndarray] = {}  # model teachers: candidates then positives, from their pair stores
-    stats: dict[str, Any] = {}
-    models = [t for t in params["teachers"] if "retriever" not in t]
-    if models:
-        cands = pq.read_table(cand_path, columns=["query_id", "doc_idx"])
-        all_q = pa.concat_arrays([cands["query_id"].combine_chunks(), pa.array(pos_q, pa.string())])
-        all_i = np.concatenate([cands["doc_idx"].to_numpy(), pos_rows])
-        del cands
-        for t in models:
-            tp = {**{k: t[k] for k in KEY_SETTINGS}, "precision": t["precision"],
-                  "backend": t.get("backend", "torch"), "teacher": t["model"], "batch_size": params["batch_size"],
-                  "batch_tokens": params["batch_tokens"], "device": params["device"],
-                  "flush_pairs": params["flush_pairs"], "workers": params["workers"]}
-            with tables.Texts(ingest_dir) as texts:
-                values, new, distinct = pair_scores(tp, Path(params["model_paths"][t["name"]]),
-                                                    Path(params["stores"][t["name"]]), texts, all_q, all_i)
-            whole[t["name"]] = values
-            stats[t["name"]] = {"score_type": t["score_type"], "kind": t["kind"], "distinct_pairs": distinct,
-                                "scored_now": new, "from_store": distinct - new}
-        del all_q, all_i
-    for t in params["teachers"]:
-        if "retriever" in t:
-            stats[t["name"]] = {"score_type": t["score_type"], "retriever": t["retriever"]}
-    stats = {t["name"]: stats[t["name"]] for t in params["teachers"]}  # in the configured order
     names = [t["name"] for t in params["teachers"]]
     meta = {b"negmine.teachers": json.dumps([{"name": t["name"], "score_type": t["score_type"]}
                                              for t in params["teachers"]]).encode()}
     out_schema = pa.schema([("query_id", pa.string()), ("doc_idx", pa.int64()),
                             *((n, pa.float32()) for n in names)], metadata=meta)
-    offset = 0
-    with pq.ParquetWriter(out_dir / TEACHERS_FILE, out_schema) as writer:
-        for batch in bar(pq.ParquetFile(cand_path).iter_batches(batch_size=TEACHER_CHUNK_ROWS,
-                                                                columns=["query_id", "doc_idx"]),
-                         total=-(-n_c // TEACHER_CHUNK_ROWS), desc="teachers", unit="chunk"):
-            qpos = pc.index_in(batch.column(0), value_set=qids).to_numpy(zero_copy_only=False).astype(np.int64)
-            rows = batch.column(1).to_numpy().astype(np.int64)
-            cols = {t["name"]: retriever_scores(t, qpos, rows) if "retriever" in t
-                    else whole[t["name"]][offset:offset + len(rows)] for t in params["teachers"]}
-            writer.write_table(pa.table({"query_id": batch.column(0), "doc_idx": batch.column(1),
-                                         **{n: pa.array(v, pa.float32()) for n, v in cols.items()}},
-                                        schema=out_schema))
-            offset += len(rows)
-    pos_scores = {t["name"]: retriever_scores(t, pos_qpos, pos_rows) if "retriever" in t else whole[t["name"]][n_c:]
-                  for t in params["teachers"]}
+    with tables.Texts(ingest_dir) as texts, tempfile.TemporaryDirectory(dir=out_dir, prefix=".pairs-") as tmp:
+        stores: dict[str, PairScores] = {}  # model teachers: their pairs scored first, then read chunk by chunk
+        for t in params["teachers"]:
+            if "retriever" not in t:
+                tp = {**{k: t[k] for k in KEY_SETTINGS}, "precision": t["precision"],
+                      "backend": t.get("backend", "torch"), "teacher": t["model"],
+                      "batch_size": params["batch_size"], "batch_tokens": params["batch_tokens"],
+                      "device": params["device"], "flush_pairs": params["flush_pairs"], "workers": params["workers"]}
+                (Path(tmp) / t["name"]).mkdir()
+                stores[t["name"]] = PairScores(tp, Path(params["model_paths"][t["name"]]),
+                                               Path(params["stores"][t["name"]]), texts, pairs, Path(tmp) / t["name"])
+                stores[t["name"]].fill()
+        from_store = {name: iter(ps) for name, ps in stores.items()}
+        with pq.ParquetWriter(out_dir / TEACHERS_FILE, out_schema) as writer:
+            for batch in bar(batches(), total=-(-n_c // TEACHER_CHUNK_ROWS), desc="teachers", unit="chunk"):
+                qpos = pc.index_in(batch.column(0), value_set=qids).to_numpy(zero_copy_only=False).astype(np.int64)
+                rows = batch.column(1).to_numpy().astype(np.int64)
+                cols = {t["name"]: retriever_scores(t, qpos, rows) if "retriever" in t else next(from_store[t["name"]])
+                        for t in params["teachers"]}
+                writer.write_table(pa.table({"query_id": batch.column(0), "doc_idx": batch.column(1),
+                                             **{n: pa.array(v, pa.float32()) for n, v in cols.items()}},
+                                            schema=out_schema))
+        pos_scores = {t["name"]: retriever_scores(t, pos_qpos, pos_rows) if "retriever" in t
+                      else next(from_store[t["name"]]) for t in params["teachers"]}
+    stats = {t["name"]: {"score_type": t["score_type"], "retriever": t["retriever"]} if "retriever" in t else
+             {"score_type": t["score_type"], "kind": t["kind"], "distinct_pairs": stores[t["name"]].distinct,
+              "scored_now": stores[t["name"]].new, "from_store": stores[t["name"]].distinct - stores[t["name"]].new}
+             for t in params["teachers"]}
     pos_cols = {"query_id": pa.array(pos_q, pa.string()), "doc_id": pa.array(pos_d, pa.string()),
                 "doc_idx": pa.array(pos_rows, pa.int64())}
     pq.write_table(pa.table({**pos_cols, **{n: pa.array(v, pa.float32()) for n, v in pos_scores.items()}})

@@ -156,3 +156,24 @@ def test_the_pair_store_index_finds_every_stored_pair_and_keeps_a_repeated_pairs
     missing_q = np.array([unknown[0], qk[1], in_store_q_d_not_paired[0]], dtype=np.int64)
     missing_d = np.array([dk[1], unknown[1], in_store_q_d_not_paired[1]], dtype=np.int64)
     assert index.find(missing_q, missing_d).tolist() == [-1, -1, -1]
+
+
+def test_the_score_stage_reads_the_candidates_a_chunk_at_a_time_and_scores_as_one_pass(tmp_path, tiny_cross_encoder):
+    """With chunks of 7 queries the candidates come in many retrieve chunks; the score stage reads them a
+    chunk at a time, yet scores each distinct pair once, in the same order and batches as one pass over all of
+    them: the same data, and a pair store of the very same parts (named by their bytes)."""
+    out = {}
+    for label, extra in (("default", []), ("tiny", ["retrieve.chunk_size=7", "score.flush_pairs=64"]),
+                         ("one-pass", ["score.flush_pairs=64"])):
+        over = [f"input.path='{SAMPLE}'", f"export.dir='{tmp_path / label}'", f"score.teacher='{tiny_cross_encoder}'",
+                "retrieve.top_k=30", *extra]
+        result = negmine.mine(None, over, cache_dir=tmp_path / f"cache-{label}", until="score")
+        st = result.stages["score"]
+        parts = sorted(p.name for p in (tmp_path / f"cache-{label}" / "pairs").glob("*/part-*.parquet"))
+        data = {p.name: pq.read_table(p).combine_chunks().to_pydict() for p in sorted(st.path.glob("*.parquet"))}
+        groups = pq.ParquetFile(st.path / "candidates.parquet").num_row_groups
+        out[label] = (data, st.stats, parts, groups)
+    assert out["tiny"][3] > 5 and out["one-pass"][3] == 1  # the candidates did come in chunks
+    assert out["tiny"][:3] == out["one-pass"][:3]
+    assert out["tiny"][0] == out["default"][0] and out["tiny"][1] == out["default"][1]
+    assert out["tiny"][1]["distinct_pairs"] < out["tiny"][1]["pairs"]  # repeated pairs, scored once
