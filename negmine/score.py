@@ -245,10 +245,8 @@ def _pair_codes(qkeys: np.ndarray, dkeys: np.ndarray, uq: np.ndarray, ud: np.nda
 
 class _StoreIndex:
     """A pair store's pairs, sorted by an exact integer code of (query key, document key), and their scores (12
-    bytes a stored pair once built). The lookup of 4M pairs peaked at about 100 bytes a pair, where Arrow's hash
-    joins took about 170, and took about twice as long (8-10 s against 4.5 s on a loaded 2-core machine); scoring
-    the pairs costs far more. A pair stored twice (an old store, parts copied in) keeps its first copy as read
-    (parts by name, rows in order), as before."""
+    bytes a stored pair once built; bench/score_store.py). A pair stored twice (an old store, parts copied in) keeps
+    its first copy as read (parts by name, rows in order), as before."""
 
     def __init__(self, store: Path) -> None:
         q, d, s = [], [], []
